@@ -1,0 +1,334 @@
+"""Reading and writing videos and images as uint8 RGB numpy arrays.
+
+Videos are read with decord (seeking, so only the wanted frames are decoded) and fall back to
+PyAV when decord cannot open or decode a file. Images are read with PIL. Every failure to read
+media raises :class:`MediaReadError` naming the file and the reason, so callers can skip the
+sample instead of crashing or training on garbage.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Sequence
+
+import av
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+VIDEO_EXTS = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
+)
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+# Default H.264 quality: crf 18 is visually near-lossless, which is what a VAE reconstruction
+# or a training clip should be stored at.
+DEFAULT_CRF = 18
+
+
+class MediaReadError(Exception):
+    """A video or image could not be read (missing, empty, corrupt, truncated, bad index)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class VideoInfo:
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+def _ext(path: str | os.PathLike) -> str:
+    return os.path.splitext(str(path))[1].lower()
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    return _ext(path) in IMAGE_EXTS
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    return _ext(path) in VIDEO_EXTS
+
+
+def _check_file(path: str | os.PathLike) -> str:
+    path = str(path)
+    if not os.path.isfile(path):
+        raise MediaReadError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise MediaReadError(path, "file is empty (0 bytes)")
+    return path
+
+
+# ----------------------------------------------------------------------------- video reading
+
+
+def _open_decord(path: str):
+    # Imported lazily: decord is optional at runtime, PyAV alone can read everything.
+    from decord import VideoReader, cpu
+
+    return VideoReader(path, ctx=cpu(0), num_threads=1)
+
+
+def video_info(path: str | os.PathLike) -> VideoInfo:
+    """Frame count, fps and size. The count is the number of video packets in the file, which
+    can exceed the decodable frames of a truncated file: ``read_video_frames`` checks that."""
+    path = _check_file(path)
+    try:
+        vr = _open_decord(path)
+        height, width = vr[0].shape[:2] if len(vr) else (0, 0)
+        info = VideoInfo(len(vr), float(vr.get_avg_fps()), int(height), int(width))
+        if info.num_frames > 0:
+            return info
+    except Exception:  # decord failed: PyAV decides whether the file is readable at all
+        pass
+    return _pyav_info(path)
+
+
+def _pyav_info(path: str) -> VideoInfo:
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise MediaReadError(path, "no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+            num_frames = stream.frames
+            if num_frames <= 0:
+                # Containers such as mkv/webm do not store a frame count: count packets
+                # (demuxing only, no decoding).
+                num_frames = sum(1 for p in container.demux(stream) if p.size > 0)
+            height, width = stream.codec_context.height, stream.codec_context.width
+    except MediaReadError:
+        raise
+    except Exception as exc:
+        raise MediaReadError(path, f"cannot open video ({type(exc).__name__}: {exc})") from exc
+    if num_frames <= 0 or height <= 0 or width <= 0:
+        raise MediaReadError(path, "video has no frames")
+    return VideoInfo(int(num_frames), fps, int(height), int(width))
+
+
+def _validate_indices(path: str, indices: Sequence[int], num_frames: int) -> list[int]:
+    idx = [int(i) for i in indices]
+    if not idx:
+        raise ValueError("read_video_frames needs at least one frame index")
+    bad = [i for i in idx if i < 0 or i >= num_frames]
+    if bad:
+        raise MediaReadError(
+            path, f"frame index out of range: {bad[:5]} (video has {num_frames} frames)"
+        )
+    return idx
+
+
+def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
+    """Decode the frames at ``indices`` (any order, repeats allowed) as uint8 (N, H, W, 3) RGB."""
+    path = _check_file(path)
+    decord_error = None
+    try:
+        vr = _open_decord(path)
+    except Exception as exc:
+        vr, decord_error = None, exc
+    if vr is not None:
+        idx = _validate_indices(path, indices, len(vr))
+        try:
+            frames = vr.get_batch(idx).asnumpy()
+            # decord reports the packet count; make sure it really produced every frame.
+            if frames.shape[0] == len(idx) and frames.ndim == 4 and frames.shape[-1] == 3:
+                return np.ascontiguousarray(frames, dtype=np.uint8)
+            decord_error = RuntimeError(f"decord returned {frames.shape} for {len(idx)} frames")
+        except Exception as exc:
+            # Truncated or corrupt streams: decord gives up on the whole batch even when some
+            # frames are decodable; PyAV below decodes up to the damage and reports honestly.
+            decord_error = exc
+    return _pyav_read(path, indices, decord_error)
+
+
+def _frame_index(frame: av.VideoFrame, start: int, time_base: Fraction, fps: float) -> int:
+    return int(round(float((frame.pts - start) * time_base) * fps))
+
+
+def _pyav_read(path: str, indices: Sequence[int], decord_error: Exception | None) -> np.ndarray:
+    why = f" (decord: {type(decord_error).__name__})" if decord_error is not None else ""
+    try:
+        container = av.open(path)
+    except Exception as exc:
+        raise MediaReadError(path, f"cannot open video{why}: {type(exc).__name__}: {exc}") from exc
+    with container:
+        if not container.streams.video:
+            raise MediaReadError(path, "no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        time_base = stream.time_base
+        start = stream.start_time or 0
+        declared = stream.frames if stream.frames > 0 else None
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise ValueError("read_video_frames needs at least one frame index")
+        if min(idx) < 0 or (declared is not None and max(idx) >= declared):
+            _validate_indices(path, idx, declared or 0)
+        wanted = set(idx)
+        first, last = min(wanted), max(wanted)
+        use_pts = fps > 0 and time_base is not None
+        got: dict[int, np.ndarray] = {}
+        decoded = 0
+        error: Exception | None = None
+
+        def decode_from(seek_to_first: bool) -> int | None:
+            """Decode forward; returns the index of the first decoded frame."""
+            nonlocal decoded, error
+            if seek_to_first:
+                target = start + int(first / fps / time_base)
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+            else:
+                container.seek(start, stream=stream, backward=True, any_frame=False)
+            first_seen = None
+            count = 0
+            try:
+                for frame in container.decode(stream):
+                    if use_pts and frame.pts is not None:
+                        i = _frame_index(frame, start, time_base, fps)
+                    elif seek_to_first:
+                        return None  # no timestamps: cannot locate frames after a seek
+                    else:
+                        i = count  # no timestamps: count frames from the start
+                    count += 1
+                    if first_seen is None:
+                        first_seen = i
+                        if seek_to_first and i > first:
+                            return i  # seek overshot the wanted range
+                    decoded = max(decoded, i + 1)
+                    if i in wanted:
+                        got[i] = frame.to_ndarray(format="rgb24")
+                    if i >= last:
+                        break
+            except Exception as exc:  # corrupt/truncated data: keep what decoded cleanly
+                error = exc
+            return first_seen
+
+        try:
+            first_seen = decode_from(seek_to_first=use_pts and first > 0)
+            if use_pts and first > 0 and (first_seen is None or first_seen > first):
+                got.clear()
+                error = None
+                decode_from(seek_to_first=False)
+        except Exception as exc:
+            raise MediaReadError(path, f"cannot decode{why}: {type(exc).__name__}: {exc}") from exc
+
+    missing = sorted(wanted - got.keys())
+    if missing:
+        detail = f"; decoder error: {type(error).__name__}: {error}" if error is not None else ""
+        raise MediaReadError(
+            path,
+            f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} could not be decoded "
+            f"(only {decoded} decodable frames found{why}{detail})",
+        )
+    return np.stack([got[i] for i in idx]).astype(np.uint8, copy=False)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _sixteen_bit_to_uint8(values: np.ndarray) -> np.ndarray:
+    # Full-range rescale 0..65535 -> 0..255 with rounding (v / 257), not clipping at 255.
+    return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image, path: str) -> np.ndarray:
+    """Convert any common PIL mode to RGB uint8. Transparency is composited on black
+    (rgb * alpha), so fully transparent pixels become black whatever colour they stored."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise MediaReadError(path, f"integer image mode {mode} with values outside 0..65535")
+        gray = _sixteen_bit_to_uint8(arr)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if mode == "F":
+        raise MediaReadError(path, "float image (mode F): value range is ambiguous")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    elif mode in ("1", "L", "CMYK", "YCbCr", "RGBX"):
+        img = img.convert("RGB")
+    if img.mode == "RGBA":
+        rgba = np.asarray(img).astype(np.uint32)
+        rgb = (rgba[..., :3] * rgba[..., 3:4] + 127) // 255
+        return rgb.astype(np.uint8)
+    if img.mode != "RGB":
+        raise MediaReadError(path, f"unsupported image mode {img.mode}")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as uint8 (H, W, 3) RGB, applying its EXIF orientation."""
+    path = _check_file(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img, path)
+    except MediaReadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise MediaReadError(path, f"cannot read image ({type(exc).__name__}: {exc})") from exc
+    return np.ascontiguousarray(rgb)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _check_frames(frames: np.ndarray, ndim: int) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != ndim or frames.shape[-1] != 3:
+        want = "(T, H, W, 3)" if ndim == 4 else "(H, W, 3)"
+        raise ValueError(f"expected uint8 {want} RGB, got {frames.dtype} {frames.shape}")
+    return np.ascontiguousarray(frames)
+
+
+def write_video(
+    path: str | os.PathLike, frames: np.ndarray, fps: float, lossless: bool = False
+) -> None:
+    """Write uint8 (T, H, W, 3) RGB frames.
+
+    Lossy (default): H.264 crf 18, yuv420p; when width or height is odd (yuv420p needs even
+    sizes) yuv444p is used instead, which keeps the exact geometry and decodes everywhere
+    FFmpeg runs (some browsers cannot play 4:4:4). Lossless: FFV1 (bgr0) for ``.mkv``,
+    otherwise libx264rgb with qp 0 — both decode back bit-exactly to the input RGB.
+    """
+    frames = _check_frames(frames, 4)
+    if frames.shape[0] == 0:
+        raise ValueError("write_video needs at least one frame")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    path = str(path)
+    _, height, width, _ = frames.shape
+    rate = Fraction(fps).limit_denominator(1001)
+    if lossless and _ext(path) == ".mkv":
+        codec, pix_fmt, options = "ffv1", "bgr0", {}
+    elif lossless:
+        codec, pix_fmt, options = "libx264rgb", "rgb24", {"qp": "0", "preset": "medium"}
+    else:
+        even = width % 2 == 0 and height % 2 == 0
+        codec, pix_fmt = "libx264", "yuv420p" if even else "yuv444p"
+        options = {"crf": str(DEFAULT_CRF), "preset": "medium"}
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for frame in frames:
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_image(path: str | os.PathLike, frame: np.ndarray) -> None:
+    """Write one uint8 (H, W, 3) RGB frame; the format follows the extension (JPEG quality 95)."""
+    frame = _check_frames(frame, 3)
+    options = {"quality": 95} if _ext(path) in (".jpg", ".jpeg") else {}
+    Image.fromarray(frame).save(str(path), **options)
