@@ -1,0 +1,23 @@
+# Every inference setting and its default. A key not defined here is rejected as a typo.
+_base_ = ["./model_v1_2.py"]
+
+dataset = dict(
+    data_path=None,
+    num_frames=17,
+    frame_interval=1,
+    image_size=(256, 256),
+    transform_name="center",
+    max_retries=20,
+)
+num_workers = 2
+ckpt_path = None  # pipeline checkpoint: ours (save_pretrained / training step dir) or the released one
+save_dir = "samples/vae_video"  # writes <save_dir>_ori, <save_dir>_rec, <save_dir>_spatial
+num_samples = None  # None = every row of the CSV
+batch_size = 1
+dtype = "fp32"  # "bf16" on CUDA is faster
+sample = False  # False: posterior mode everywhere (deterministic); True: sample latents
+fps = 24
+lossless = False  # lossless video output: metrics then see exactly the tensors
+save_grid = False  # also write <save_dir>_grid: ori | spatial | rec side by side
+cal_stats = False  # per-channel mean/std of the latents (how shift/scale were made)
+seed = 42

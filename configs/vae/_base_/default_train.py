@@ -1,0 +1,54 @@
+# Every training setting and its default (the reference stage-1 values). Stage configs inherit
+# this file and override; a key that is not defined here is rejected as a typo.
+_base_ = ["./model_v1_2.py"]
+
+dataset = dict(
+    data_path=None,  # CSV/parquet with a `path` column (set with --data-path)
+    num_frames=17,
+    frame_interval=1,
+    image_size=(256, 256),
+    transform_name="center",  # or "resize_crop"
+    max_retries=20,  # consecutive unreadable samples before the dataset gives up
+)
+num_workers = 8
+max_skip_fraction = 0.05  # abort when more than this fraction of read samples were unreadable
+
+# Mixing: "mixed_video_image" keeps only frame 0 with probability mixed_image_ratio;
+# "mixed_video_random" trains on a random prefix of length U{1..num_frames}; None = full clips.
+mixed_strategy = "mixed_video_image"
+mixed_image_ratio = 0.2
+
+# Losses (reference normalisation: L1 summed over C*H*W per frame, averaged over frames).
+use_real_rec_loss = False  # pixel L1 + perceptual + KL
+use_z_rec_loss = True  # L1 between spatial latents x_z and the temporal VAE's reconstruction
+use_image_identity_loss = True  # on 1-frame steps: L1 between x_z and the temporal latent z
+perceptual_loss_weight = 0.1  # LPIPS(VGG), added to every pixel's L1
+kl_loss_weight = 1e-6
+detach_z_target = True  # reference did not detach x_z: a trainable spatial encoder can collapse
+
+# Optimisation
+batch_size = 1  # per GPU
+lr = 1e-5
+weight_decay = 0.0
+adam_betas = (0.9, 0.999)
+adam_eps = 1e-8
+grad_clip = 1.0
+ema_decay = None  # e.g. 0.9999 keeps an EMA copy of the weights
+dtype = "bf16"  # autocast dtype on CUDA ("bf16", "fp16" or "fp32"); CPU runs in fp32
+grad_checkpoint = True  # recompute each ResBlock in backward: less memory, ~30% more time
+parallel = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard)
+max_nonfinite_steps = 5  # consecutive non-finite losses before aborting
+deterministic = False  # torch.use_deterministic_algorithms for exact CPU resume checks
+
+# Length and bookkeeping
+seed = 42
+epochs = 100
+max_steps = None  # stop (with a checkpoint) after this many global steps
+outputs = "outputs"
+ckpt_path = None  # initial weights: a pipeline checkpoint dir or hub id
+load = None  # resume from a training checkpoint dir, or "auto" for the newest under outputs
+log_every = 1
+ckpt_every = 1000
+keep_last_ckpts = 3
+preview_every = 500  # TensorBoard input|recon image every N steps (0 = never)
+wandb = False
