@@ -75,19 +75,69 @@ def _open_decord(path: str):
     return VideoReader(path, ctx=cpu(0), num_threads=1)
 
 
+class VideoFile:
+    """An opened video: ``num_frames``, ``info`` and ``read(indices)``.
+
+    Opening once and reading from the same object avoids indexing the file twice (decord
+    demuxes every packet when it opens a file). decord is used when it can open the file;
+    PyAV reads what decord cannot open or decode.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = _check_file(path)
+        self._decord_error: Exception | None = None
+        self._info: VideoInfo | None = None
+        try:
+            self._vr = _open_decord(self.path)
+            if len(self._vr) == 0:
+                raise RuntimeError("decord found no frames")
+        except Exception as exc:  # any decord failure: PyAV decides whether the file is readable
+            self._vr, self._decord_error = None, exc
+            self._info = _pyav_info(self.path)
+
+    @property
+    def num_frames(self) -> int:
+        """Number of video packets in the file. A truncated file can have fewer decodable
+        frames: ``read`` checks every frame it returns."""
+        return len(self._vr) if self._vr is not None else self.info.num_frames
+
+    @property
+    def info(self) -> VideoInfo:
+        if self._info is None:
+            try:
+                height, width = self._vr[0].shape[:2]  # decord exposes the size only via a frame
+            except Exception:
+                return _pyav_info(self.path)
+            self._info = VideoInfo(
+                len(self._vr), float(self._vr.get_avg_fps()), int(height), int(width)
+            )
+        return self._info
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode the frames at ``indices`` (any order, repeats allowed): uint8 (N, H, W, 3) RGB."""
+        idx = _validate_indices(self.path, indices, self.num_frames)
+        if self._vr is not None:
+            try:
+                frames = self._vr.get_batch(idx).asnumpy()
+                # decord counts packets, not decodable frames: insist on every frame.
+                if frames.ndim == 4 and frames.shape[0] == len(idx) and frames.shape[-1] == 3:
+                    return np.ascontiguousarray(frames, dtype=np.uint8)
+                self._decord_error = RuntimeError(f"decord returned shape {frames.shape}")
+            except Exception as exc:
+                # Truncated or corrupt streams: decord gives up on the whole batch even when
+                # some frames are decodable; PyAV decodes up to the damage and reports honestly.
+                self._decord_error = exc
+        return _pyav_read(self.path, idx, self._decord_error)
+
+
 def video_info(path: str | os.PathLike) -> VideoInfo:
-    """Frame count, fps and size. The count is the number of video packets in the file, which
-    can exceed the decodable frames of a truncated file: ``read_video_frames`` checks that."""
-    path = _check_file(path)
-    try:
-        vr = _open_decord(path)
-        height, width = vr[0].shape[:2] if len(vr) else (0, 0)
-        info = VideoInfo(len(vr), float(vr.get_avg_fps()), int(height), int(width))
-        if info.num_frames > 0:
-            return info
-    except Exception:  # decord failed: PyAV decides whether the file is readable at all
-        pass
-    return _pyav_info(path)
+    """Frame count (packets in the file), fps and size of a video."""
+    return VideoFile(path).info
+
+
+def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
+    """Decode the frames at ``indices`` (any order, repeats allowed) as uint8 (N, H, W, 3) RGB."""
+    return VideoFile(path).read(indices)
 
 
 def _pyav_info(path: str) -> VideoInfo:
@@ -122,29 +172,6 @@ def _validate_indices(path: str, indices: Sequence[int], num_frames: int) -> lis
             path, f"frame index out of range: {bad[:5]} (video has {num_frames} frames)"
         )
     return idx
-
-
-def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
-    """Decode the frames at ``indices`` (any order, repeats allowed) as uint8 (N, H, W, 3) RGB."""
-    path = _check_file(path)
-    decord_error = None
-    try:
-        vr = _open_decord(path)
-    except Exception as exc:
-        vr, decord_error = None, exc
-    if vr is not None:
-        idx = _validate_indices(path, indices, len(vr))
-        try:
-            frames = vr.get_batch(idx).asnumpy()
-            # decord reports the packet count; make sure it really produced every frame.
-            if frames.shape[0] == len(idx) and frames.ndim == 4 and frames.shape[-1] == 3:
-                return np.ascontiguousarray(frames, dtype=np.uint8)
-            decord_error = RuntimeError(f"decord returned {frames.shape} for {len(idx)} frames")
-        except Exception as exc:
-            # Truncated or corrupt streams: decord gives up on the whole batch even when some
-            # frames are decodable; PyAV below decodes up to the damage and reports honestly.
-            decord_error = exc
-    return _pyav_read(path, indices, decord_error)
 
 
 def _frame_index(frame: av.VideoFrame, start: int, time_base: Fraction, fps: float) -> int:
@@ -277,6 +304,20 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise MediaReadError(path, f"cannot read image ({type(exc).__name__}: {exc})") from exc
     return np.ascontiguousarray(rgb)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) as ``read_image`` would return it, from the header only (cheap)."""
+    path = _check_file(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            # EXIF orientations 5-8 are rotations by 90 degrees: displayed size is transposed.
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise MediaReadError(path, f"cannot read image ({type(exc).__name__}: {exc})") from exc
+    return height, width
 
 
 # ----------------------------------------------------------------------------- writing

@@ -1,0 +1,103 @@
+"""A distributed sampler whose position can be saved and restored exactly.
+
+Each epoch has one global order (a permutation drawn from (seed, epoch)) that does not depend
+on the number of ranks. Global samples are dealt to ranks in turn: global position ``p`` goes
+to rank ``p % num_replicas``. The trainer calls ``advance(batch_size * num_replicas)`` after
+each optimizer step, and ``state_dict()`` records the epoch and the global position. Because
+the order is rank-independent, a run can resume with a different world size or batch size and
+continue at exactly the same global position.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class StatefulDistributedSampler(Sampler[int]):
+    def __init__(
+        self,
+        dataset_len: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 42,
+        drop_last: bool = True,
+    ):
+        if dataset_len < 1:
+            raise ValueError(f"dataset_len must be >= 1, got {dataset_len}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"invalid rank {rank} for num_replicas {num_replicas}")
+        self.dataset_len = dataset_len
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.global_consumed = 0
+
+    def global_order(self, epoch: int | None = None) -> np.ndarray:
+        """The epoch's order of dataset indices, identical on every rank."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(self.dataset_len)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.dataset_len)
+
+    def _per_rank(self) -> int:
+        remaining = max(0, self.dataset_len - self.global_consumed)
+        if self.drop_last:
+            return remaining // self.num_replicas
+        return -(-remaining // self.num_replicas)
+
+    def __len__(self) -> int:
+        """Indices this rank still yields in the current epoch."""
+        return self._per_rank()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.global_order()
+        count = self._per_rank()
+        positions = self.global_consumed + self.rank + self.num_replicas * np.arange(count)
+        # Without drop_last the tail is padded by wrapping around to the start of the order,
+        # so every rank yields the same number of samples (as torch's DistributedSampler).
+        return iter(order[positions % self.dataset_len].tolist())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch``. Calling it with the current epoch keeps the position, so the usual
+        ``load_state_dict(...); set_epoch(saved_epoch)`` resumes mid-epoch."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.global_consumed = 0
+
+    def advance(self, num_global_samples: int) -> None:
+        """Record that ``num_global_samples`` (summed over all ranks) were consumed."""
+        if num_global_samples < 0:
+            raise ValueError("num_global_samples must be >= 0")
+        self.global_consumed += num_global_samples
+
+    @property
+    def epoch_finished(self) -> bool:
+        return self._per_rank() == 0
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "global_consumed": self.global_consumed,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "dataset_len": self.dataset_len,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the position. World size and batch size may differ from the saving run;
+        the dataset and seed may not, since they define the order."""
+        for key in ("seed", "shuffle", "dataset_len"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"sampler state has {key}={state[key]!r} but this sampler has "
+                    f"{key}={getattr(self, key)!r}: the sample order would differ"
+                )
+        self.epoch = int(state["epoch"])
+        self.global_consumed = int(state["global_consumed"])
