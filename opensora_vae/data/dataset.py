@@ -1,0 +1,210 @@
+"""CSV/parquet-driven dataset of videos and images, and its DataLoader.
+
+Design choices (differences from the Open-Sora 1.2 reference are deliberate):
+- Videos shorter than ``num_frames * frame_interval`` are skipped with the reason
+  "too short (N < M)". The reference padded them by repeating frames, which teaches the
+  temporal VAE that motion stops; a 1-frame video is treated as an image.
+- Images are read as one frame and tiled to ``num_frames`` (static clips, as in the
+  reference), so they batch with videos; the training loop decides how frames are used.
+- An unreadable sample is never fatal: it is recorded in the item's ``skipped`` list, logged,
+  and replaced by the next index (wrapping). ``max_retries`` consecutive failures raise, so a
+  CSV of bad rows fails fast instead of looping forever.
+- The temporal crop is drawn from ``np.random.default_rng([seed, epoch, index])``: an item is a
+  pure function of (seed, epoch, index), whatever the worker that loads it or when.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .transforms import VideoTransform, frames_to_clip, temporal_indices
+from .video_io import MediaReadError, VideoFile, is_image, read_image
+
+logger = logging.getLogger(__name__)
+
+TABLE_EXTS = (".csv", ".parquet", ".pq")
+
+
+class SampleSkipped(Exception):
+    """A readable sample that cannot be used (e.g. a video shorter than the clip)."""
+
+
+def load_table(data_path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV or parquet table with a ``path`` column; ValueError naming the file if not."""
+    data_path = str(data_path)
+    ext = os.path.splitext(data_path)[1].lower()
+    if ext not in TABLE_EXTS:
+        raise ValueError(f"{data_path}: unsupported table type {ext!r} (use {', '.join(TABLE_EXTS)})")
+    if not os.path.isfile(data_path):
+        raise ValueError(f"{data_path}: file not found")
+    try:
+        table = pd.read_csv(data_path) if ext == ".csv" else pd.read_parquet(data_path)
+    except ImportError as exc:
+        raise ValueError(f"{data_path}: reading parquet needs pyarrow ({exc})") from exc
+    except Exception as exc:  # pandas raises many types (EmptyDataError, ParserError, ...)
+        raise ValueError(f"{data_path}: cannot read table ({type(exc).__name__}: {exc})") from exc
+    if "path" not in table.columns:
+        raise ValueError(f"{data_path}: no 'path' column (columns: {list(table.columns)})")
+    if len(table) == 0:
+        raise ValueError(f"{data_path}: table has no rows")
+    empty = table.index[table["path"].isna() | (table["path"].astype(str).str.strip() == "")]
+    if len(empty):
+        rows = [int(r) + 2 if ext == ".csv" else int(r) for r in empty[:5]]
+        where = "lines" if ext == ".csv" else "rows"
+        raise ValueError(f"{data_path}: {len(empty)} empty 'path' values ({where} {rows}...)")
+    return table
+
+
+class VideoDataset(Dataset):
+    """Items: ``{"video": (3, T, H, W) float32 in [-1, 1], "index": int (the sample actually
+    returned, which differs from the requested one after a replacement), "path": str,
+    "is_image": bool, "skipped": list[(path, reason)]}``."""
+
+    def __init__(
+        self,
+        data_path: str | os.PathLike,
+        num_frames: int = 17,
+        frame_interval: int = 1,
+        image_size: int | tuple[int, int] = (256, 256),
+        transform_name: str = "center",
+        seed: int = 42,
+        max_retries: int = 10,
+    ):
+        if num_frames < 1 or frame_interval < 1 or max_retries < 1:
+            raise ValueError("num_frames, frame_interval and max_retries must be >= 1")
+        self.data_path = str(data_path)
+        self.table = load_table(self.data_path)
+        root = os.path.dirname(os.path.abspath(self.data_path))
+        # Relative paths are relative to the table's folder, so a dataset folder can move.
+        self.paths = [
+            p if os.path.isabs(p) else os.path.normpath(os.path.join(root, p))
+            for p in (os.path.expanduser(str(p)) for p in self.table["path"])
+        ]
+        self.num_frames = num_frames
+        self.frame_interval = frame_interval
+        self.transform = VideoTransform(transform_name, image_size)
+        self.seed = seed
+        self.max_retries = max_retries
+        # Shared memory so that set_epoch reaches DataLoader workers, persistent ones included.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        epoch = self.epoch if epoch is None else epoch
+        return np.random.default_rng([self.seed, epoch, index])
+
+    def load(self, index: int, epoch: int | None = None) -> tuple[torch.Tensor, bool]:
+        """(clip (3, T, H, W), is_image) of one sample; raises MediaReadError / SampleSkipped."""
+        path = self.paths[index]
+        if is_image(path):
+            return self._static_clip(read_image(path)), True
+        video = VideoFile(path)
+        total = video.num_frames
+        if total == 1:
+            return self._static_clip(video.read([0])[0]), True
+        window = self.num_frames * self.frame_interval
+        if total < window:
+            raise SampleSkipped(f"too short ({total} < {window})")
+        indices = temporal_indices(total, self.num_frames, self.frame_interval, self.rng(index, epoch))
+        return self.transform(frames_to_clip(video.read(indices))), False
+
+    def _static_clip(self, frame: np.ndarray) -> torch.Tensor:
+        # Transform the single frame, then repeat it: same pixels as transforming T copies.
+        clip = self.transform(frames_to_clip(frame[None]))
+        return clip.expand(-1, self.num_frames, -1, -1).contiguous()
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped: list[tuple[str, str]] = []
+        n = len(self.paths)
+        for attempt in range(self.max_retries):
+            i = (int(index) + attempt) % n
+            try:
+                video, image = self.load(i)
+            except (MediaReadError, SampleSkipped, OSError) as exc:
+                reason = exc.reason if isinstance(exc, MediaReadError) else str(exc)
+                skipped.append((self.paths[i], reason))
+                logger.warning("skipping sample %d %s: %s", i, self.paths[i], reason)
+                continue
+            return {"video": video, "index": i, "path": self.paths[i], "is_image": image,
+                    "skipped": skipped}
+        raise RuntimeError(
+            f"{len(skipped)} consecutive unreadable samples starting at index {index} of "
+            f"{self.data_path}, e.g. {skipped[0][0]}: {skipped[0][1]}: check your CSV"
+        )
+
+
+def collate_samples(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack videos; keep paths as a list and concatenate the skipped lists of the batch."""
+    return {
+        "video": torch.stack([it["video"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        "path": [it["path"] for it in items],
+        "is_image": torch.tensor([it["is_image"] for it in items], dtype=torch.bool),
+        "skipped": [s for it in items for s in it["skipped"]],
+    }
+
+
+class _WorkerSeeder:
+    """Seeds global RNGs per (seed, rank, worker) for any code that still uses them; the
+    dataset itself never does. A class, not a closure, so it pickles for spawn workers."""
+
+    def __init__(self, seed: int, rank: int):
+        self.seed, self.rank = seed, rank
+
+    def __call__(self, worker_id: int) -> None:
+        seq = np.random.SeedSequence([self.seed, self.rank, worker_id])
+        worker_seed = int(seq.generate_state(1)[0])
+        random.seed(worker_seed)
+        np.random.seed(worker_seed)
+        torch.manual_seed(worker_seed)
+
+
+def build_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int = 0,
+    sampler: Sampler | None = None,
+    seed: int = 42,
+    rank: int = 0,
+    drop_last: bool = True,
+    timeout_s: float = 600.0,
+    persistent_workers: bool | None = None,
+    pin_memory: bool | None = None,
+    prefetch_factor: int | None = 2,
+) -> DataLoader:
+    """DataLoader with per-(seed, rank, worker) seeding, a worker timeout (a stuck decode
+    raises instead of hanging), persistent workers by default when there are workers (the
+    dataset's epoch lives in shared memory, so set_epoch still reaches them), and pinned
+    memory only when CUDA is available."""
+    workers = num_workers > 0
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        timeout=timeout_s if workers else 0,
+        worker_init_fn=_WorkerSeeder(seed, rank) if workers else None,
+        persistent_workers=workers if persistent_workers is None else (persistent_workers and workers),
+        prefetch_factor=prefetch_factor if workers else None,
+    )

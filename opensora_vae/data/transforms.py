@@ -1,0 +1,124 @@
+"""Spatial and temporal transforms with Open-Sora 1.2 semantics.
+
+A clip goes uint8 (T, H, W, 3) -> float (T, C, H, W) in [0, 1] -> spatial crop/resize ->
+(C, T, H, W) in [-1, 1], the layout and range the VAE consumes.
+
+Resizing is ``F.interpolate(mode="bilinear", align_corners=False)`` without antialiasing, as
+in the reference (``opensora/datasets/video_transforms.py``). Images go through the same
+transform as videos (the reference used ADM's ``center_crop_arr`` for images: a PIL box/bicubic
+resize), so an image and a static video of it give the same pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TRANSFORM_NAMES = ("center", "resize_crop")
+
+
+def _size2(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = (int(s) for s in size)
+    return height, width
+
+
+def _check_clip(clip: torch.Tensor) -> None:
+    if not torch.is_tensor(clip) or clip.ndim != 4 or not clip.is_floating_point():
+        raise ValueError(f"expected a float clip (T, C, H, W), got {getattr(clip, 'shape', clip)}")
+
+
+def _resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(clip.shape[-2:]) == tuple(size):
+        return clip
+    return F.interpolate(clip, size=size, mode="bilinear", align_corners=False)
+
+
+def center_crop_resize(clip: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Centre-crop the largest region with the target aspect ratio, then resize to ``size``.
+
+    For square targets this is the reference's CenterCropResizeVideo (crop a square of the
+    short edge); for other targets the reference squashed the square crop, we keep the aspect.
+    """
+    _check_clip(clip)
+    th, tw = _size2(size)
+    h, w = clip.shape[-2:]
+    if w * th > h * tw:  # too wide: keep full height
+        ch, cw = h, max(1, min(w, round(h * tw / th)))
+    else:  # too tall (or exact): keep full width
+        ch, cw = max(1, min(h, round(w * th / tw))), w
+    i = int(round((h - ch) / 2.0))
+    j = int(round((w - cw) / 2.0))
+    return _resize(clip[..., i : i + ch, j : j + cw], (th, tw))
+
+
+def resize_crop_to_fill(clip: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize so the clip covers ``size`` (scale = max(th/h, tw/w)), then centre-crop it
+    (the reference's ResizeCrop, including its rounding of the crop offset)."""
+    _check_clip(clip)
+    th, tw = _size2(size)
+    h, w = clip.shape[-2:]
+    rh, rw = th / h, tw / w
+    if rh > rw:
+        sh, sw = th, round(w * rh)
+        clip = _resize(clip, (sh, sw))
+        i, j = 0, (sw - tw) // 2
+    else:
+        sh, sw = round(h * rw), tw
+        clip = _resize(clip, (sh, sw))
+        i, j = (sh - th) // 2, 0
+    return clip[..., i : i + th, j : j + tw]
+
+
+_SPATIAL: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
+    "center": center_crop_resize,
+    "resize_crop": resize_crop_to_fill,
+}
+
+
+def frames_to_clip(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [0, 1]."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (T, H, W, 3) frames, got {frames.dtype} {frames.shape}")
+    # astype copies, so read-only decoder buffers are never aliased by the tensor.
+    return torch.from_numpy(frames.transpose(0, 3, 1, 2).astype(np.float32)) / 255.0
+
+
+class VideoTransform:
+    """float (T, C, H, W) in [0, 1] -> float (C, T, H', W') in [-1, 1]."""
+
+    def __init__(self, name: str = "center", image_size: int | tuple[int, int] = (256, 256)):
+        if name not in _SPATIAL:
+            raise ValueError(f"unknown transform {name!r}; choose one of {TRANSFORM_NAMES}")
+        self.name = name
+        self.image_size = _size2(image_size)
+        self._spatial = _SPATIAL[name]
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        clip = self._spatial(clip, self.image_size)
+        return (clip * 2.0 - 1.0).permute(1, 0, 2, 3).contiguous()
+
+    def __repr__(self) -> str:
+        return f"VideoTransform(name={self.name!r}, image_size={self.image_size})"
+
+
+def temporal_indices(
+    total_frames: int, num_frames: int, frame_interval: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Frame indices of a random window of ``num_frames * frame_interval`` frames, spread
+    with ``np.linspace(start, end - 1, num_frames)`` (the reference's TemporalRandomCrop).
+
+    Every window start in ``0 .. total - window`` is possible; the reference's
+    ``randint(0, total - window - 1)`` never picked the last one.
+    """
+    window = num_frames * frame_interval
+    if num_frames < 1 or frame_interval < 1:
+        raise ValueError("num_frames and frame_interval must be >= 1")
+    if total_frames < window:
+        raise ValueError(f"too short ({total_frames} < {window})")
+    start = int(rng.integers(0, total_frames - window + 1))
+    return np.linspace(start, start + window - 1, num_frames).astype(int)
