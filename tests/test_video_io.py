@@ -222,3 +222,23 @@ def test_bad_images_raise(tmp_path):
     Image.fromarray(np.ones((2, 2), np.float32), mode="F").save(tmp_path / "f.tiff")
     with pytest.raises(MediaReadError, match="mode F"):
         vio.read_image(tmp_path / "f.tiff")
+
+
+def test_video_file_opens_once_and_reads_repeatedly(clip17_frames):
+    video = vio.VideoFile(CLIP_17)
+    assert video.num_frames == 17 and video.info == vio.VideoInfo(17, 24.0, 256, 256)
+    np.testing.assert_array_equal(video.read([2, 9]), clip17_frames[[2, 9]])
+    np.testing.assert_array_equal(video.read([16]), clip17_frames[[16]])
+
+
+def test_image_size_reads_the_header_with_exif_orientation(tmp_path):
+    img = Image.fromarray(np.zeros((2, 5, 3), dtype=np.uint8))
+    img.save(tmp_path / "plain.png")
+    exif = img.getexif()
+    exif[0x0112] = 8
+    img.save(tmp_path / "rotated.jpg", exif=exif)
+    assert vio.image_size(tmp_path / "plain.png") == (2, 5)
+    assert vio.image_size(tmp_path / "rotated.jpg") == (5, 2) == vio.read_image(tmp_path / "rotated.jpg").shape[:2]
+    (tmp_path / "x.png").write_text("no")
+    with pytest.raises(MediaReadError, match="x.png"):
+        vio.image_size(tmp_path / "x.png")
