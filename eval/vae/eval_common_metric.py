@@ -1,0 +1,67 @@
+"""Evaluate reconstructed videos against the originals (SSIM, PSNR, LPIPS, FloLPIPS).
+
+Same flags as the Open-Sora 1.2 reference script. Example:
+  python eval/vae/eval_common_metric.py --real_video_dir samples/real \
+      --generated_video_dir samples/recon --num_frames 17 --resolution 256 --crop_size 256 \
+      --metric ssim psnr lpips flolpips --res_dir outputs/eval
+Files are paired by name (without extension).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from opensora_vae.data.video_io import MediaReadError
+from opensora_vae.metrics.runner import METRICS, evaluate_dirs
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch_size", type=int, default=2, help="videos per batch")
+    p.add_argument("--real_video_dir", required=True)
+    p.add_argument("--generated_video_dir", required=True)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--sample_fps", type=int, default=30, help="accepted for compatibility, unused")
+    p.add_argument("--crop_size", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=336, help="short side after resizing")
+    p.add_argument("--num_frames", type=int, default=100)
+    p.add_argument("--sample_rate", type=int, default=1, help="frame stride")
+    p.add_argument("--subset_size", type=int, default=None, help="evaluate only the first N pairs")
+    p.add_argument("--metric", nargs="+", default=list(METRICS), choices=list(METRICS))
+    p.add_argument("--res_dir", default=None, help="write metric_{num_frames}f_{resolution}res.json here")
+    p.add_argument("--skip_bad", action="store_true", help="skip unreadable media (listed in the JSON)")
+    p.add_argument("--pwc_weights", default=None, help="PWC-Net network-default.pytorch for FloLPIPS")
+    p.add_argument("--no_progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    result = evaluate_dirs(
+        args.real_video_dir, args.generated_video_dir, metrics=args.metric, num_frames=args.num_frames,
+        sample_rate=args.sample_rate, resolution=args.resolution, crop_size=args.crop_size,
+        device=args.device, batch_size=args.batch_size, subset_size=args.subset_size,
+        skip_bad=args.skip_bad, pwc_weights=args.pwc_weights, progress=not args.no_progress,
+    )
+    print(f"{'metric':<10}{'value':>14}")
+    for metric in result["protocol"]["metrics"]:
+        value = result[metric]
+        print(f"{metric:<10}{'n/a' if value is None else format(value, '.6f'):>14}")
+    print(f"{result['num_videos']} pair(s) evaluated, {result['num_skipped']} skipped")
+    if args.res_dir:
+        os.makedirs(args.res_dir, exist_ok=True)
+        path = os.path.join(args.res_dir, f"metric_{args.num_frames}f_{args.resolution}res.json")
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)  # json writes floats with full (repr) precision
+        print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, MediaReadError) as exc:
+        sys.exit(f"error: {exc}")

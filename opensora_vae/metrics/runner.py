@@ -1,0 +1,317 @@
+"""Evaluate reconstructions against originals: two folders of videos/images paired by name.
+
+Protocol (DESIGN.md "Evaluation protocol"): frames 0, s, 2s, ... (``num_frames`` of them,
+stride ``sample_rate``), RGB in [0, 1], short side resized to ``resolution`` with
+``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` on float32 frames
+and no antialiasing (what the reference's pytorchvideo ``ShortSideScale`` does; new long side
+= floor(long / short · resolution)), then a centre crop of ``crop_size`` (offsets rounded as
+torchvision's ``CenterCropVideo``). Each file is decoded once for all metrics.
+
+Differences from the reference, on purpose: files are paired by name (file stem), not by
+sorted position; frames are taken with an exact stride (the reference spread them with
+``np.linspace(0, s·n - 1, n)``, the same for stride 1); bad input raises a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data.video_io import MediaReadError, VideoFile, is_image, is_video, read_image
+from .flolpips import FloLPIPS
+from .lpips_metric import LPIPSMetric
+from .psnr import psnr
+from .ssim import ssim
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("ssim", "psnr", "lpips", "flolpips")
+
+
+@dataclass
+class MediaPair:
+    name: str
+    real: Path
+    generated: Path
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available (torch.cuda.is_available() is False)")
+    return device
+
+
+def _list_media(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    media, ignored = {}, []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if not (is_video(path) or is_image(path)):
+            ignored.append(path.name)
+            continue
+        if path.stem in media:
+            raise ValueError(f"{folder}: '{media[path.stem].name}' and '{path.name}' have the same name; "
+                             f"files are paired by name without extension")
+        media[path.stem] = path
+    if ignored:
+        logger.warning("%s: ignoring %d non-media file(s): %s", folder, len(ignored), ", ".join(ignored[:5]))
+    if not media:
+        raise ValueError(f"no video or image files in {folder}")
+    return media
+
+
+def pair_files(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -> list[MediaPair]:
+    """Pair files by name without extension (``a.mov`` ↔ ``a.mp4``); sorted by name."""
+    real, generated = _list_media(Path(real_dir)), _list_media(Path(generated_dir))
+    only_real = sorted(set(real) - set(generated))
+    only_generated = sorted(set(generated) - set(real))
+    if only_real or only_generated:
+        def show(names: list[str]) -> str:
+            return ", ".join(names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "") or "-"
+        raise ValueError(
+            f"real and generated folders do not hold the same names.\n"
+            f"  missing in {generated_dir}: {show(only_real)}\n"
+            f"  missing in {real_dir}: {show(only_generated)}"
+        )
+    return [MediaPair(name, real[name], generated[name]) for name in sorted(real)]
+
+
+def frame_indices(num_frames: int, sample_rate: int, available: int) -> list[int]:
+    """0, s, 2s, ... (``num_frames`` of them), keeping those below ``available``."""
+    if num_frames < 1 or sample_rate < 1:
+        raise ValueError(f"num_frames and sample_rate must be >= 1, got {num_frames}, {sample_rate}")
+    return [i for i in range(0, num_frames * sample_rate, sample_rate) if i < available]
+
+
+def preprocess(frames: np.ndarray, resolution: int | None, crop_size: int | None,
+               device: torch.device) -> torch.Tensor:
+    """uint8 (T, H, W, 3) → float32 (T, 3, h, w) in [0, 1]: short-side resize, centre crop."""
+    if not frames.flags.writeable:  # PIL-backed arrays are read-only; torch wants writable
+        frames = frames.copy()
+    x = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float() / 255.0
+    h, w = x.shape[-2:]
+    if resolution is not None:
+        if w < h:
+            size = (int(math.floor(h / w * resolution)), resolution)
+        else:
+            size = (resolution, int(math.floor(w / h * resolution)))
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if crop_size is not None:
+        h, w = x.shape[-2:]
+        if crop_size > min(h, w):
+            raise ValueError(f"crop_size {crop_size} is larger than the resized frame {h}x{w}")
+        top, left = int(round((h - crop_size) / 2.0)), int(round((w - crop_size) / 2.0))
+        x = x[..., top : top + crop_size, left : left + crop_size]
+    return x.contiguous()
+
+
+class MetricSuite:
+    """The requested metrics with their networks, built once."""
+
+    def __init__(self, metrics: Sequence[str] = METRICS, device: str | torch.device | None = "cpu",
+                 lpips_metric: LPIPSMetric | None = None, flolpips: FloLPIPS | None = None,
+                 pwc_weights: str | os.PathLike | None = None, frames_per_batch: int = 32):
+        unknown = sorted(set(metrics) - set(METRICS))
+        if unknown or not metrics:
+            raise ValueError(f"unknown or no metrics {unknown or list(metrics)}; choose from {list(METRICS)}")
+        self.metrics = [m for m in METRICS if m in metrics]
+        self.device = resolve_device(device)
+        self.frames_per_batch = frames_per_batch
+        self.lpips = None
+        if "lpips" in self.metrics:
+            self.lpips = (lpips_metric or LPIPSMetric("alex")).to(self.device)
+        self.flolpips = None
+        if "flolpips" in self.metrics:
+            self.flolpips = (flolpips or FloLPIPS(pwc_weights=pwc_weights)).to(self.device)
+
+    def per_frame(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Frame metrics of (N, 3, H, W) batches; FloLPIPS is separate (it needs pairs)."""
+        out = {}
+        if "ssim" in self.metrics:
+            out["ssim"] = ssim(real, fake)
+        if "psnr" in self.metrics:
+            out["psnr"] = psnr(real, fake)
+        if self.lpips is not None:
+            out["lpips"] = self.lpips(real, fake, batch_size=self.frames_per_batch)
+        return out
+
+    def flolpips_pairs(self, real: torch.Tensor, fake: torch.Tensor, starts: list[int]) -> torch.Tensor:
+        """FloLPIPS of frame pairs (i, i+1) for each i in ``starts`` of concatenated frames."""
+        values = []
+        step = max(1, self.frames_per_batch // 4)  # PWC-Net holds many feature maps per pair
+        for k in range(0, len(starts), step):
+            idx = torch.tensor(starts[k : k + step], device=real.device)
+            values.append(self.flolpips(real[idx], real[idx + 1], fake[idx], fake[idx + 1]))
+        return torch.cat(values) if values else real.new_zeros(0)
+
+
+@dataclass
+class _Accumulator:
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, metric: str, vals: Iterable[float]) -> None:
+        self.values.setdefault(metric, []).extend(float(v) for v in vals)
+
+    def mean(self, metric: str) -> float | None:
+        vals = self.values.get(metric)
+        return math.fsum(vals) / len(vals) if vals else None
+
+
+def _load_pair(pair: MediaPair, num_frames: int, sample_rate: int, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the pair's frames once: uint8 (T, H, W, 3) each, same shape."""
+    if is_image(pair.real) != is_image(pair.generated):
+        raise ValueError(f"{pair.name}: an image is paired with a video "
+                         f"({pair.real.name} vs {pair.generated.name}): frame counts differ")
+    if is_image(pair.real):
+        real, gen = read_image(pair.real)[None], read_image(pair.generated)[None]
+    else:
+        real_file, gen_file = VideoFile(pair.real), VideoFile(pair.generated)
+        n_real, n_gen = real_file.num_frames, gen_file.num_frames
+        indices = frame_indices(num_frames, sample_rate, min(n_real, n_gen))
+        if len(indices) < num_frames:
+            note = (f"{pair.name}: shorter than requested ({num_frames} frames at stride {sample_rate}): real "
+                    f"has {n_real}, generated has {n_gen} frames; using {len(indices)} frames "
+                    f"(indices 0..{indices[-1]})")
+            logger.warning(note)
+            notes.append(note)
+        real, gen = real_file.read(indices), gen_file.read(indices)
+    if real.shape != gen.shape:
+        raise ValueError(f"{pair.name}: frame sizes differ: {pair.real} is {real.shape[1]}x{real.shape[2]}, "
+                         f"{pair.generated} is {gen.shape[1]}x{gen.shape[2]}")
+    return real, gen
+
+
+def evaluate_dirs(
+    real_dir: str | os.PathLike,
+    gen_dir: str | os.PathLike,
+    metrics: Sequence[str] = METRICS,
+    num_frames: int = 17,
+    sample_rate: int = 1,
+    resolution: int | None = 256,
+    crop_size: int | None = None,
+    device: str | torch.device | None = "cpu",
+    batch_size: int = 2,
+    subset_size: int | None = None,
+    skip_bad: bool = False,
+    suite: MetricSuite | None = None,
+    pwc_weights: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Mean metrics over all (video, frame) pairs (FloLPIPS: over consecutive frame pairs).
+
+    Returns ``{metric: mean, ..., "per_video": {name: {...}}, "num_videos", "skipped",
+    "warnings", "protocol"}``. A metric with no value (FloLPIPS on images only) is None.
+    Corrupt media raise :class:`MediaReadError`, or with ``skip_bad`` are skipped and listed.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pairs = pair_files(real_dir, gen_dir)
+    if subset_size is not None:
+        pairs = pairs[:subset_size]
+    suite = suite or MetricSuite(metrics, device, pwc_weights=pwc_weights)
+    notes: list[str] = []
+    skipped: list[dict[str, str]] = []
+    no_flow: list[str] = []
+    acc = _Accumulator()
+    per_video: dict[str, dict] = {}
+    bar = tqdm(total=len(pairs), desc="eval", unit="video", disable=not progress)
+    for start in range(0, len(pairs), batch_size):
+        loaded = []
+        for pair in pairs[start : start + batch_size]:
+            try:
+                real, gen = _load_pair(pair, num_frames, sample_rate, notes)
+            except MediaReadError as exc:
+                if not skip_bad:
+                    raise
+                logger.warning("skipping %s: %s", pair.name, exc)
+                skipped.append({"name": pair.name, "reason": str(exc)})
+                bar.update(1)
+                continue
+            real_t = preprocess(real, resolution, crop_size, suite.device)
+            gen_t = preprocess(gen, resolution, crop_size, suite.device)
+            loaded.append((pair.name, real_t, gen_t))
+        _evaluate_batch(loaded, suite, acc, per_video, no_flow)
+        bar.update(len(loaded))
+    bar.close()
+    if not per_video:
+        raise ValueError(f"no pair could be evaluated ({len(skipped)} skipped)")
+    if no_flow:
+        note = f"flolpips skipped for {len(no_flow)} single-frame item(s) (needs >= 2 frames): {', '.join(no_flow[:10])}"
+        logger.warning(note)
+        notes.append(note)
+    result: dict = {m: acc.mean(m) for m in suite.metrics}
+    result.update(
+        per_video=per_video,
+        num_videos=len(per_video),
+        num_frames_evaluated=sum(entry["num_frames"] for entry in per_video.values()),
+        skipped=skipped,
+        num_skipped=len(skipped),
+        warnings=notes,
+        protocol=_protocol(suite, num_frames, sample_rate, resolution, crop_size),
+    )
+    return result
+
+
+def _evaluate_batch(loaded: list, suite: MetricSuite, acc: _Accumulator, per_video: dict, no_flow: list) -> None:
+    # Videos of equal frame size share one batched call per metric.
+    groups: dict[tuple, list] = {}
+    for item in loaded:
+        groups.setdefault(tuple(item[1].shape[-2:]), []).append(item)
+    for items in groups.values():
+        real = torch.cat([r for _, r, _ in items])
+        fake = torch.cat([g for _, _, g in items])
+        counts = [r.shape[0] for _, r, _ in items]
+        frame_values = {m: v.cpu().split(counts) for m, v in suite.per_frame(real, fake).items()}
+        flow_values = None
+        if suite.flolpips is not None:
+            offsets = np.cumsum([0] + counts[:-1])
+            starts = [int(o) + t for o, n in zip(offsets, counts) for t in range(n - 1)]
+            flow_values = suite.flolpips_pairs(real, fake, starts).cpu().split([max(n - 1, 0) for n in counts])
+        for k, (name, _, _) in enumerate(items):
+            entry: dict = {"num_frames": counts[k]}
+            for metric, values in frame_values.items():
+                acc.add(metric, values[k].tolist())
+                entry[metric] = float(values[k].double().mean())
+            if flow_values is not None:
+                if counts[k] < 2:
+                    no_flow.append(name)
+                    entry["flolpips"] = None
+                else:
+                    acc.add("flolpips", flow_values[k].tolist())
+                    entry["flolpips"] = float(flow_values[k].double().mean())
+            per_video[name] = entry
+
+
+def _protocol(suite: MetricSuite, num_frames: int, sample_rate: int, resolution: int | None,
+              crop_size: int | None) -> dict:
+    return {
+        "metrics": suite.metrics,
+        "num_frames": num_frames,
+        "sample_rate": sample_rate,
+        "frame_indices": f"0, {sample_rate}, ..., {sample_rate * (num_frames - 1)} (fewer if the video is shorter)",
+        "resolution": resolution,
+        "resize": "short side, torch interpolate bilinear align_corners=False, no antialias, float32 [0,1]",
+        "crop_size": crop_size,
+        "pairing": "by file name without extension",
+        "ssim": "per channel, gaussian 11x11 sigma 1.5, C1=0.01^2, C2=0.03^2, float64, valid region, mean",
+        "psnr": "20*log10(1/sqrt(mse)), mse over C*H*W in float64, 100 if mse < 1e-10",
+        "lpips": "lpips AlexNet v0.1, inputs in [-1,1], mean of the spatial distance map",
+        "flolpips": "AlexNet v0.1 layer maps pooled by |flow(real_t,real_t+1) - flow(gen_t,gen_t+1)| (PWC-Net); "
+                    "uniform weights where the flows agree exactly",
+        "device": str(suite.device),
+    }

@@ -1,0 +1,160 @@
+"""evaluate_dirs: pairing, frame selection, preprocessing, errors, values."""
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from opensora_vae.data.video_io import MediaReadError, read_video_frames, write_image, write_video
+from opensora_vae.lpips_backbone import build_lpips
+from opensora_vae.metrics import FloLPIPS, LPIPSMetric, MetricSuite, build_pwcnet, evaluate_dirs, psnr, ssim
+from opensora_vae.metrics.runner import frame_indices, pair_files, preprocess, resolve_device
+
+CLIP = "assets/media/city_cc0_256_17f.mp4"
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return read_video_frames(CLIP, range(8))[:, 40:120, 20:116]  # 8 frames, 80x96
+
+
+def _noisy(frames: np.ndarray, amount: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(frames.astype(int) + rng.integers(-amount, amount + 1, frames.shape), 0, 255).astype(np.uint8)
+
+
+def _folders(tmp_path, clip, names=("a", "b", "c"), frames=8):
+    real, gen = tmp_path / "real", tmp_path / "gen"
+    real.mkdir(), gen.mkdir()
+    for i, name in enumerate(names):
+        write_video(real / f"{name}.mp4", clip[:frames], 24, lossless=True)
+        write_video(gen / f"{name}.mkv", _noisy(clip[:frames], 4 + 6 * i, i), 24, lossless=True)
+    return real, gen
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """All four metrics; random backbones where weights are absent (values are compared
+    with direct calls of the same networks, so any weights do)."""
+    torch.manual_seed(0)
+    lpips_metric = LPIPSMetric(allow_random_backbone=True)
+    flolpips = FloLPIPS(build_lpips("alex", allow_random_backbone=True), build_pwcnet(allow_random=True))
+    return MetricSuite(device="cpu", lpips_metric=lpips_metric, flolpips=flolpips)
+
+
+def test_frame_indices_and_preprocess():
+    assert frame_indices(4, 3, 100) == [0, 3, 6, 9]
+    assert frame_indices(4, 3, 8) == [0, 3, 6]
+    with pytest.raises(ValueError):
+        frame_indices(0, 1, 10)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 80, 96, 3), dtype=np.uint8)
+    out = preprocess(frames, resolution=64, crop_size=48, device=torch.device("cpu"))
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    resized = F.interpolate(x, size=(64, math.floor(96 / 80 * 64)), mode="bilinear", align_corners=False)
+    assert resized.shape[-1] == 76
+    assert torch.equal(out, resized[..., 8:56, 14:62])  # round((64-48)/2), round((76-48)/2)
+    assert torch.equal(preprocess(frames, None, None, torch.device("cpu")), x)
+    with pytest.raises(ValueError, match="crop_size"):
+        preprocess(frames, 64, 70, torch.device("cpu"))
+
+
+def test_values_equal_direct_metric_calls(tmp_path, clip, suite):
+    real_dir, gen_dir = _folders(tmp_path, clip)
+    res = evaluate_dirs(real_dir, gen_dir, num_frames=6, sample_rate=1, resolution=64, crop_size=64,
+                        batch_size=2, suite=suite, progress=False)
+    assert set(res) >= {"ssim", "psnr", "lpips", "flolpips", "per_video", "protocol", "num_videos"}
+    assert res["num_videos"] == 3 and res["num_frames_evaluated"] == 18
+    all_vals = {m: [] for m in ("ssim", "psnr", "lpips", "flolpips")}
+    for i, name in enumerate("abc"):
+        real = preprocess(clip[:6], 64, 64, torch.device("cpu"))
+        fake = preprocess(_noisy(clip[:8], 4 + 6 * i, i)[:6], 64, 64, torch.device("cpu"))
+        direct = {"ssim": ssim(real, fake), "psnr": psnr(real, fake), "lpips": suite.lpips(real, fake),
+                  "flolpips": suite.flolpips.video(real, fake)}
+        for metric, values in direct.items():
+            assert res["per_video"][name][metric] == pytest.approx(values.double().mean().item(), rel=1e-6)
+            all_vals[metric] += values.tolist()
+    for metric, values in all_vals.items():
+        assert res[metric] == pytest.approx(np.mean(values), rel=1e-6)
+    # More noise, worse scores: the pairing is by name, not by accident.
+    per = res["per_video"]
+    assert per["a"]["psnr"] > per["b"]["psnr"] > per["c"]["psnr"]
+
+
+def test_pairing_by_name_errors(tmp_path, clip):
+    real_dir, gen_dir = _folders(tmp_path, clip, names=("a", "b"), frames=2)
+    (gen_dir / "b.mkv").rename(gen_dir / "z.mkv")
+    with pytest.raises(ValueError) as err:
+        pair_files(real_dir, gen_dir)
+    assert "missing in" in str(err.value) and "b" in str(err.value) and "z" in str(err.value)
+    write_video(gen_dir / "a.mp4", clip[:2], 24, lossless=True)  # a.mkv and a.mp4
+    with pytest.raises(ValueError, match="same name"):
+        pair_files(real_dir, gen_dir)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not media")
+    with pytest.raises(ValueError, match="no video or image files"):
+        pair_files(real_dir, empty)
+
+
+def test_short_videos_warn_and_use_the_shorter(tmp_path, clip, suite, caplog):
+    real_dir, gen_dir = tmp_path / "r", tmp_path / "g"
+    real_dir.mkdir(), gen_dir.mkdir()
+    write_video(real_dir / "v.mp4", clip[:8], 24, lossless=True)
+    write_video(gen_dir / "v.mp4", clip[:5], 24, lossless=True)
+    with caplog.at_level(logging.WARNING):
+        res = evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=8, resolution=None,
+                            suite=MetricSuite(["psnr"]), progress=False)
+    assert res["per_video"]["v"]["num_frames"] == 5
+    assert "v: shorter than requested" in caplog.text and "using 5 frames" in res["warnings"][0]
+    assert res["psnr"] == 100.0  # lossless copies of the same frames
+
+
+def test_size_mismatch_and_image_video_mismatch(tmp_path, clip):
+    real_dir, gen_dir = tmp_path / "r", tmp_path / "g"
+    real_dir.mkdir(), gen_dir.mkdir()
+    write_video(real_dir / "v.mp4", clip[:3], 24, lossless=True)
+    write_video(gen_dir / "v.mp4", clip[:3, :64, :64], 24, lossless=True)
+    with pytest.raises(ValueError, match="frame sizes differ"):
+        evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=3, progress=False)
+    (gen_dir / "v.mp4").unlink(), (real_dir / "v.mp4").unlink()
+    write_image(gen_dir / "w.png", clip[0])
+    write_video(real_dir / "w.mp4", clip[:3], 24, lossless=True)
+    with pytest.raises(ValueError, match="image is paired with a video"):
+        evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=3, subset_size=None, progress=False)
+
+
+def test_corrupt_video_error_or_counted_skip(tmp_path, clip):
+    real_dir, gen_dir = _folders(tmp_path, clip, names=("a", "b"), frames=3)
+    (gen_dir / "b.mkv").write_bytes(b"\x00not a video" * 50)
+    with pytest.raises(MediaReadError, match="b.mkv"):
+        evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=3, progress=False)
+    res = evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=3, skip_bad=True, progress=False)
+    assert res["num_videos"] == 1 and res["num_skipped"] == 1
+    assert res["skipped"][0]["name"] == "b" and "b.mkv" in res["skipped"][0]["reason"]
+    assert list(res["per_video"]) == ["a"]
+
+
+def test_images_are_one_frame_videos_without_flolpips(tmp_path, clip, suite):
+    real_dir, gen_dir = tmp_path / "r", tmp_path / "g"
+    real_dir.mkdir(), gen_dir.mkdir()
+    for i in range(2):
+        write_image(real_dir / f"im{i}.png", clip[i])
+        write_image(gen_dir / f"im{i}.png", _noisy(clip[i:i + 1], 8, i)[0])
+    res = evaluate_dirs(real_dir, gen_dir, num_frames=17, resolution=None, suite=suite, progress=False)
+    assert res["flolpips"] is None and res["per_video"]["im0"]["flolpips"] is None
+    assert any("flolpips skipped for 2" in w for w in res["warnings"])
+    real = preprocess(clip[:1], None, None, torch.device("cpu"))
+    fake = preprocess(_noisy(clip[:1], 8, 0), None, None, torch.device("cpu"))
+    assert res["per_video"]["im0"]["ssim"] == pytest.approx(ssim(real, fake).item(), abs=1e-12)
+    assert res["warnings"] == [w for w in res["warnings"] if "shorter" not in w]  # images never warn
+
+
+def test_device_and_metric_validation():
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown"):
+        MetricSuite(["fvd"])
