@@ -18,6 +18,7 @@ setup(
         "av",
         "numpy",
         "pandas",
+        "pyarrow",
         "pillow",
         "lpips",
         "scikit-image",
