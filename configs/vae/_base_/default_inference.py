@@ -11,7 +11,8 @@ dataset = dict(
 )
 num_workers = 2
 ckpt_path = None  # pipeline checkpoint: ours (save_pretrained / training step dir) or the released one
-save_dir = "samples/vae_video"  # writes <save_dir>_ori, <save_dir>_rec, <save_dir>_spatial
+save_dir = "samples/vae_video"  # writes <save_dir>_ori, _rec, _spatial (NNN.mp4 / NNN.png) and _metrics.json
+overwrite = False  # True: delete earlier NNN.mp4/NNN.png in those dirs (else an error: the eval would mix runs)
 num_samples = None  # None = every row of the CSV
 batch_size = 1
 dtype = "fp32"  # "bf16" on CUDA is faster

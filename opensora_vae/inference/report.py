@@ -1,0 +1,76 @@
+"""The metrics report (`<save_dir>_metrics.json`) and its printed summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .latent_stats import LatentStats
+
+METRICS = ("psnr", "ssim")
+KINDS = ("rec", "spatial")
+
+
+def _sample_entry(record: dict) -> dict:
+    entry = {k: record[k] for k in ("name", "index", "path", "is_image", "num_frames")}
+    for kind in KINDS:
+        frames = record[kind]
+        entry[kind] = {m: float(np.mean(frames[m])) for m in METRICS}
+        entry[kind].update({f"{m}_frames": frames[m] for m in METRICS})
+    return entry
+
+
+def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentStats | None, pipe,
+              layout, ckpt_path: str, resolved_ckpt: str, device, world_size: int, seconds: float) -> dict:
+    """Means are over all (sample, frame) pairs, the eval protocol's reported value; metrics are
+    on the uint8 frames as written, before video compression (with `lossless=True` the eval of
+    the files reproduces them)."""
+    means = {kind: {m: float(np.mean([v for r in records for v in r[kind][m]])) for m in METRICS}
+             for kind in KINDS}
+    report = {
+        "checkpoint": str(ckpt_path),
+        "checkpoint_resolved": str(resolved_ckpt),
+        "config_path": cfg.get("config_path"),
+        "data_path": str(cfg.dataset.data_path),
+        "num_rows": len(records) + len(skipped),
+        "num_samples": len(records),
+        "num_frames": sum(r["num_frames"] for r in records),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "mean": means,
+        "mean_over": "all (sample, frame) pairs, on uint8 frames before video compression",
+        "dirs": {"ori": str(layout.ori), "rec": str(layout.rec), "spatial": str(layout.spatial),
+                 "grid": str(layout.grid) if layout.grid is not None else None},
+        "device": str(device),
+        "world_size": world_size,
+        "seconds": round(seconds, 2),
+        "samples": [_sample_entry(r) for r in records],
+        "config": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+    }
+    if stats is not None:
+        report["latent_stats"] = stats.summary()
+        report["latent_stats"]["checkpoint_shift"] = pipe.shift.flatten().tolist()
+        report["latent_stats"]["checkpoint_scale"] = pipe.scale.flatten().tolist()
+    return report
+
+
+def format_summary(report: dict) -> str:
+    lines = [f"{report['num_samples']} samples ({report['num_frames']} frames) reconstructed with "
+             f"{report['checkpoint']}, {report['num_skipped']} skipped, in {report['seconds']:.1f} s",
+             f"{'vs ori':<10}{'PSNR':>10}{'SSIM':>10}"]
+    for kind in KINDS:
+        lines.append(f"{kind:<10}{report['mean'][kind]['psnr']:>10.4f}{report['mean'][kind]['ssim']:>10.4f}")
+    for s in report["skipped"]:
+        lines.append(f"skipped {s['index']} {s['path']}: {s['reason']}")
+    stats = report.get("latent_stats")
+    if stats:
+        lines.append(f"latent stats over {stats['count_per_channel']} values per channel "
+                     "(shift = mean, scale = std):")
+        lines.append(f"{'channel':<10}{'mean':>10}{'std':>10}{'ckpt shift':>12}{'ckpt scale':>12}")
+        for c, (m, s, cs, cc) in enumerate(zip(stats["mean"], stats["std"], stats["checkpoint_shift"],
+                                               stats["checkpoint_scale"])):
+            lines.append(f"{c:<10}{m:>10.4f}{s:>10.4f}{cs:>12.4f}{cc:>12.4f}")
+    lines.append(f"outputs: {report['dirs']['ori']}, {report['dirs']['rec']}, {report['dirs']['spatial']}"
+                 + (f", {report['dirs']['grid']}" if report['dirs']['grid'] else ""))
+    return "\n".join(lines)

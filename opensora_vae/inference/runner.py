@@ -1,0 +1,182 @@
+"""`run_inference(cfg)`: reconstruct a CSV's samples, write `_ori/_rec/_spatial`, metrics, stats."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ..models import VideoVAEPipeline
+from .checkpoint import load_inference_pipeline
+from .dataset import InferenceDataset, collate_items, sample_name
+from .distributed import RankInfo, barrier, gather_objects, setup_ranks, shard, teardown
+from .latent_stats import LatentStats
+from .outputs import OutputLayout
+from .reconstruct import frame_metrics, reconstruct_clip, to_uint8_frames
+from .report import format_summary, summarize
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("fp32", "bf16")
+LOADER_TIMEOUT_S = 600.0  # a stuck decode in a worker raises instead of hanging the run
+
+
+class InferenceError(RuntimeError):
+    """Settings or data that make the run impossible (the message says what to change)."""
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+        if node is None:
+            return default
+    return node
+
+
+def check_settings(cfg: Any) -> None:
+    """Cheap checks before the checkpoint or any data is read."""
+    problems = []
+    if _get(cfg, "dataset.data_path") is None:
+        problems.append("no data: pass --data-path CSV")
+    if cfg.dtype not in DTYPES:
+        problems.append(f"dtype '{cfg.dtype}' is not one of {DTYPES}")
+    if cfg.num_samples is not None and (not isinstance(cfg.num_samples, int) or cfg.num_samples < 1):
+        problems.append(f"num_samples must be >= 1 or None (all rows), got {cfg.num_samples}")
+    if cfg.batch_size < 1:
+        problems.append(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.fps <= 0:
+        problems.append(f"fps must be positive, got {cfg.fps}")
+    if problems:
+        raise InferenceError("cannot run inference:\n  " + "\n  ".join(problems))
+
+
+def autocast_for(dtype: str, device: torch.device):
+    """bf16 autocast on CUDA; on CPU bf16 is slow and inexact, so fp32 is used with a warning."""
+    if dtype == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if dtype == "bf16":
+        logger.warning("dtype bf16 is only used on CUDA; running in fp32 on %s", device)
+    return contextlib.nullcontext()
+
+
+def sample_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    """Latent noise per (seed, first sample index of the batch), whatever the rank or worker."""
+    state = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(state)
+
+
+def _group_by_shape(items: list[dict]) -> list[list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for item in items:
+        groups[tuple(item["video"].shape)].append(item)
+    return list(groups.values())
+
+
+def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info: RankInfo,
+                       layout: OutputLayout, num_rows: int, stats: LatentStats | None) -> list[dict]:
+    x = torch.stack([item["video"] for item in items]).to(info.device)
+    generator = sample_generator(cfg.seed, items[0]["index"], info.device) if cfg.sample else None
+    with autocast_for(cfg.dtype, info.device):
+        out = reconstruct_clip(pipe, x, sample=cfg.sample, generator=generator)
+    if stats is not None:
+        stats.update(out.z)
+    records = []
+    for i, item in enumerate(items):
+        name = sample_name(item["index"], num_rows)
+        ori, spatial, rec = (to_uint8_frames(v[i]) for v in (x, out.spatial, out.rec))
+        layout.write(name, ori, spatial, rec, fps=cfg.fps, lossless=cfg.lossless)
+        records.append({"name": name, "index": item["index"], "path": item["path"],
+                        "is_image": bool(item["is_image"]), "num_frames": int(ori.shape[0]),
+                        "rec": frame_metrics(ori, rec), "spatial": frame_metrics(ori, spatial)})
+    return records
+
+
+def run_inference(cfg: Any, verbose: bool = True) -> dict:
+    """Runs the whole inference; returns the metrics report (also written as JSON by rank 0).
+
+    Order of failure: settings, then the checkpoint, then the data, so a wrong checkpoint
+    never costs a data pass. Under torchrun each rank takes every world_size-th sample.
+    """
+    check_settings(cfg)
+    info = setup_ranks()
+    try:
+        return _run(cfg, info, verbose)
+    finally:
+        teardown(info)
+
+
+def _run(cfg: Any, info: RankInfo, verbose: bool) -> dict:
+    start = time.time()
+    model_cfg = cfg.model
+    pipe, resolved = load_inference_pipeline(
+        cfg.ckpt_path, micro_frame_size=model_cfg.micro_frame_size,
+        micro_batch_size=model_cfg.spatial.micro_batch_size, device=info.device)
+    ds_cfg = cfg.dataset
+    try:
+        dataset = InferenceDataset(ds_cfg.data_path, num_frames=ds_cfg.num_frames,
+                                   frame_interval=ds_cfg.frame_interval, image_size=tuple(ds_cfg.image_size),
+                                   transform_name=ds_cfg.transform_name, seed=cfg.seed)
+    except ValueError as err:
+        raise InferenceError(str(err)) from err
+    rows = list(range(len(dataset) if cfg.num_samples is None else min(cfg.num_samples, len(dataset))))
+    layout = OutputLayout.from_save_dir(cfg.save_dir, cfg.save_grid)
+    problem = None
+    if info.is_main:
+        try:
+            layout.prepare(overwrite=cfg.overwrite)
+        except FileExistsError as err:
+            problem = str(err)
+    problem = gather_objects(problem, info)[0]  # every rank raises, none waits for rank 0 forever
+    if problem:
+        raise FileExistsError(problem)
+
+    my_rows = shard(rows, info)
+    loader = DataLoader(Subset(dataset, my_rows), batch_size=cfg.batch_size, shuffle=False,
+                        num_workers=cfg.num_workers, collate_fn=collate_items,
+                        timeout=LOADER_TIMEOUT_S if cfg.num_workers > 0 else 0)
+    stats = LatentStats(pipe.shift.numel()) if cfg.cal_stats else None
+    records, skipped = [], []
+    progress = tqdm(total=len(my_rows), unit="sample", desc="inference", disable=not (verbose and info.is_main))
+    with progress, logging_redirect_tqdm():  # skip warnings print above the bar, not through it
+        for batch in loader:
+            for item in batch:
+                if item["error"] is not None:
+                    logger.warning("skipping sample %d %s: %s", item["index"], item["path"], item["error"])
+                    skipped.append({"index": item["index"], "path": item["path"], "reason": item["error"]})
+            for group in _group_by_shape([item for item in batch if item["error"] is None]):
+                records.extend(_reconstruct_group(pipe, group, cfg, info, layout, len(dataset), stats))
+            progress.update(len(batch))
+
+    gathered = gather_objects({"records": records, "skipped": skipped,
+                               "stats": stats.as_tensor() if stats is not None else None}, info)
+    records = sorted((r for g in gathered for r in g["records"]), key=lambda r: r["index"])
+    skipped = sorted((s for g in gathered for s in g["skipped"]), key=lambda s: s["index"])
+    if not records:
+        example = f"{skipped[0]['path']}: {skipped[0]['reason']}" if skipped else "no rows"
+        raise InferenceError(f"none of the {len(rows)} samples of {ds_cfg.data_path} could be used, "
+                             f"e.g. {example}")
+    if stats is not None:
+        stats = LatentStats.from_tensor(gathered[0]["stats"])
+        for g in gathered[1:]:
+            stats.merge(LatentStats.from_tensor(g["stats"]))
+
+    report = summarize(cfg, records, skipped, stats, pipe, layout, ckpt_path=cfg.ckpt_path,
+                       resolved_ckpt=resolved, device=info.device, world_size=info.world_size,
+                       seconds=time.time() - start)
+    if info.is_main:
+        layout.metrics_json.parent.mkdir(parents=True, exist_ok=True)
+        layout.metrics_json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        if verbose:
+            print(format_summary(report))
+    barrier(info)
+    return report

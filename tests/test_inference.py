@@ -1,0 +1,240 @@
+"""Inference: `_ori/_rec/_spatial` files hold exactly the input clip and the two reconstructions,
+the metrics JSON matches an independent computation, bad input fails clearly or is counted."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from conftest import REPO, build_tiny_pipeline
+from opensora_vae.config import load_config
+from opensora_vae.data.transforms import center_crop_resize, frames_to_clip
+from opensora_vae.data.video_io import read_image, read_video_frames, video_info
+from opensora_vae.inference import (InferenceDataset, InferenceError, LatentStats, reconstruct_clip,
+                                    resolve_pipeline_path, run_inference, sample_name, to_uint8_frames)
+from opensora_vae.inference.runner import autocast_for
+from opensora_vae.models import CheckpointError, VideoVAEPipeline
+
+CLIP_17 = REPO / "assets/media/city_cc0_256_17f.mp4"
+CLIP_100 = REPO / "assets/media/city_cc0_0-99.mp4"
+SIZE = 64
+
+
+def reference_uint8(x: torch.Tensor) -> np.ndarray:
+    """The reference's save_sample: (3, T, H, W) in [-1, 1] → uint8 (T, H, W, 3)."""
+    x = x.float().add(1).div(2).clamp(0, 1).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 3, 0).numpy()
+
+
+def expected_clip(path, indices) -> torch.Tensor:
+    """(3, T, 64, 64) in [-1, 1]: the given frames, centre crop + bilinear resize."""
+    clip = center_crop_resize(frames_to_clip(read_video_frames(path, indices)), SIZE)
+    return (clip * 2 - 1).permute(1, 0, 2, 3)
+
+
+def tiny_config(ckpt, csv, save_dir, **options):
+    return load_config(REPO / "configs/vae/inference/tiny.py", kind="inference", cfg_options=options,
+                       cli={"ckpt_path": str(ckpt), "data_path": str(csv), "save_dir": str(save_dir)})
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny checkpoint in a training step dir, and a CSV: 17-frame clip, image, missing file,
+    100-frame clip."""
+    root = tmp_path_factory.mktemp("inference")
+    build_tiny_pipeline(seed=3).save_pretrained(root / "run" / "step_000000010" / "model")
+    rng = np.random.default_rng(0)
+    image = np.clip(np.cumsum(rng.integers(-12, 13, (48, 80, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+    Image.fromarray(image).save(root / "still.png")
+    csv = root / "data.csv"
+    csv.write_text(f"path\n{CLIP_17}\nstill.png\nmissing.mp4\n{CLIP_100}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(workspace):
+    cfg = tiny_config(workspace / "run" / "step_000000010", workspace / "data.csv", workspace / "out" / "s",
+                      lossless=True, save_grid=True, cal_stats=True, batch_size=2)
+    report = run_inference(cfg, verbose=False)
+    return workspace, report
+
+
+@pytest.fixture(scope="module")
+def pipe(workspace):
+    return VideoVAEPipeline.from_pretrained(workspace / "run" / "step_000000010" / "model").eval()
+
+
+def read_frames(path) -> np.ndarray:
+    if path.suffix == ".png":
+        return read_image(path)[None]
+    return read_video_frames(path, range(video_info(path).num_frames))
+
+
+def test_output_dirs_names_and_skips(run):
+    root, report = run
+    for kind in ("ori", "rec", "spatial", "grid"):
+        assert sorted(p.name for p in (root / "out").glob(f"s_{kind}/*")) == ["000.mp4", "001.png", "003.mp4"]
+    assert json.loads((root / "out" / "s_metrics.json").read_text())["num_samples"] == 3
+    assert report["num_skipped"] == 1 and report["num_rows"] == 4
+    assert report["skipped"][0]["index"] == 2 and report["skipped"][0]["path"].endswith("missing.mp4")
+    assert "not found" in report["skipped"][0]["reason"]
+    assert [s["num_frames"] for s in report["samples"]] == [17, 1, 17]
+    grid = read_frames(root / "out" / "s_grid" / "000.mp4")
+    assert grid.shape == (17, SIZE, 3 * SIZE, 3)
+    np.testing.assert_array_equal(grid[:, :, :SIZE], read_frames(root / "out" / "s_ori" / "000.mp4"))
+    np.testing.assert_array_equal(grid[:, :, 2 * SIZE:], read_frames(root / "out" / "s_rec" / "000.mp4"))
+
+
+def test_ori_is_the_transformed_input_from_frame_zero(run):
+    root, _ = run
+    np.testing.assert_array_equal(read_frames(root / "out/s_ori/000.mp4"),
+                                  reference_uint8(expected_clip(CLIP_17, range(17))))
+    # The 100-frame clip is read from frame 0 (the eval protocol), not from a random window.
+    np.testing.assert_array_equal(read_frames(root / "out/s_ori/003.mp4"),
+                                  reference_uint8(expected_clip(CLIP_100, range(17))))
+    image = center_crop_resize(frames_to_clip(read_image(root / "still.png")[None]), SIZE)
+    ori_png = read_frames(root / "out/s_ori/001.png")
+    assert ori_png.shape == (1, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(ori_png, reference_uint8((image * 2 - 1).permute(1, 0, 2, 3)))
+
+
+@pytest.mark.parametrize("name,source", [("000.mp4", CLIP_17), ("003.mp4", CLIP_100), ("001.png", "still.png")])
+def test_rec_and_spatial_equal_the_pipeline(run, pipe, name, source):
+    root, _ = run
+    if name.endswith(".png"):
+        clip = center_crop_resize(frames_to_clip(read_image(root / source)[None]), SIZE)
+        x = (clip * 2 - 1).permute(1, 0, 2, 3)
+    else:
+        x = expected_clip(source, range(17))
+    for kind, spatial_only in (("rec", False), ("spatial", True)):
+        want = reference_uint8(pipe.reconstruct(x[None], sample=False, spatial_only=spatial_only)[0])
+        got = read_frames(root / "out" / f"s_{kind}" / name).astype(int)
+        assert np.abs(got - want).max() <= 1, kind  # float rounding at a .5 boundary at most
+        assert (got == want).mean() > 0.999, kind
+    assert not np.array_equal(read_frames(root / "out/s_rec" / name), read_frames(root / "out/s_spatial" / name))
+
+
+def test_metrics_json_equals_direct_computation(run):
+    root, report = run
+    all_psnr = []
+    for sample in report["samples"]:
+        ori = read_frames(root / "out/s_ori" / f"{sample['name']}{'.png' if sample['is_image'] else '.mp4'}")
+        rec = read_frames(root / "out/s_rec" / f"{sample['name']}{'.png' if sample['is_image'] else '.mp4'}")
+        psnr = [peak_signal_noise_ratio(o, r, data_range=255) for o, r in zip(ori, rec)]
+        ssim = [structural_similarity(o / 255.0, r / 255.0, gaussian_weights=True, sigma=1.5, data_range=1.0,
+                                      use_sample_covariance=False, channel_axis=-1) for o, r in zip(ori, rec)]
+        np.testing.assert_allclose(sample["rec"]["psnr_frames"], psnr, rtol=1e-9)
+        np.testing.assert_allclose(sample["rec"]["ssim_frames"], ssim, rtol=1e-6)
+        assert sample["rec"]["psnr"] == pytest.approx(np.mean(psnr), rel=1e-9)
+        all_psnr += psnr
+    assert report["mean"]["rec"]["psnr"] == pytest.approx(np.mean(all_psnr), rel=1e-9)  # over all frames
+    saved = json.loads((root / "out/s_metrics.json").read_text())
+    assert saved["mean"] == report["mean"] and saved["checkpoint"].endswith("step_000000010")
+    assert saved["config"]["dataset"]["image_size"] == [SIZE, SIZE]
+
+
+def test_latent_stats_equal_direct_computation(run, pipe):
+    root, report = run
+    image = center_crop_resize(frames_to_clip(read_image(root / "still.png")[None]), SIZE)
+    clips = [expected_clip(CLIP_17, range(17)), (image * 2 - 1).permute(1, 0, 2, 3),
+             expected_clip(CLIP_100, range(17))]
+    with torch.no_grad():
+        z = [pipe.denormalize(pipe.encode(c[None], sample=False)) for c in clips]
+    values = torch.cat([v.transpose(0, 1).flatten(1) for v in z], dim=1).double()
+    stats = report["latent_stats"]
+    np.testing.assert_allclose(stats["shift"], values.mean(1).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["scale"], values.std(1, unbiased=False).numpy(), rtol=1e-4)
+    assert stats["count_per_channel"] == values.shape[1]
+
+
+def test_reconstruct_clip_matches_pipeline_across_chunks(pipe):
+    x = torch.rand(1, 3, 19, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1  # 17 + 2 frames
+    out = reconstruct_clip(pipe, x)
+    with torch.no_grad():
+        torch.testing.assert_close(out.rec, pipe.reconstruct(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.spatial, pipe.reconstruct(x, spatial_only=True), rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.z, pipe.denormalize(pipe.encode(x, sample=False)), rtol=0, atol=1e-5)
+    assert out.z.shape[2] == 5 + 1
+
+
+def test_uint8_rounding_and_latent_stats_units():
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0, 10.3 / 127.5 - 1, 10.7 / 127.5 - 1]).view(1, 1, 1, 7)
+    assert to_uint8_frames(x.expand(3, 1, 1, 7))[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255, 10, 11]
+    stats = LatentStats(2)
+    a, b = torch.randn(2, 2, 3, 4, 4, dtype=torch.float64), torch.randn(1, 2, 1, 4, 4, dtype=torch.float64) + 5
+    stats.update(a)
+    other = LatentStats(2)
+    other.update(b)
+    stats.merge(other)
+    both = torch.cat([a.transpose(0, 1).flatten(1), b.transpose(0, 1).flatten(1)], dim=1)
+    torch.testing.assert_close(stats.mean, both.mean(1))
+    torch.testing.assert_close(stats.std, both.std(1, unbiased=False))
+    assert sample_name(7, 10) == "007" and sample_name(7, 12345) == "00007"
+
+
+def test_dataset_frame_interval_starts_at_zero_and_skips_short(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"path\n{CLIP_100}\n{CLIP_17}\n")
+    ds = InferenceDataset(csv, num_frames=9, frame_interval=2, image_size=SIZE)
+    torch.testing.assert_close(ds[0]["video"], expected_clip(CLIP_100, range(0, 17, 2)), rtol=0, atol=0)
+    assert ds[1]["video"].shape[1] == 9 and ds[1]["error"] is None  # 17 frames: 0..16 step 2 fit exactly
+    short = InferenceDataset(csv, num_frames=9, frame_interval=3, image_size=SIZE)[1]
+    assert short["video"] is None and "too short" in short["error"]
+
+
+def test_checkpoint_path_forms_and_errors(workspace, tmp_path):
+    step = workspace / "run" / "step_000000010"
+    assert resolve_pipeline_path(step) == str(step / "model")
+    assert resolve_pipeline_path(step / "model") == str(step / "model")
+    (workspace / "run" / "step_000000020" / "model").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(CheckpointError, match="step_000000020"):
+        resolve_pipeline_path(workspace / "run")
+    # A missing or corrupt checkpoint fails before any data is read (this CSV does not exist).
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_inference(tiny_config(tmp_path / "nope", tmp_path / "no.csv", tmp_path / "o"), verbose=False)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((step / "model" / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run_inference(tiny_config(bad, tmp_path / "no.csv", tmp_path / "o"), verbose=False)
+    assert not (tmp_path / "o_ori").exists()
+
+
+def test_all_bad_csv_and_stale_outputs_fail_clearly(workspace, tmp_path):
+    ckpt = workspace / "run" / "step_000000010"
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("path\nmissing1.mp4\nmissing2.png\n")
+    with pytest.raises(InferenceError, match="none of the 2 samples.*missing1.mp4: file not found"):
+        run_inference(tiny_config(ckpt, bad_csv, tmp_path / "a"), verbose=False)
+    one = tmp_path / "one.csv"
+    one.write_text(f"path\n{workspace / 'still.png'}\n")
+    run_inference(tiny_config(ckpt, one, tmp_path / "b"), verbose=False)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        run_inference(tiny_config(ckpt, one, tmp_path / "b"), verbose=False)
+    (tmp_path / "b_rec" / "005.png").write_bytes(b"stale")
+    report = run_inference(tiny_config(ckpt, one, tmp_path / "b", overwrite=True), verbose=False)
+    assert sorted(p.name for p in (tmp_path / "b_rec").iterdir()) == ["000.png"] and report["num_samples"] == 1
+
+
+def test_bf16_on_cpu_warns_and_uses_fp32(caplog):
+    with caplog.at_level("WARNING"):
+        with autocast_for("bf16", torch.device("cpu")):
+            assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+    assert "bf16 is only used on CUDA" in caplog.text
+
+
+def test_sampled_latents_are_seeded(workspace, tmp_path):
+    ckpt = workspace / "run" / "step_000000010"
+    one = tmp_path / "one.csv"
+    one.write_text(f"path\n{workspace / 'still.png'}\n")
+    recs = {}
+    for name, options in (("a", {"sample": True}), ("b", {"sample": True}), ("mode", {}),
+                          ("other_seed", {"sample": True, "seed": 7})):
+        run_inference(tiny_config(ckpt, one, tmp_path / name, **options), verbose=False)
+        recs[name] = read_frames(tmp_path / f"{name}_rec" / "000.png")
+    np.testing.assert_array_equal(recs["a"], recs["b"])
+    assert not np.array_equal(recs["a"], recs["mode"]) and not np.array_equal(recs["a"], recs["other_seed"])
