@@ -33,9 +33,10 @@ def reconstruct_clip(pipe: VideoVAEPipeline, x: torch.Tensor, sample: bool = Fal
     for s, e in pipe.frame_chunks(x.shape[2]):
         x_z = pipe.spatial_vae.encode(x[:, :, s:e], sample=sample, generator=generator)
         spatial[:, :, s:e] = pipe.spatial_vae.decode(x_z).to(x.dtype)
-        posterior = pipe.temporal_vae.encode(x_z)
+        # The pipeline's temporal passes (one chunk here) honour `pipe.enable_tiling()`.
+        posterior = pipe.encode_temporal(x_z)
         z = posterior.sample(generator) if sample else posterior.mode()
-        rec[:, :, s:e] = pipe.spatial_vae.decode(pipe.temporal_vae.decode(z, e - s)).to(x.dtype)
+        rec[:, :, s:e] = pipe.spatial_vae.decode(pipe.decode_temporal(z, e - s)).to(x.dtype)
         zs.append(z.float())
     return Reconstruction(rec=rec, spatial=spatial, z=torch.cat(zs, dim=2))
 

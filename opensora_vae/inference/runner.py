@@ -121,6 +121,8 @@ def _run(cfg: Any, info: RankInfo, verbose: bool) -> dict:
     pipe, resolved = load_inference_pipeline(
         cfg.ckpt_path, micro_frame_size=model_cfg.micro_frame_size,
         micro_batch_size=model_cfg.spatial.micro_batch_size, device=info.device)
+    if cfg.tiling:
+        pipe.enable_tiling()
     ds_cfg = cfg.dataset
     try:
         dataset = InferenceDataset(ds_cfg.data_path, num_frames=ds_cfg.num_frames,

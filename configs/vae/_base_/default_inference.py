@@ -20,5 +20,6 @@ sample = False  # False: posterior mode everywhere (deterministic); True: sample
 fps = 24
 lossless = False  # lossless video output: metrics then see exactly the tensors
 save_grid = False  # also write <save_dir>_grid: ori | spatial | rec side by side
+tiling = False  # pipe.enable_tiling(): bounded memory for large frames (e.g. 1080p), slightly different output
 cal_stats = False  # per-channel mean/std of the latents (how shift/scale were made)
 seed = 42
