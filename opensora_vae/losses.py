@@ -1,0 +1,124 @@
+"""Training losses of the three Open-Sora 1.2 VAE stages, with the reference normalisation.
+
+Reference semantics (`opensora/models/vae/losses.py` and `scripts/train_vae.py`, v1.2.0):
+- frames are flattened to `(b t) c h w`; the L1 error is summed over C·H·W per frame and
+  averaged over the `b·t` frames;
+- the perceptual term `LPIPS(x, x_rec)` (one value per frame) is added to *every* pixel's L1
+  before that sum, so its effective weight is `perceptual_weight · C·H·W` per frame;
+- the KL of the temporal posterior is summed per sample and averaged over the batch.
+
+The terms are returned separately (for logging) together with their total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from .models.distributions import DiagonalGaussian
+
+
+def frames_l1(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """`sum |target - pred| / (b·t)` for `(B, C, T, H, W)` tensors: L1 per frame, frame mean."""
+    if target.shape != pred.shape:
+        raise ValueError(f"loss target {tuple(target.shape)} and prediction {tuple(pred.shape)} differ")
+    b, _, t = target.shape[:3]
+    return (target.float() - pred.float()).abs().sum() / (b * t)
+
+
+def frames_perceptual(perceptual: nn.Module, x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Reference broadcast of LPIPS over pixels: `C·H·W · sum_frames(lpips) / (b·t)`.
+
+    Equal to adding the per-frame LPIPS value to every pixel's L1 before the sum, computed
+    without materialising that broadcast.
+    """
+    b, c, t, h, w = x.shape
+    flat = lambda v: v.float().permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)  # noqa: E731
+    per_frame = perceptual(flat(x), flat(x_rec))  # (b·t, 1, 1, 1), inputs in [-1, 1]
+    return per_frame.sum() * (c * h * w) / (b * t)
+
+
+def kl_per_sample(posterior: DiagonalGaussian) -> torch.Tensor:
+    """KL to N(0, I) summed over each sample, averaged over the batch."""
+    kl = posterior.kl().float()
+    return kl.sum() / kl.shape[0]
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Which terms a stage trains on, and their weights (the config's loss keys)."""
+
+    use_real_rec_loss: bool = False
+    use_z_rec_loss: bool = True
+    use_image_identity_loss: bool = True
+    perceptual_loss_weight: float = 0.1
+    kl_loss_weight: float = 1e-6
+    detach_z_target: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "LossSettings":
+        settings = cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+        if not (settings.use_real_rec_loss or settings.use_z_rec_loss):
+            # The identity loss alone would leave every multi-frame step without a loss.
+            raise ValueError("enable use_real_rec_loss and/or use_z_rec_loss; "
+                             "use_image_identity_loss only adds a term on 1-frame steps")
+        return settings
+
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether the spatial decoder must run (and can receive gradients)."""
+        return self.use_real_rec_loss
+
+    @property
+    def needs_perceptual(self) -> bool:
+        return self.use_real_rec_loss and self.perceptual_loss_weight > 0
+
+
+def build_perceptual(backbone_path: str | None = None, allow_random_backbone: bool = False) -> nn.Module:
+    """LPIPS(VGG) v0.1: the `lpips` package's linear weights are the reference loss's."""
+    from .lpips_backbone import build_lpips
+
+    return build_lpips(net="vgg", backbone_path=backbone_path, allow_random_backbone=allow_random_backbone)
+
+
+class VAELoss(nn.Module):
+    """The stage's loss mix on the pipeline's training outputs.
+
+    `forward` returns `{"loss": total, <term>: value, ...}` with only the active terms:
+    `pixel_l1`, `perceptual` (already weighted), `kl` (already weighted) for the pixel loss,
+    `z_rec` for the latent loss, `identity` on 1-frame clips.
+    """
+
+    def __init__(self, settings: LossSettings, perceptual: nn.Module | None = None):
+        super().__init__()
+        if settings.needs_perceptual and perceptual is None:
+            raise ValueError("perceptual_loss_weight > 0 with use_real_rec_loss needs an LPIPS module")
+        self.settings = settings
+        self.perceptual = perceptual if settings.needs_perceptual else None
+        if self.perceptual is not None:
+            self.perceptual.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, x_rec: torch.Tensor | None, x_z_rec: torch.Tensor,
+                z: torch.Tensor, posterior: DiagonalGaussian, x_z: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.settings
+        terms: dict[str, torch.Tensor] = {}
+        if s.use_real_rec_loss:
+            if x_rec is None:
+                raise ValueError("the pixel loss needs x_rec: run the pipeline with decode_pixels=True")
+            terms["pixel_l1"] = frames_l1(x, x_rec)
+            if self.perceptual is not None:
+                terms["perceptual"] = s.perceptual_loss_weight * frames_perceptual(self.perceptual, x, x_rec)
+            terms["kl"] = s.kl_loss_weight * kl_per_sample(posterior)
+        identity = s.use_image_identity_loss and x.shape[2] == 1
+        if s.use_z_rec_loss or identity:
+            target = x_z.detach() if s.detach_z_target else x_z
+            if s.use_z_rec_loss:
+                terms["z_rec"] = frames_l1(target, x_z_rec)
+            if identity:
+                # One frame gives one latent frame: the temporal VAE should pass the image through.
+                terms["identity"] = frames_l1(target, z)
+        terms["loss"] = torch.stack(list(terms.values())).sum()
+        return terms
