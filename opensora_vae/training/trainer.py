@@ -1,0 +1,394 @@
+"""Training setup (model, parallelism, data, resume) and the loop around `TrainEngine.step`."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+
+from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader
+from ..losses import LossSettings, VAELoss, build_perceptual
+from ..models import build_pipeline
+from ..models.pipeline import VideoVAEPipeline
+from ..models.temporal import ResBlock
+from . import checkpoint as ckpt_io
+from .distributed import DistEnv, all_gather_objects, barrier, broadcast_object, init_distributed
+from .ema import EMA
+from .engine import TrainEngine, freeze_unreached_params
+from .logger import TrainLogger, check_wandb_available, setup_logging
+
+logger = logging.getLogger("opensora_vae.training")
+
+# The unreadable-sample fraction is only judged after this many read attempts (all ranks).
+MIN_ATTEMPTS_FOR_SKIP_CHECK = 20
+HISTORY_LIMIT = 10_000  # per-step metrics kept in memory for callers (tests, notebooks)
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped on purpose: repeated non-finite losses or too many unreadable samples."""
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    last_checkpoint: Path | None
+    history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_LIMIT))
+
+
+def rank_generator_seed(seed: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def replica_checksum(module: nn.Module) -> str:
+    """SHA-256 of every parameter's bytes: equal on all DDP ranks iff the replicas are equal."""
+    digest = hashlib.sha256()
+    for name, p in module.named_parameters():
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _configure_determinism(enabled: bool) -> None:
+    if not enabled:
+        return
+    # cuBLAS needs this before its first call to be deterministic.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+class Trainer:
+    """`Trainer(cfg).fit()` runs the whole training described by a validated train config."""
+
+    def __init__(self, cfg: Config, env: DistEnv | None = None):
+        self.cfg = cfg
+        self.env = env or init_distributed()
+        self.outputs = Path(cfg.outputs)
+        setup_logging(self.outputs, self.env.rank)
+        if cfg.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel={cfg.parallel!r}: use 'ddp' or 'fsdp'")
+        if cfg.wandb:
+            check_wandb_available()
+        if cfg.dataset.data_path is None:
+            raise ValueError("no training data: pass --data-path (a CSV/parquet with a 'path' column)")
+        _configure_determinism(cfg.deterministic)
+        self.settings = LossSettings.from_config(cfg)
+        self.fsdp = cfg.parallel == "fsdp"
+
+        # Rank 0 decides what to resume from, so all ranks load the same checkpoint.
+        resume = ckpt_io.resolve_load(cfg.load, self.outputs) if self.env.is_main else None
+        resume = broadcast_object(None if resume is None else str(resume))
+        self.resume_dir = None if resume is None else Path(resume)
+        self.state = ckpt_io.read_training_state(self.resume_dir) if self.resume_dir else None
+
+        self.pipe = self._build_model()
+        self.model = self._parallelize(self.pipe)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.pipe.parameters() if p.requires_grad], lr=cfg.lr,
+            betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.pipe, cfg.ema_decay) if cfg.ema_decay else None
+        self.generator = torch.Generator(self.env.device)
+        self.generator.manual_seed(rank_generator_seed(cfg.seed, self.env.rank))
+        self._build_data()
+        perceptual = None
+        if self.settings.needs_perceptual:
+            perceptual = build_perceptual(cfg.perceptual_backbone_path,
+                                          cfg.perceptual_random_backbone).to(self.env.device)
+        self.engine = TrainEngine(
+            self.model, self.pipe, VAELoss(self.settings, perceptual), self.optimizer, self.env.device,
+            self.generator, grad_clip=cfg.grad_clip, dtype=cfg.dtype, mixed_strategy=cfg.mixed_strategy,
+            mixed_image_ratio=cfg.mixed_image_ratio, seed=cfg.seed, ema=self.ema, fsdp=self.fsdp)
+        self.global_step = 0
+        self.epoch = 0
+        self.nonfinite_streak = 0
+        self.skipped_total = 0
+        self.attempts_total = 0
+        if self.state is not None:
+            self._restore(self.state)
+
+    # ------------------------------------------------------------------ setup
+    def _build_model(self) -> VideoVAEPipeline:
+        cfg = self.cfg
+        # Same seed on every rank: random initial weights are identical before DDP/FSDP.
+        torch.manual_seed(cfg.seed)
+        weights = str(self.resume_dir / "model") if self.resume_dir else _pipeline_dir(cfg.ckpt_path)
+        pipe = build_pipeline(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model),
+                              ckpt_path=weights)
+        frozen = freeze_unreached_params(pipe, self.settings)
+        if frozen and self.env.is_main:
+            logger.info("frozen (no active loss reaches them): %s", ", ".join(frozen))
+        if cfg.grad_checkpoint:
+            pipe.temporal_vae.set_gradient_checkpointing(True)
+        pipe.to(self.env.device).train()
+        if self.env.is_main:
+            trainable = sum(p.numel() for p in pipe.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in pipe.parameters())
+            logger.info("model: %.2f M parameters, %.2f M trainable; initial weights: %s",
+                        total / 1e6, trainable / 1e6, weights or "random")
+        return pipe
+
+    def _parallelize(self, pipe: VideoVAEPipeline) -> nn.Module:
+        if self.env.world_size == 1 and not self.fsdp:
+            return pipe
+        if self.fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            # FSDP2 warns that the pipeline returns views (x_z_rec is a time slice); the trainer
+            # never modifies outputs in place, which is the case the warning is about.
+            warnings.filterwarnings("ignore", message=r".*returned a view tensor.*", category=UserWarning)
+            mesh = init_device_mesh(self.env.device.type, (self.env.world_size,))
+            for block in pipe.temporal_vae.modules():
+                if isinstance(block, ResBlock):
+                    fully_shard(block, mesh=mesh)
+            fully_shard(pipe, mesh=mesh)
+            return pipe
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+        return DistributedDataParallel(pipe, device_ids=ids)
+
+    def _build_data(self) -> None:
+        cfg, env = self.cfg, self.env
+        data = cfg.dataset
+        self.dataset = VideoDataset(data.data_path, num_frames=data.num_frames,
+                                    frame_interval=data.frame_interval, image_size=tuple(data.image_size),
+                                    transform_name=data.transform_name, seed=cfg.seed,
+                                    max_retries=data.max_retries)
+        self.sampler = StatefulDistributedSampler(len(self.dataset), env.world_size, env.rank,
+                                                  shuffle=True, seed=cfg.seed, drop_last=True)
+        self.loader = build_dataloader(self.dataset, cfg.batch_size, num_workers=cfg.num_workers,
+                                       sampler=self.sampler, seed=cfg.seed, rank=env.rank, drop_last=True)
+        # Each DataLoader iterator draws a base seed; from its own generator, not the global RNG,
+        # so re-creating the iterator on resume does not shift the global RNG stream.
+        self.loader.generator = torch.Generator().manual_seed(rank_generator_seed(cfg.seed + 1, env.rank))
+        self.steps_per_epoch = (len(self.dataset) // env.world_size) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{data.data_path} has {len(self.dataset)} samples, fewer than "
+                             f"batch_size × world size = {cfg.batch_size} × {env.world_size}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if self.env.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.env.device)
+        return state
+
+    def _optimizer_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        # Parameter names as keys (not positions), the same format for DDP and FSDP.
+        opts = StateDictOptions(full_state_dict=self.fsdp, cpu_offload=self.fsdp)
+        state = get_optimizer_state_dict(self.pipe, self.optimizer, options=opts)
+        return _to_cpu(state)
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.pipe, options=StateDictOptions(full_state_dict=True,
+                                                                            cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in self.pipe.state_dict().items()}
+
+    def save_checkpoint(self) -> Path | None:
+        """All ranks call it; rank 0 writes. Returns the checkpoint dir on rank 0."""
+        barrier()
+        model_state = self._model_state()
+        optim_state = self._optimizer_state()
+        ema_state = self.ema.full_state() if self.ema is not None else None
+        rng_states = all_gather_objects(self._rng_state())
+        checksums = None
+        if not self.fsdp:
+            checksums = all_gather_objects(replica_checksum(self.pipe))
+            if len(set(checksums)) != 1:
+                raise RuntimeError(f"model replicas differ across ranks at step {self.global_step} "
+                                   f"(parameter checksums {checksums}): training is broken")
+        path = None
+        if self.env.is_main:
+            if ema_state is not None:
+                ema_state = {**model_state, **ema_state}  # frozen weights come from the model
+            training_state = {
+                "global_step": self.global_step, "epoch": self.epoch,
+                "sampler": self.sampler.state_dict(), "optimizer": optim_state, "rng": rng_states,
+                "world_size": self.env.world_size, "batch_size": self.cfg.batch_size,
+                "parallel": self.cfg.parallel, "ema": ema_state is not None,
+                "replica_checksums": checksums, "nonfinite_streak": self.nonfinite_streak,
+                "skipped_total": self.skipped_total, "attempts_total": self.attempts_total,
+            }
+            path = ckpt_io.write_checkpoint(self.outputs, self.global_step, self.pipe.export_config(),
+                                            model_state, training_state, self.cfg, ema_state)
+            ckpt_io.prune_checkpoints(self.outputs, self.cfg.keep_last_ckpts)
+            logger.info("saved checkpoint %s", path)
+        barrier()
+        return path
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        cfg, env = self.cfg, self.env
+        set_optimizer_state_dict(self.pipe, self.optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=self.fsdp))
+        for group in self.optimizer.param_groups:  # this run's config wins over the saved values
+            group.update(lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                         weight_decay=cfg.weight_decay)
+        if self.ema is not None:
+            if state["ema"]:
+                self.ema.load_full_state(ckpt_io.read_weights(self.resume_dir / "ema"))
+            else:
+                logger.warning("checkpoint has no EMA weights: the EMA starts from the loaded model")
+        self.sampler.load_state_dict(state["sampler"])
+        same_layout = state["world_size"] == env.world_size and state["batch_size"] == cfg.batch_size
+        if same_layout:
+            rng = state["rng"][env.rank]
+            torch.set_rng_state(rng["torch"])
+            self.generator.set_state(rng["generator"])
+            if "cuda" in rng and env.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], env.device)
+        else:
+            # The sampler order is rank-independent, so data continues at the same global
+            # position; sampling noise streams are per rank and are re-seeded from the step.
+            self.generator.manual_seed(rank_generator_seed(cfg.seed * 1_000_003 + state["global_step"],
+                                                           env.rank))
+            if env.is_main:
+                logger.warning("resuming with world size %d / batch size %d (checkpoint: %d / %d): the "
+                               "data continues at global sample %d of epoch %d, but noise streams are "
+                               "re-seeded, so the run is not bit-identical to an uninterrupted one",
+                               env.world_size, cfg.batch_size, state["world_size"], state["batch_size"],
+                               state["sampler"]["global_consumed"], state["sampler"]["epoch"])
+        self.global_step = int(state["global_step"])
+        self.epoch = int(state["epoch"])
+        self.nonfinite_streak = int(state["nonfinite_streak"])
+        self.skipped_total = int(state["skipped_total"])
+        self.attempts_total = int(state["attempts_total"])
+        if env.is_main:
+            logger.info("resumed from %s at step %d (epoch %d)", self.resume_dir, self.global_step, self.epoch)
+
+    # ------------------------------------------------------------------ loop
+    def _check_health(self, step: int, skipped_step: bool) -> None:
+        cfg = self.cfg
+        self.nonfinite_streak = self.nonfinite_streak + 1 if skipped_step else 0
+        if skipped_step and self.env.is_main:
+            logger.warning("step %d: non-finite loss or gradient norm, update skipped (%d in a row)",
+                           step, self.nonfinite_streak)
+        if self.nonfinite_streak >= cfg.max_nonfinite_steps:
+            raise TrainingAborted(
+                f"aborting at step {step}: the loss or gradient was non-finite for {self.nonfinite_streak} "
+                f"consecutive steps (max_nonfinite_steps={cfg.max_nonfinite_steps}). Lower the learning "
+                f"rate, check the data, or resume from an earlier checkpoint.")
+        if (self.attempts_total >= MIN_ATTEMPTS_FOR_SKIP_CHECK
+                and self.skipped_total > cfg.max_skip_fraction * self.attempts_total):
+            examples = "; ".join(f"{p}: {r}" for p, r in list(self._seen_skips.items())[:5])
+            raise TrainingAborted(
+                f"aborting at step {step}: {self.skipped_total} of {self.attempts_total} sample reads "
+                f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Examples on rank "
+                f"{self.env.rank}: {examples or 'none on this rank'}")
+
+    def _log_new_skips(self, skipped: list[tuple[str, str]]) -> None:
+        for path, reason in skipped:
+            if path not in self._seen_skips:
+                self._seen_skips[path] = reason
+                logger.warning("unreadable sample skipped (rank %d): %s: %s", self.env.rank, path, reason)
+
+    def fit(self) -> TrainResult:
+        cfg, env = self.cfg, self.env
+        total = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        log = TrainLogger(self.outputs, env.is_main, total, self.global_step, cfg.log_every, cfg.wandb,
+                          run_config=cfg.to_dict())
+        result = TrainResult(self.global_step, None)
+        self._seen_skips: dict[str, str] = {}
+        last_saved = self.global_step if self.state is not None else -1
+        samples_per_step = cfg.batch_size * env.world_size
+        try:
+            if env.is_main:
+                logger.info("training %s steps from step %d: %d steps/epoch, %d samples/step, %s",
+                            total, self.global_step, self.steps_per_epoch, samples_per_step,
+                            f"{env.world_size} × {cfg.parallel}" if env.distributed else "single process")
+            done = self.global_step >= total
+            tick = time.perf_counter()
+            while not done and self.epoch < cfg.epochs:
+                self.sampler.set_epoch(self.epoch)
+                self.dataset.set_epoch(self.epoch)
+                for batch in self.loader:
+                    step = self.global_step + 1
+                    self._log_new_skips(batch["skipped"])
+                    video = batch["video"].to(env.device, non_blocking=True)
+                    preview = bool(cfg.preview_every) and step % cfg.preview_every == 0
+                    out = self.engine.step(video, step, len(batch["skipped"]), want_preview=preview)
+                    self.sampler.advance(samples_per_step)
+                    self.global_step = step
+                    self.skipped_total += out.skipped_samples
+                    self.attempts_total += out.read_attempts
+                    now = time.perf_counter()
+                    metrics = self._metrics(out, now - tick)
+                    tick = now
+                    log.log_step(step, metrics)
+                    if out.preview is not None:
+                        log.log_preview(step, out.preview)
+                    if env.is_main:
+                        result.history.append({"step": step, "num_frames": out.num_frames,
+                                               "indices": batch["index"].tolist(), **metrics})
+                    self._check_health(step, out.skipped_step)
+                    if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+                        result.last_checkpoint = self.save_checkpoint()
+                        last_saved = step
+                    if step >= total:
+                        done = True
+                        break
+                else:
+                    self.epoch += 1
+            if last_saved != self.global_step:
+                result.last_checkpoint = self.save_checkpoint()
+            elif result.last_checkpoint is None and self.resume_dir is not None:
+                result.last_checkpoint = self.resume_dir
+            if env.is_main:
+                logger.info("training finished at step %d", self.global_step)
+        finally:
+            log.close()
+        result.global_step = self.global_step
+        return result
+
+    def _metrics(self, out, seconds: float) -> dict[str, float]:
+        metrics = {f"loss/{k}": v for k, v in out.losses.items()}
+        metrics.update({
+            "train/grad_norm": out.grad_norm, "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/num_frames": out.num_frames, "train/update_skipped": float(out.skipped_step),
+            "speed/steps_per_s": 1.0 / max(seconds, 1e-9),
+            "speed/samples_per_s": self.cfg.batch_size * self.env.world_size / max(seconds, 1e-9),
+            "data/skipped_total": self.skipped_total, "data/skipped_step": out.skipped_samples,
+        })
+        return metrics
+
+
+def _pipeline_dir(ckpt_path: str | None) -> str | None:
+    """`--ckpt-path` may name a training step dir: its weights are in `model/`."""
+    if ckpt_path is not None and (Path(ckpt_path) / "model" / "config.json").is_file():
+        return str(Path(ckpt_path) / "model")
+    return ckpt_path
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def train(cfg: Config) -> TrainResult:
+    """Runs the training of a validated train config (see `opensora_vae.config.load_config`)."""
+    return Trainer(cfg).fit()
