@@ -75,12 +75,14 @@ def test_ssim_valid_region_is_a_2d_gaussian_without_padding(frames):
 def test_ssim_identical_is_one_and_chunking_is_invisible(frames, monkeypatch):
     assert torch.allclose(ssim(frames, frames), torch.ones(4, dtype=torch.float64), atol=1e-12)
     fake = _degradations(frames)["noise"]
-    whole = ssim(frames, fake)
     import importlib
 
     ssim_module = importlib.import_module("opensora_vae.metrics.ssim")  # the package re-exports the function
-    monkeypatch.setattr(ssim_module, "_CHUNK_VALUES", 1)  # one frame per chunk
-    assert torch.equal(ssim(frames, fake), whole)
+    for backend, budget in [("scipy", "_CPU_CHUNK_VALUES"), ("torch", "_GPU_CHUNK_VALUES")]:
+        monkeypatch.setattr(ssim_module, budget, 10**9)  # all frames at once
+        whole = ssim(frames, fake, backend=backend)
+        monkeypatch.setattr(ssim_module, budget, 1)  # one frame per chunk
+        assert torch.equal(ssim(frames, fake, backend=backend), whole)
 
 
 def test_ssim_rejects_bad_input(frames):

@@ -25,9 +25,11 @@ SIGMA = 1.5
 C1 = 0.01**2
 C2 = 0.03**2
 _BORDER = WINDOW_SIZE // 2
-# Frames are processed in chunks of about this many input values: the float64 moment stack
-# and its filtered copies take ~30 bytes per value, so a chunk stays around 100 MB.
-_CHUNK_VALUES = 1 << 22
+# Frames are processed in chunks of about this many input values. On CPU, small chunks keep
+# every float64 temporary (5 moment images) under glibc's 32 MB mmap threshold, so buffers are
+# reused instead of page-faulted in anew: ~2x faster than one big batch. On GPU, big chunks.
+_CPU_CHUNK_VALUES = 1 << 19
+_GPU_CHUNK_VALUES = 1 << 22
 
 
 def gaussian_window_1d(size: int = WINDOW_SIZE, sigma: float = SIGMA) -> np.ndarray:
@@ -35,13 +37,6 @@ def gaussian_window_1d(size: int = WINDOW_SIZE, sigma: float = SIGMA) -> np.ndar
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2
     g = np.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
-
-
-def _moments(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The five images whose local means SSIM needs, stacked on a new leading axis."""
-    x = real.to(torch.float64)
-    y = fake.to(torch.float64)
-    return torch.stack([x, y, x * x, y * y, x * y])
 
 
 def _filter_valid_cpu(stack: np.ndarray) -> np.ndarray:
@@ -85,23 +80,22 @@ def ssim(real: torch.Tensor, fake: torch.Tensor, backend: str | None = None) -> 
     _check_pair(real, fake)
     if min(real.shape[-2:]) < WINDOW_SIZE:
         raise ValueError(f"SSIM needs frames of at least {WINDOW_SIZE}x{WINDOW_SIZE}, got {tuple(real.shape[-2:])}")
-    frames_per_chunk = max(1, _CHUNK_VALUES // real[0].numel()) if real.shape[0] else 1
-    parts = [
-        _ssim_chunk(r, f, backend)
-        for r, f in zip(real.split(frames_per_chunk), fake.split(frames_per_chunk))
-    ]
-    if not parts:
+    if real.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64, device=real.device)
-    return torch.cat(parts)
-
-
-def _ssim_chunk(real: torch.Tensor, fake: torch.Tensor, backend: str) -> torch.Tensor:
+    budget = _CPU_CHUNK_VALUES if backend == "scipy" else _GPU_CHUNK_VALUES
+    step = max(1, budget // real[0].numel())
     with torch.no_grad():
-        stack = _moments(real, fake)
         if backend == "scipy":
-            means = _filter_valid_cpu(stack.numpy())
-            per_channel = _ssim_from_means(means).mean(axis=(-2, -1))
-            return torch.from_numpy(per_channel.mean(axis=-1))
-        # float64 torch convolutions (CUDA), equal to the scipy path to rounding.
-        means = _filter_valid_torch(stack)
-        return _ssim_from_means(means).mean(dim=(-2, -1)).mean(dim=-1)
+            x_all, y_all = real.detach().numpy(), fake.detach().numpy()
+            out = np.empty(real.shape[0])
+            for s in range(0, real.shape[0], step):
+                x, y = x_all[s : s + step].astype(np.float64), y_all[s : s + step].astype(np.float64)
+                means = _filter_valid_cpu(np.stack([x, y, x * x, y * y, x * y]))
+                out[s : s + step] = _ssim_from_means(means).mean(axis=(-2, -1)).mean(axis=-1)
+            return torch.from_numpy(out)
+        parts = []
+        for s in range(0, real.shape[0], step):
+            x, y = real[s : s + step].double(), fake[s : s + step].double()
+            means = _filter_valid_torch(torch.stack([x, y, x * x, y * y, x * y]))
+            parts.append(_ssim_from_means(means).mean(dim=(-2, -1)).mean(dim=-1))
+        return torch.cat(parts)
