@@ -74,10 +74,13 @@ def test_values_equal_direct_metric_calls(tmp_path, clip, suite):
         direct = {"ssim": ssim(real, fake), "psnr": psnr(real, fake), "lpips": suite.lpips(real, fake),
                   "flolpips": suite.flolpips.video(real, fake)}
         for metric, values in direct.items():
-            assert res["per_video"][name][metric] == pytest.approx(values.double().mean().item(), rel=1e-6)
+            # FloLPIPS: the runner batches pairs differently, and CPU convolutions of another
+            # batch size round differently; random PWC weights amplify that to ~1e-5.
+            rel = 1e-4 if metric == "flolpips" else 1e-6
+            assert res["per_video"][name][metric] == pytest.approx(values.double().mean().item(), rel=rel)
             all_vals[metric] += values.tolist()
     for metric, values in all_vals.items():
-        assert res[metric] == pytest.approx(np.mean(values), rel=1e-6)
+        assert res[metric] == pytest.approx(np.mean(values), rel=1e-4 if metric == "flolpips" else 1e-6)
     # More noise, worse scores: the pairing is by name, not by accident.
     per = res["per_video"]
     assert per["a"]["psnr"] > per["b"]["psnr"] > per["c"]["psnr"]
