@@ -43,7 +43,8 @@ def frames_perceptual(perceptual: nn.Module, x: torch.Tensor, x_rec: torch.Tenso
 
 def kl_per_sample(posterior: DiagonalGaussian) -> torch.Tensor:
     """KL to N(0, I) summed over each sample, averaged over the batch."""
-    kl = posterior.kl().float()
+    # From fp32 moments: under bf16 autocast the sum over C*T*H*W would lose precision.
+    kl = DiagonalGaussian(posterior.moments.float()).kl()
     return kl.sum() / kl.shape[0]
 
 

@@ -140,6 +140,21 @@ def test_resume_with_another_batch_size_continues_at_the_same_global_sample(tmp_
     assert [h["indices"] for h in second.history] == [[order[4]], [order[5]]]
 
 
+def test_next_stage_starts_from_weights_and_refuses_to_resume_another_stage(tmp_path, media_csv):
+    from opensora_vae.models import CheckpointError
+
+    out1 = tmp_path / "stage1"
+    stage1 = Trainer(tiny_train_cfg(1, out1, media_csv, max_steps=1)).fit()
+    with pytest.raises(CheckpointError, match="trained a different set of parameters.*use --ckpt-path"):
+        Trainer(tiny_train_cfg(2, out1, media_csv, max_steps=2, load="auto"))
+    # --ckpt-path takes the step dir itself (its model/ subdir) as initial weights only.
+    cfg = tiny_train_cfg(2, tmp_path / "stage2", media_csv, max_steps=1, ckpt_path=str(stage1.last_checkpoint))
+    trainer = Trainer(cfg)
+    start = VideoVAEPipeline.from_pretrained(stage1.last_checkpoint / "model").state_dict()
+    assert all(torch.equal(v.cpu(), start[k]) for k, v in trainer.pipe.state_dict().items())
+    assert trainer.global_step == 0 and trainer.fit().global_step == 1
+
+
 def test_preview_shows_input_and_reconstruction_of_the_first_frame(tmp_path, media_csv, monkeypatch):
     from opensora_vae.training.logger import TrainLogger
 

@@ -20,6 +20,7 @@ from mmengine.config import Config
 from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader
 from ..losses import LossSettings, VAELoss, build_perceptual
 from ..models import build_pipeline
+from ..models.checkpoint_io import CheckpointError
 from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
 from . import checkpoint as ckpt_io
@@ -237,6 +238,14 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         cfg, env = self.cfg, self.env
+        saved = set(state["optimizer"]["state"])
+        trainable = {n for n, p in self.pipe.named_parameters() if p.requires_grad}
+        if saved and saved != trainable:
+            diff = sorted(saved ^ trainable)
+            raise CheckpointError(
+                f"{self.resume_dir} trained a different set of parameters than this config "
+                f"({len(diff)} differ, e.g. {diff[:3]}): --load resumes the same run; to start a new "
+                "stage from its weights use --ckpt-path")
         set_optimizer_state_dict(self.pipe, self.optimizer, state["optimizer"],
                                  options=StateDictOptions(full_state_dict=self.fsdp))
         for group in self.optimizer.param_groups:  # this run's config wins over the saved values
@@ -313,7 +322,7 @@ class Trainer:
         samples_per_step = cfg.batch_size * env.world_size
         try:
             if env.is_main:
-                logger.info("training %s steps from step %d: %d steps/epoch, %d samples/step, %s",
+                logger.info("training up to step %d (from step %d): %d steps/epoch, %d samples/step, %s",
                             total, self.global_step, self.steps_per_epoch, samples_per_step,
                             f"{env.world_size} × {cfg.parallel}" if env.distributed else "single process")
             done = self.global_step >= total
