@@ -7,6 +7,7 @@ work starts: a typo must never be silently ignored.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -42,21 +43,41 @@ def schema_path(kind: str) -> Path:
     return path
 
 
+# Keys whose schema default is None ("unset") still have one type when they are set.
+PATH = (str, os.PathLike)
+TYPES_WHEN_SET = {
+    "train": {"max_steps": int, "ema_decay": float, "ckpt_path": PATH, "load": PATH,
+              "perceptual_backbone_path": PATH, "dataset.data_path": PATH, "model.from_pretrained": PATH,
+              "model.spatial.config": dict},
+    "inference": {"num_samples": int, "ckpt_path": PATH, "dataset.data_path": PATH,
+                  "model.from_pretrained": PATH, "model.spatial.config": dict},
+}
+
+
+def _matches(value: Any, kind: type | tuple) -> bool:
+    """isinstance, except that bools are not numbers and an int key takes no float (1.5 steps)."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _type_name(kind: type | tuple) -> str:
+    return "path" if kind == PATH else kind.__name__
+
+
 def _type_ok(value: Any, default: Any) -> bool:
     if default is None or value is None:
-        return True  # None means "unset" (or free-form) in the schema
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return True  # None means "unset" in the schema (see TYPES_WHEN_SET)
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
-    if isinstance(default, dict):
-        return isinstance(value, dict)
-    return isinstance(value, type(default))
+    return _matches(value, dict if isinstance(default, dict) else type(default))
 
 
-def _validate(cfg: dict, schema: dict, prefix: str, errors: list[str]) -> None:
+def _validate(cfg: dict, schema: dict, prefix: str, errors: list[str], when_set: dict) -> None:
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if key not in schema:
@@ -68,8 +89,11 @@ def _validate(cfg: dict, schema: dict, prefix: str, errors: list[str]) -> None:
         if not _type_ok(value, default):
             errors.append(f"'{name}' = {value!r} has type {type(value).__name__}, "
                           f"expected {type(default).__name__} like the default {default!r}")
+        elif default is None and value is not None and name in when_set and not _matches(value, when_set[name]):
+            errors.append(f"'{name}' = {value!r} has type {type(value).__name__}, "
+                          f"expected {_type_name(when_set[name])} (or None)")
         elif isinstance(default, dict) and isinstance(value, dict):
-            _validate(value, default, name + ".", errors)
+            _validate(value, default, name + ".", errors, when_set)
 
 
 def _similar(a: str, b: str) -> bool:
@@ -82,7 +106,7 @@ def validate(cfg: Config | dict, kind: str) -> None:
     schema = Config.fromfile(str(schema_path(kind))).to_dict()
     data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     errors: list[str] = []
-    _validate(data, schema, "", errors)
+    _validate(data, schema, "", errors, TYPES_WHEN_SET.get(kind, {}))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors)
                           + f"\nevery valid key is listed in {schema_path(kind)}")

@@ -17,7 +17,7 @@ num_samples = None  # None = every row of the CSV
 batch_size = 1
 dtype = "fp32"  # "bf16" on CUDA is faster
 sample = False  # False: posterior mode everywhere (deterministic); True: sample latents
-fps = 24
+fps = 24.0  # float: 23.976 and 29.97 are common
 lossless = False  # lossless video output: metrics then see exactly the tensors
 save_grid = False  # also write <save_dir>_grid: ori | spatial | rec side by side
 tiling = False  # pipe.enable_tiling(): bounded memory for large frames (e.g. 1080p), slightly different output
