@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from .checkpoint_io import load_state_dict_file, load_weights_into, resolve_checkpoint_files
+from .checkpoint_io import (load_state_dict_file, load_weights_into, read_pipeline_config,
+                            resolve_checkpoint_files)
 from .pipeline import VideoVAEPipeline
 from .spatial import SpatialVAE
 from .temporal import TemporalVAE
@@ -35,7 +36,10 @@ def build_pipeline(model_cfg: dict, ckpt_path: str | None = None) -> VideoVAEPip
                             shift=model_cfg["shift"], scale=model_cfg["scale"],
                             freeze_spatial=model_cfg["freeze_spatial"])
     if ckpt_path is not None:
-        _, weights = resolve_checkpoint_files(ckpt_path)
+        config, weights = resolve_checkpoint_files(ckpt_path)
+        # The architecture comes from the train config, but a damaged config.json means a
+        # damaged checkpoint: refuse it rather than train on from it.
+        read_pipeline_config(config)
         load_weights_into(pipe, load_state_dict_file(weights), str(ckpt_path))
         logger.info("loaded pipeline weights from %s", ckpt_path)
     return pipe

@@ -43,15 +43,22 @@ def _spatial_module(cfg: dict) -> AutoencoderKL:
     return AutoencoderKL.from_config(dict(cfg.get("config") or sdxl_vae_config()))
 
 
+OVERRIDE_KEYS = ("micro_frame_size", "micro_batch_size", "shift", "scale", "freeze_spatial")
+
+
+def _check_overrides(overrides: dict) -> None:
+    unknown = set(overrides) - set(OVERRIDE_KEYS)
+    if unknown:
+        raise TypeError(f"unknown pipeline overrides: {sorted(unknown)}")
+
+
 def pipeline_from_config(cls, config: dict, device=None, **overrides):
     """Builds a pipeline with random weights (or on `meta`) from a config.json dict."""
+    _check_overrides(overrides)
     spatial_cfg = config.get("vae_2d", {}) or {}
     micro_batch_size = overrides.pop("micro_batch_size", spatial_cfg.get("micro_batch_size", 4))
     settings = dict(micro_frame_size=config.get("micro_frame_size", 17),
                     shift=config.get("shift"), scale=config.get("scale"), freeze_spatial=False)
-    unknown = set(overrides) - set(settings)
-    if unknown:
-        raise TypeError(f"unknown pipeline overrides: {sorted(unknown)}")
     settings.update(overrides)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         spatial = SpatialVAE(_spatial_module(spatial_cfg), micro_batch_size=micro_batch_size,
@@ -125,13 +132,27 @@ def load_weights_into(pipe: torch.nn.Module, state: dict[str, torch.Tensor], sou
     pipe.load_state_dict(state, strict=True, assign=assign)
 
 
-def load_pipeline(cls, path_or_repo, **overrides):
-    config_path, weights_path = resolve_checkpoint_files(path_or_repo)
+def read_pipeline_config(config_path: Path) -> dict:
+    """The parsed `config.json`; CheckpointError when it is not a JSON object (a damaged file)."""
     try:
         config = json.loads(config_path.read_text())
     except Exception as err:
         raise CheckpointError(f"cannot parse '{config_path}': {err}") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"'{config_path}' is not a JSON object (got {type(config).__name__}): "
+                              "not a pipeline config.json")
+    return config
+
+
+def load_pipeline(cls, path_or_repo, **overrides):
+    config_path, weights_path = resolve_checkpoint_files(path_or_repo)
+    config = read_pipeline_config(config_path)
+    _check_overrides(overrides)  # a caller's mistake, not the checkpoint's
     # Built on `meta`, then the weights are assigned: no time spent on random init of 393 M params.
-    pipe = pipeline_from_config(cls, config, device="meta", **overrides)
+    try:
+        pipe = pipeline_from_config(cls, config, device="meta", **overrides)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # values of the wrong type or range
+        raise CheckpointError(f"'{config_path}' does not describe a pipeline this code can build "
+                              f"({type(err).__name__}: {err})") from err
     load_weights_into(pipe, load_state_dict_file(weights_path), str(path_or_repo), assign=True)
     return pipe
