@@ -37,29 +37,48 @@ class SampleSkipped(Exception):
     """A readable sample that cannot be used (e.g. a video shorter than the clip)."""
 
 
+class TableError(ValueError):
+    """The CSV/parquet table itself is unusable: missing, unparsable, no 'path' column, no rows."""
+
+
+class UnreadableSamplesError(RuntimeError):
+    """`max_retries` consecutive samples were unreadable (e.g. a CSV of bad rows).
+
+    When this happens in a DataLoader worker, torch raises it again in the main process with the
+    worker's traceback in the message; `reason` is the original message either way.
+    """
+
+    @property
+    def reason(self) -> str:
+        text = str(self)
+        if "Original Traceback" not in text:
+            return text
+        return text.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+
+
 def load_table(data_path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV or parquet table with a ``path`` column; ValueError naming the file if not."""
+    """Read a CSV or parquet table with a ``path`` column; TableError naming the file if not."""
     data_path = str(data_path)
     ext = os.path.splitext(data_path)[1].lower()
     if ext not in TABLE_EXTS:
-        raise ValueError(f"{data_path}: unsupported table type {ext!r} (use {', '.join(TABLE_EXTS)})")
+        raise TableError(f"{data_path}: unsupported table type {ext!r} (use {', '.join(TABLE_EXTS)})")
     if not os.path.isfile(data_path):
-        raise ValueError(f"{data_path}: file not found")
+        raise TableError(f"{data_path}: file not found")
     try:
         table = pd.read_csv(data_path) if ext == ".csv" else pd.read_parquet(data_path)
     except ImportError as exc:
-        raise ValueError(f"{data_path}: reading parquet needs pyarrow ({exc})") from exc
+        raise TableError(f"{data_path}: reading parquet needs pyarrow ({exc})") from exc
     except Exception as exc:  # pandas raises many types (EmptyDataError, ParserError, ...)
-        raise ValueError(f"{data_path}: cannot read table ({type(exc).__name__}: {exc})") from exc
+        raise TableError(f"{data_path}: cannot read table ({type(exc).__name__}: {exc})") from exc
     if "path" not in table.columns:
-        raise ValueError(f"{data_path}: no 'path' column (columns: {list(table.columns)})")
+        raise TableError(f"{data_path}: no 'path' column (columns: {list(table.columns)})")
     if len(table) == 0:
-        raise ValueError(f"{data_path}: table has no rows")
+        raise TableError(f"{data_path}: table has no rows")
     empty = table.index[table["path"].isna() | (table["path"].astype(str).str.strip() == "")]
     if len(empty):
         rows = [int(r) + 2 if ext == ".csv" else int(r) for r in empty[:5]]
         where = "lines" if ext == ".csv" else "rows"
-        raise ValueError(f"{data_path}: {len(empty)} empty 'path' values ({where} {rows}...)")
+        raise TableError(f"{data_path}: {len(empty)} empty 'path' values ({where} {rows}...)")
     return table
 
 
@@ -144,7 +163,7 @@ class VideoDataset(Dataset):
                 continue
             return {"video": video, "index": i, "path": self.paths[i], "is_image": image,
                     "skipped": skipped}
-        raise RuntimeError(
+        raise UnreadableSamplesError(
             f"{len(skipped)} consecutive unreadable samples starting at index {index} of "
             f"{self.data_path}, e.g. {skipped[0][0]}: {skipped[0][1]}: check your CSV"
         )

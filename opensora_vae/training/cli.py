@@ -7,11 +7,13 @@ import sys
 from typing import Iterable
 
 from ..config import ConfigError, load_config
+from ..data.dataset import TableError, UnreadableSamplesError
 from ..models.checkpoint_io import CheckpointError
 from .trainer import TrainingAborted, TrainResult, train
 
 # Errors the user can fix from the message alone: no traceback, exit status 2.
-USER_ERRORS = (ConfigError, CheckpointError, TrainingAborted, FileNotFoundError)
+USER_ERRORS = (ConfigError, CheckpointError, TrainingAborted, FileNotFoundError, TableError,
+               UnreadableSamplesError)
 
 
 def train_from_args(config: str, cfg_options: Iterable[str] | None, cli: dict) -> TrainResult:
@@ -20,5 +22,6 @@ def train_from_args(config: str, cfg_options: Iterable[str] | None, cli: dict) -
         return train(cfg)
     except USER_ERRORS as err:
         rank = os.environ.get("RANK")
-        print(f"error{f' (rank {rank})' if rank is not None else ''}: {err}", file=sys.stderr)
+        message = getattr(err, "reason", err)  # without a DataLoader worker's traceback
+        print(f"error{f' (rank {rank})' if rank is not None else ''}: {message}", file=sys.stderr)
         raise SystemExit(2) from err
