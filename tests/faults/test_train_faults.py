@@ -1,0 +1,303 @@
+"""Training under faults, through `scripts/train_vae.py`: preemption (SIGKILL of every process of
+a 2-rank torchrun run) at random steps and inside a checkpoint write, repeated non-finite losses,
+config typos, bad `--ckpt-path`, and resuming with another world or batch size.
+
+The resume cases compare against one uninterrupted 2-rank run (module fixture): after any number
+of kills and `--load auto` restarts, the final weights, EMA, optimizer, RNG and sampler states
+must equal it bit for bit (CPU, deterministic=True).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import random
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import build_tiny_pipeline
+from opensora_vae.config import load_config
+from opensora_vae.training import Trainer
+from opensora_vae.training.checkpoint import TMP_PREFIX, find_latest_checkpoint, read_training_state
+from test_train_checkpoint import make_media_csv
+
+from .conftest import (CHILD_ENV, FAST_TRAIN_OPTIONS, REPO, TINY_STAGE1, TRAIN_ENTRY, run, run_and_kill_when,
+                       torchrun_cmd)
+from .train_worker import FAULT_STALL_MARKER
+
+WORKER = Path(__file__).with_name("train_worker.py")
+STEPS = 8
+# ckpt_every=1: a kill lands before, inside or after a checkpoint write, wherever it falls.
+RESUME_OPTIONS = [f"max_steps={STEPS}", "ckpt_every=1", "keep_last_ckpts=3", "ema_decay=0.9"]
+STEP_LINE = re.compile(r"\[rank 0\] INFO opensora_vae\.training: step (\d+)/%d \|" % STEPS)
+KILL_AFTER_STEPS = sorted(random.Random(0).sample(range(2, STEPS), 3))  # [2, 5, 7]
+
+
+def _args(csv: Path, outputs: Path, *extra: str) -> list:
+    return [TINY_STAGE1, "--data-path", csv, "--outputs", outputs, "--seed", "3", *extra,
+            "--cfg-options", *FAST_TRAIN_OPTIONS, *RESUME_OPTIONS]
+
+
+def _torchrun(csv: Path, outputs: Path, *extra: str, script: Path = TRAIN_ENTRY) -> list:
+    return torchrun_cmd(2, script, *_args(csv, outputs, *extra))
+
+
+def _same(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def assert_equals_reference(final: Path, reference: Path) -> None:
+    for weights in ("model/model.safetensors", "ema/model.safetensors"):
+        assert (final / weights).read_bytes() == (reference / weights).read_bytes(), weights
+    got, want = read_training_state(final), read_training_state(reference)
+    for key in ("optimizer", "rng", "sampler", "global_step", "epoch", "skipped_total", "attempts_total"):
+        _same(got[key], want[key], key)
+
+
+def _clean_exit(log: str) -> None:
+    assert "terminate called" not in log  # the gloo shutdown abort the entry must avoid
+    assert "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory) -> Path:
+    return make_media_csv(tmp_path_factory.mktemp("train_data"), num_images=3)  # 4 rows: 2 steps/epoch
+
+
+@pytest.fixture(scope="module")
+def reference(data_csv, tmp_path_factory) -> Path:
+    """The uninterrupted 2-rank run; returns its final checkpoint dir."""
+    outputs = tmp_path_factory.mktemp("reference")
+    result = run(_torchrun(data_csv, outputs), timeout=240)
+    assert result.code == 0, result.out
+    _clean_exit(result.out)
+    return outputs / f"step_{STEPS:09d}"
+
+
+# ----------------------------------------------------------------------------- preemption
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_sigkill_at_random_steps_then_load_auto_equals_the_uninterrupted_run(data_csv, reference, tmp_path):
+    outputs = tmp_path / "run"
+    resumed_from = []
+    for kill_after in KILL_AFTER_STEPS:
+        latest = find_latest_checkpoint(outputs)
+
+        def reached(line: str, k=kill_after) -> bool:
+            match = STEP_LINE.search(line)
+            return match is not None and int(match.group(1)) >= k
+
+        result, fired = run_and_kill_when(_torchrun(data_csv, outputs, "--load", "auto"), reached, timeout=240)
+        assert fired is not None, f"run ended before step {kill_after}:\n{result.out}"
+        assert result.code != 0  # killed
+        if latest is None:
+            assert "no complete checkpoint" in result.out and "starting from scratch" in result.out
+        else:
+            assert f"resuming from {latest}" in result.out, result.out
+            resumed_from.append(latest.name)
+    latest = find_latest_checkpoint(outputs)
+    final = run(_torchrun(data_csv, outputs, "--load", "auto"), timeout=240)
+    assert final.code == 0, final.out
+    _clean_exit(final.out)
+    assert f"resuming from {latest}" in final.out
+    assert len(resumed_from) == len(KILL_AFTER_STEPS) - 1
+    assert_equals_reference(outputs / f"step_{STEPS:09d}", reference)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_one_rank_killed_ends_the_run_quickly_and_load_auto_recovers(data_csv, reference, tmp_path):
+    # A lost node: rank 1 dies, rank 0 must not wait in a collective for the 30-minute timeout.
+    outputs = tmp_path / "run"
+    result, fired = run_and_kill_when(_torchrun(data_csv, outputs), lambda line: "step 3/" in line,
+                                      timeout=120, only=("RANK=1",))
+    assert fired is not None and result.code != 0, result.out
+    # Rank 0 stops on gloo's "Connection closed by peer" or is stopped by torchrun, whichever is
+    # first; either way within seconds (run_and_kill_when fails the test after 120 s).
+    assert "Signal 9 (SIGKILL) received by PID" in result.out
+    latest = find_latest_checkpoint(outputs)
+    final = run(_torchrun(data_csv, outputs, "--load", "auto"), timeout=240)
+    assert final.code == 0 and f"resuming from {latest}" in final.out, final.out
+    _clean_exit(final.out)
+    assert_equals_reference(outputs / f"step_{STEPS:09d}", reference)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_inside_a_checkpoint_write_is_never_resumed_from(data_csv, reference, tmp_path):
+    outputs = tmp_path / "run"
+    env = {**CHILD_ENV, "FAULT_STALL_IN_SAVE_AT_STEP": "5"}
+    result, fired = run_and_kill_when(_torchrun(data_csv, outputs, script=WORKER),
+                                      lambda line: FAULT_STALL_MARKER in line, timeout=240, env=env)
+    assert fired is not None, result.out
+    # What the kill left: step 4 complete, step 5 only as a temp dir that holds the weights and
+    # the training state (it looks almost complete) but was never renamed into place.
+    assert (outputs / "step_000000004" / "training_state.pt").is_file()
+    assert not (outputs / "step_000000005").exists()
+    (tmp,) = [p for p in outputs.iterdir() if p.name.startswith(f"{TMP_PREFIX}step_000000005.")]
+    assert (tmp / "model" / "model.safetensors").is_file() and (tmp / "training_state.pt").is_file()
+
+    final = run(_torchrun(data_csv, outputs, "--load", "auto"), timeout=240)
+    assert final.code == 0, final.out
+    _clean_exit(final.out)
+    assert f"resuming from {outputs / 'step_000000004'}" in final.out
+    assert f"ignoring unfinished checkpoint temp dir {tmp}" in final.out
+    assert_equals_reference(outputs / f"step_{STEPS:09d}", reference)
+
+
+# ----------------------------------------------------------------------------- non-finite losses
+
+
+@pytest.mark.timeout(180)
+def test_repeated_non_finite_losses_abort_and_keep_the_last_good_weights(data_csv, tmp_path):
+    # One NaN step is skipped with a warning (tests/test_train_distributed.py: on one rank of
+    # two; tests/test_train_engine.py: in-process). Here the loss stays NaN from step 3 on.
+    outputs = tmp_path / "run"
+    cmd = [sys.executable, WORKER, *_args(data_csv, outputs), "max_nonfinite_steps=3", "keep_last_ckpts=10"]
+    result = run(cmd, env={**CHILD_ENV, "FAULT_NAN_FROM_STEP": "3"})
+    assert result.code == 2, result.out
+    assert "Traceback" not in result.out
+    for n in (1, 2):
+        assert f"step {n + 2}: non-finite loss or gradient norm, update skipped ({n} in a row)" in result.out
+    assert ("error: aborting at step 5: the loss or gradient was non-finite for 3 consecutive steps "
+            "(max_nonfinite_steps=3)") in result.out
+    steps = sorted(p.name for p in outputs.glob("step_*"))
+    assert steps == [f"step_{s:09d}" for s in (1, 2, 3, 4)]  # no checkpoint of the aborting step
+    weights = {s: (outputs / f"step_{s:09d}" / "model/model.safetensors").read_bytes() for s in (1, 2, 3, 4)}
+    assert weights[1] != weights[2] and weights[2] == weights[3] == weights[4]  # skipped updates
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _entry():
+    spec = importlib.util.spec_from_file_location("train_vae_entry", TRAIN_ENTRY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_entry(argv: list, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        _entry().main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("ckpt_evry=2", "unknown key 'ckpt_evry'"),
+    ("dataset.num_frame=5", "unknown key 'dataset.num_frame'"),
+    ("lr=fast", "'lr' = 'fast' has type str, expected float"),
+    ("batch_size=1.5", "'batch_size' = 1.5 has type float, expected int"),
+    ("max_steps=ten", "'max_steps' = 'ten' has type str, expected int"),
+    ("ema_decay=[0.9]", "'ema_decay' = [0.9] has type list, expected float"),
+    ("dataset.image_size=64", "'dataset.image_size' = 64 has type int, expected tuple"),
+])
+def test_config_override_typos_and_wrong_types_fail_before_any_work(data_csv, tmp_path, capsys, override, message):
+    outputs = tmp_path / "out"
+    code, out = _run_entry([TINY_STAGE1, "--data-path", data_csv, "--outputs", outputs,
+                            "--cfg-options", override], capsys)
+    assert code == 2 and "error: invalid" in out and message in out, out
+    assert "Traceback" not in out and not outputs.exists()
+
+
+@pytest.mark.parametrize("body,message", [
+    ("ckpt_evry = 2", "unknown key 'ckpt_evry' (did you mean 'ckpt_every'?)"),
+    ("dataset = dict(num_frames='17')", "'dataset.num_frames' = '17' has type str, expected int"),
+    ("model = dict(temporal=dict(filterz=16))", "unknown key 'model.temporal.filterz'"),
+])
+def test_config_file_typos_and_wrong_types_fail_before_any_work(data_csv, tmp_path, capsys, body, message):
+    config = tmp_path / "my_stage1.py"
+    config.write_text(f"_base_ = [{str(TINY_STAGE1)!r}]\n{body}\n")
+    outputs = tmp_path / "out"
+    code, out = _run_entry([config, "--data-path", data_csv, "--outputs", outputs], capsys)
+    assert code == 2 and message in out, out
+    assert "Traceback" not in out and not outputs.exists()
+
+
+# ----------------------------------------------------------------------------- --ckpt-path
+
+
+def _broken_checkpoints(root: Path) -> dict[str, Path]:
+    good = root / "good"
+    build_tiny_pipeline(seed=1).save_pretrained(good)
+    cases = {}
+    for name in ("truncated", "garbage_config", "config_not_an_object"):
+        cases[name] = root / name
+        shutil.copytree(good, cases[name])
+    weights = (good / "model.safetensors").read_bytes()
+    (cases["truncated"] / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (cases["garbage_config"] / "config.json").write_text("{this is not json")
+    (cases["config_not_an_object"] / "config.json").write_text("[1, 2, 3]")
+    # Another architecture: twice the temporal filters of the tiny config.
+    build_tiny_pipeline(seed=1, temporal=dict(filters=32, num_res_blocks=1, num_groups=8)).save_pretrained(
+        root / "other_arch")
+    cases["other_arch"] = root / "other_arch"
+    cases["missing"] = root / "does_not_exist"
+    return cases
+
+
+@pytest.fixture(scope="module")
+def broken_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    return _broken_checkpoints(tmp_path_factory.mktemp("ckpts"))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "does not exist"),
+    ("truncated", "cannot read weights"),
+    ("garbage_config", "cannot parse"),
+    ("config_not_an_object", "not a JSON object"),
+    ("other_arch", "does not fit this model architecture"),
+])
+def test_bad_ckpt_path_is_a_clear_error_before_training(broken_checkpoints, data_csv, tmp_path, capsys,
+                                                        case, message):
+    outputs = tmp_path / "out"
+    code, out = _run_entry([TINY_STAGE1, "--data-path", data_csv, "--outputs", outputs, "--ckpt-path",
+                            broken_checkpoints[case], "--cfg-options", *FAST_TRAIN_OPTIONS, "max_steps=1"], capsys)
+    assert code == 2 and "error:" in out and message in out, out
+    assert str(broken_checkpoints[case]) in out and "Traceback" not in out
+    assert not list(outputs.glob("step_*")) and not (outputs / "tensorboard").exists()
+
+
+# ----------------------------------------------------------------------------- another layout
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_resume_with_another_world_size_continues_at_the_same_global_sample(reference, data_csv, tmp_path,
+                                                                            caplog, batch_size):
+    """A 2-rank checkpoint resumed by one process: the trainer warns that noise streams are
+    re-seeded (not bit-identical) and the data continues at the same global sample."""
+    outputs = tmp_path / "out"
+    shutil.copytree(reference.parent / "step_000000006", outputs / "step_000000006")
+    cfg = load_config(TINY_STAGE1, cfg_options=[*FAST_TRAIN_OPTIONS, *RESUME_OPTIONS, "max_steps=7"],
+                      cli={"data_path": str(data_csv), "outputs": str(outputs), "seed": 3, "load": "auto",
+                           "batch_size": batch_size})
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(cfg)
+    assert (f"resuming with world size 1 / batch size {batch_size} (checkpoint: 2 / 1): the data continues "
+            "at global sample 4 of epoch 2") in caplog.text  # the end of epoch 2
+    result = trainer.fit()
+    order = trainer.sampler.global_order(3).tolist()
+    # The 2-rank run's step 7 trained on global samples 0 and 1 of epoch 3 (rank 0, rank 1).
+    assert [h["indices"] for h in result.history] == [order[:batch_size]]
+    state = read_training_state(outputs / "step_000000007")
+    assert state["sampler"]["global_consumed"] == batch_size and state["world_size"] == 1
+    assert state["sampler"]["epoch"] == 3
