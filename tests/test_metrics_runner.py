@@ -105,7 +105,7 @@ def test_pairing_by_name_errors(tmp_path, clip):
 def test_short_videos_warn_and_use_the_shorter(tmp_path, clip, suite, caplog):
     real_dir, gen_dir = tmp_path / "r", tmp_path / "g"
     real_dir.mkdir(), gen_dir.mkdir()
-    write_video(real_dir / "v.mp4", clip[:8], 24, lossless=True)
+    write_video(real_dir / "v.mp4", clip[:5], 24, lossless=True)
     write_video(gen_dir / "v.mp4", clip[:5], 24, lossless=True)
     with caplog.at_level(logging.WARNING):
         res = evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=8, resolution=None,

@@ -185,6 +185,10 @@ def _load_pair(pair: MediaPair, num_frames: int, sample_rate: int, notes: list[s
         real_file, gen_file = VideoFile(pair.real), VideoFile(pair.generated)
         n_real, n_gen = real_file.num_frames, gen_file.num_frames
         indices = frame_indices(num_frames, sample_rate, min(n_real, n_gen))
+        if len(indices) != len(frame_indices(num_frames, sample_rate, max(n_real, n_gen))):
+            # A reconstruction that lost frames would be scored on the frames it kept only.
+            raise ValueError(f"{pair.name}: frame counts differ within the {num_frames} frames requested at "
+                             f"stride {sample_rate}: {pair.real} has {n_real}, {pair.generated} has {n_gen}")
         if len(indices) < num_frames:
             note = (f"{pair.name}: shorter than requested ({num_frames} frames at stride {sample_rate}): real "
                     f"has {n_real}, generated has {n_gen} frames; using {len(indices)} frames "
