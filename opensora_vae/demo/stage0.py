@@ -1,0 +1,129 @@
+"""Stage 0 (demo only): briefly train the tiny spatial AutoencoderKL on frames of the sample.
+
+Stage 1 freezes the spatial VAE and trains the temporal VAE on its latents, so with a random
+spatial VAE the whole recipe would be meaningless. Real runs start from the pretrained SD-VAE;
+offline (no hub) the demo trains the tiny one here first, then saves a full pipeline checkpoint
+(trained tiny spatial + random tiny temporal) that stage 1 loads with ``--ckpt-path``.
+
+Loss: the reference normalisation of stage 3 without the perceptual term — L1 summed over
+C·H·W per frame plus ``kl_weight`` × KL summed per frame, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.dataset import load_table
+from ..data.video_io import VideoFile, is_image, read_image
+from ..metrics.psnr import psnr
+from ..models import VideoVAEPipeline, build_pipeline
+
+
+@dataclass
+class Stage0Result:
+    losses: list[float]
+    heldout_psnr_before: float  # random spatial VAE, for comparison
+    heldout_psnr: float
+    checkpoint: Path  # save_pretrained dir: `--ckpt-path` of stage 1
+    seconds: float
+    num_train_frames: int = 0
+    num_heldout_frames: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def load_frames(csv_path: str | Path, frames_per_video: int | None = None) -> torch.Tensor:
+    """Every image and (up to ``frames_per_video`` evenly spaced) video frames of a CSV's
+    files, as float (N, 3, H, W) in [-1, 1]. All files must share one frame size."""
+    table = load_table(csv_path)
+    chunks = []
+    for path in table["path"].astype(str):
+        if is_image(path):
+            chunks.append(read_image(path)[None])
+            continue
+        video = VideoFile(path)
+        count = video.num_frames if frames_per_video is None else min(frames_per_video, video.num_frames)
+        chunks.append(video.read(np.linspace(0, video.num_frames - 1, count).round().astype(int)))
+    sizes = {c.shape[1:3] for c in chunks}
+    if len(sizes) != 1:
+        raise ValueError(f"{csv_path}: frames of different sizes {sorted(sizes)}; stage 0 needs one size")
+    frames = torch.from_numpy(np.concatenate(chunks)).permute(0, 3, 1, 2)
+    return frames.float() / 127.5 - 1.0
+
+
+def spatial_vae_loss(vae, x: torch.Tensor, kl_weight: float, generator: torch.Generator) -> torch.Tensor:
+    posterior = vae.encode(x).latent_dist
+    rec = vae.decode(posterior.sample(generator=generator)).sample
+    l1 = (rec - x).abs().flatten(1).sum(dim=1).mean()
+    return l1 + kl_weight * posterior.kl().mean()
+
+
+@torch.no_grad()
+def spatial_psnr(vae, frames: torch.Tensor, batch_size: int = 64) -> float:
+    """Mean per-frame PSNR (dB, frames in [0, 1]) of the deterministic reconstruction
+    (posterior mode), the way the eval scores videos."""
+    was_training = vae.training
+    vae.eval()
+    values = []
+    for i in range(0, len(frames), batch_size):
+        x = frames[i:i + batch_size]
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        values.append(psnr((x + 1) / 2, ((rec + 1) / 2).clamp(0, 1)))
+    vae.train(was_training)
+    return float(torch.cat(values).mean())
+
+
+def train_spatial_vae(vae, frames: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 1e-3,
+                      kl_weight: float = 1e-6, grad_clip: float = 1.0, seed: int = 42,
+                      progress: bool = True) -> list[float]:
+    """AdamW on random frame batches; returns the loss of every step."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    generator = torch.Generator().manual_seed(seed)
+    # A stage-1 config builds the spatial VAE frozen; here it is the one thing that trains.
+    vae.requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.train()
+    losses = []
+    bar = tqdm(range(steps), desc="stage 0 (spatial VAE)", disable=not progress, dynamic_ncols=True)
+    for _ in bar:
+        idx = torch.randint(len(frames), (min(batch_size, len(frames)),), generator=generator)
+        loss = spatial_vae_loss(vae, frames[idx], kl_weight, generator)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"stage 0: non-finite loss at step {len(losses) + 1}; lower the lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4g}")
+    vae.eval()
+    return losses
+
+
+def run_stage0(model_cfg: dict, train_csv: str | Path, heldout_csv: str | Path, out_dir: str | Path,
+               steps: int = 300, batch_size: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6,
+               seed: int = 42, frames_per_video: int | None = None,
+               progress: bool = True) -> Stage0Result:
+    """Train the spatial VAE of a (tiny) pipeline config and save the whole pipeline to
+    ``out_dir/model`` (temporal VAE: random weights from the same seed)."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    pipe: VideoVAEPipeline = build_pipeline(dict(model_cfg))
+    vae = pipe.spatial_vae.module
+    train_frames = load_frames(train_csv, frames_per_video)
+    heldout_frames = load_frames(heldout_csv)
+    before = spatial_psnr(vae, heldout_frames)
+    losses = train_spatial_vae(vae, train_frames, steps, batch_size, lr, kl_weight, seed=seed,
+                               progress=progress)
+    after = spatial_psnr(vae, heldout_frames)
+    checkpoint = Path(out_dir) / "model"
+    pipe.save_pretrained(checkpoint)
+    return Stage0Result(losses, before, after, checkpoint, time.perf_counter() - start,
+                        num_train_frames=len(train_frames), num_heldout_frames=len(heldout_frames))

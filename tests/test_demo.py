@@ -1,0 +1,206 @@
+"""Quickstart demo parts: the sample-data builder, stage 0, and the result readers.
+
+The whole demo (minutes of training) is run by `bash scripts/quickstart.sh`, not here.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import MEDIA, REPO, build_tiny_pipeline
+from opensora_vae.data.video_io import read_image, read_video_frames, video_info
+from opensora_vae.demo.results import format_results_table, loss_trend, read_tensorboard_scalars, ResultRow
+from opensora_vae.demo.sample_data import build_sample_data, crop_windows, resize_short_side, window_starts
+from opensora_vae.demo.stage0 import load_frames, run_stage0, spatial_psnr, train_spatial_vae
+
+SOURCE = MEDIA / "city_cc0_0-99.mp4"
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    # Two small scales (2 + 6 windows of 64 px) keep it fast; clips are lossless, so pixels compare exactly.
+    return build_sample_data(tmp_path_factory.mktemp("sample"), clip_size=64, scales=(64, 96),
+                             train_frames=80, stills_per_source=2)
+
+
+def test_window_starts_cover_the_side_evenly():
+    assert window_starts(64, 64) == [0]
+    assert window_starts(114, 64) == [0, 50]
+    assert window_starts(171, 64) == [0, 54, 107]
+    starts = window_starts(228, 64)
+    assert starts[0] == 0 and starts[-1] == 228 - 64 and len(starts) == 4
+    with pytest.raises(ValueError, match="larger"):
+        window_starts(50, 64)
+    assert crop_windows(96, 171, 64) == [(y, x) for y in (0, 32) for x in (0, 54, 107)]
+
+
+def test_resize_short_side_keeps_aspect():
+    frames = np.zeros((2, 405, 720, 3), np.uint8)
+    assert resize_short_side(frames, 64).shape == (2, 64, 114, 3)
+    assert resize_short_side(frames.transpose(0, 2, 1, 3), 96).shape == (2, 171, 96, 3)
+
+
+def test_sample_csvs_split_in_time(sample):
+    train, heldout = pd.read_csv(sample.train_csv), pd.read_csv(sample.heldout_csv)
+    # scales 64 (1x2 windows) and 96 (2x3 windows): 8 clips each, plus 2 stills per source
+    assert sample.num_train_videos == 8 and sample.num_heldout_videos == 8
+    assert sample.num_train_images == 4 and len(train) == 12 and len(heldout) == 8
+    videos = train[train.num_frames > 1]
+    assert (videos.num_frames == 80).all() and (heldout.num_frames == 20).all()
+    assert (train.height == 64).all() and (train.width == 64).all()
+    assert train.fps.isna().sum() == 4  # stills have no fps
+    # same windows in both splits, so each held-out clip continues a training clip
+    names = lambda t: sorted(p.rsplit("/", 1)[1] for p in t.path if p.endswith(".mp4"))  # noqa: E731
+    assert names(videos) == names(heldout)
+    assert {p.rsplit(".", 1)[1] for p in train.path if "stills" in p} == {"png", "jpg"}
+    assert sample.train_frame_range == (0, 80) and sample.heldout_frame_range == (80, 100)
+
+
+def test_sample_clips_are_the_source_pixels(sample):
+    """The s64 x000 window = the source resized to short side 64, columns 0..63; the held-out clip
+    holds source frames 80.. (lossless, so exact)."""
+    source = read_video_frames(SOURCE, [0, 79, 80, 99])
+    expect = resize_short_side(source, 64)[:, :, :64]
+    train = read_video_frames(sample.root / "train" / "s64_y000_x000.mp4", [0, 79])
+    held = read_video_frames(sample.root / "heldout" / "s64_y000_x000.mp4", [0, 19])
+    assert np.array_equal(train, expect[:2]) and np.array_equal(held, expect[2:])
+    assert video_info(sample.root / "heldout" / "s64_y000_x000.mp4").num_frames == 20
+
+
+def test_stills_come_from_training_frames(sample):
+    stills = sorted((sample.root / "train" / "stills").iterdir())
+    assert [p.name for p in stills] == ["city_cc0_0-99_f000.png", "city_cc0_0-99_f079.png",
+                                        "city_cc0_256_17f_f000.jpg", "city_cc0_256_17f_f016.jpg"]
+    png = read_image(stills[1])
+    frame = read_video_frames(SOURCE, [79])
+    centre = frame[:, :, (720 - 405) // 2:(720 - 405) // 2 + 405]
+    assert np.array_equal(png, resize_short_side(centre, 64)[0])
+
+
+def test_sample_builder_rejects_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="held-out"):
+        build_sample_data(tmp_path / "a", train_frames=100)
+    with pytest.raises(ValueError, match="clip_size"):
+        build_sample_data(tmp_path / "b", clip_size=96, scales=(64,))
+
+
+def test_load_frames_reads_every_frame_and_image(sample):
+    frames = load_frames(sample.train_csv, frames_per_video=5)
+    assert frames.shape == (8 * 5 + 4, 3, 64, 64)
+    assert frames.min() >= -1 and frames.max() <= 1
+    first = read_video_frames(sample.root / "train" / "s64_y000_x000.mp4", [0])[0]
+    assert torch.allclose(frames[0], torch.from_numpy(first).permute(2, 0, 1).float() / 127.5 - 1)
+
+
+def test_spatial_psnr_matches_definition():
+    """A VAE stand-in whose reconstruction is x + 0.1 (in [-1, 1]) -> error 0.05 in [0, 1]: 26.02 dB."""
+
+    class Dist:
+        def __init__(self, x):
+            self.x = x
+
+        def mode(self):
+            return self.x
+
+    class Shift(torch.nn.Module):
+        def encode(self, x):
+            return type("Out", (), {"latent_dist": Dist(x)})
+
+        def decode(self, z):
+            return type("Out", (), {"sample": z + 0.1})
+
+    frames = torch.rand(3, 3, 8, 8) * 1.6 - 0.8  # no clamping at the edges
+    assert spatial_psnr(Shift(), frames) == pytest.approx(20 * math.log10(1 / 0.05), abs=1e-4)  # float32 frames
+
+
+def test_stage0_loss_falls_and_checkpoint_loads_in_stage1(sample, tmp_path):
+    from opensora_vae.config import load_config
+    from opensora_vae.models import VideoVAEPipeline, build_pipeline
+
+    cfg = load_config(REPO / "configs/vae/train/tiny/stage1.py").model.to_dict()
+    result = run_stage0(cfg, sample.train_csv, sample.heldout_csv, tmp_path / "s0", steps=30, batch_size=4,
+                        lr=2e-3, frames_per_video=4, progress=False)
+    assert len(result.losses) == 30
+    trend = loss_trend("s0", list(enumerate(result.losses, start=1)), window=5)
+    assert trend.last < 0.9 * trend.first
+    assert result.heldout_psnr > result.heldout_psnr_before + 1.0
+    assert result.num_heldout_frames == 8 * 20
+    # stage 1 builds the tiny config and loads this checkpoint: spatial weights are the trained ones
+    pipe = build_pipeline(cfg, ckpt_path=str(result.checkpoint))
+    loaded = VideoVAEPipeline.from_pretrained(result.checkpoint)
+    heldout = load_frames(sample.heldout_csv)[:16]
+    assert spatial_psnr(pipe.spatial_vae.module, heldout) == pytest.approx(
+        spatial_psnr(loaded.spatial_vae.module, heldout), abs=1e-9)
+    random_spatial = build_tiny_pipeline(seed=42).spatial_vae.module
+    assert spatial_psnr(pipe.spatial_vae.module, heldout) > spatial_psnr(random_spatial, heldout) + 1.0
+
+
+def test_train_spatial_vae_trains_a_frozen_module_and_rejects_zero_steps():
+    vae = build_tiny_pipeline().spatial_vae.module  # the stage-1 tiny config builds it frozen
+    assert not any(p.requires_grad for p in vae.parameters())
+    before = [p.detach().clone() for p in vae.parameters()]
+    frames = torch.rand(4, 3, 64, 64) * 2 - 1
+    losses = train_spatial_vae(vae, frames, steps=2, batch_size=2, progress=False)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert any(not torch.equal(a, b) for a, b in zip(before, vae.parameters()))
+    with pytest.raises(ValueError, match="steps"):
+        train_spatial_vae(vae, frames, steps=0)
+
+
+def test_loss_trend_windows():
+    trend = loss_trend("x", list(enumerate([10, 8, 6, 4, 2, 2, 2, 1, 1, 1], start=1)))
+    assert trend.window == 2 and trend.first == 9 and trend.last == 1 and trend.fell
+    assert trend.change == pytest.approx(-8 / 9)
+    rising = loss_trend("y", [(1, 1.0), (2, 1.0), (3, 5.0), (4, 5.0)], window=2)
+    assert not rising.fell and rising.change == pytest.approx(4.0) and rising.steps == 4
+    assert loss_trend("z", [(1, float("nan")), (2, 3.0), (3, 1.0)], window=2).first == 3.0
+    with pytest.raises(ValueError, match="no finite"):
+        loss_trend("empty", [(1, float("nan")), (2, float("nan"))])
+
+
+def test_loss_trend_terms_use_the_run_windows():
+    """A sparse term (logged on some steps only) is averaged over the same step windows; a term
+    missing from a window is left out instead of compared over other steps."""
+    total = [(s, 10.0 - s) for s in range(1, 11)]
+    identity = [(2, 4.0), (9, 1.0), (10, 3.0)]
+    late_only = [(9, 1.0)]
+    trend = loss_trend("t", total, window=3, terms={"identity": identity, "late": late_only})
+    assert trend.first == pytest.approx(8.0) and trend.last == pytest.approx(1.0)
+    assert trend.terms == {"identity": (4.0, 2.0)}
+
+
+def test_epoch_window():
+    from opensora_vae.demo.run import epoch_window
+
+    assert epoch_window(484, 22) == 110  # 22 epochs: 5 whole epochs per window
+    assert epoch_window(88, 22) == 22
+    assert epoch_window(30, 22) == 6  # under 2 epochs: a fifth of the run
+
+
+def test_read_tensorboard_scalars(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    for step, value in [(1, 5.0), (2, 4.0), (3, 3.5)]:
+        writer.add_scalar("loss/loss", value, step)
+        writer.add_scalar("train/lr", 0.1, step)
+    writer.add_scalar("loss/identity", 7.0, 2)
+    writer.close()
+    curves = read_tensorboard_scalars(tmp_path / "tb")
+    assert curves == {"loss/identity": [(2, 7.0)], "loss/loss": [(1, 5.0), (2, 4.0), (3, 3.5)]}
+    with pytest.raises(ValueError, match="other/"):
+        read_tensorboard_scalars(tmp_path / "tb", prefix="other/")
+    with pytest.raises(FileNotFoundError):
+        read_tensorboard_scalars(tmp_path / "nothing")
+
+
+def test_results_table_marks_missing_metrics():
+    table = format_results_table([ResultRow("a", {"psnr": 20.0, "ssim": 0.5}), ResultRow("bb", {"psnr": 21.25})],
+                                 ["psnr", "ssim"])
+    lines = table.splitlines()
+    assert lines[0].split() == ["reconstruction", "PSNR", "SSIM"]
+    assert lines[1].split() == ["a", "20.0000", "0.5000"]
+    assert lines[2].split() == ["bb", "21.2500", "-"]
