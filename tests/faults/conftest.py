@@ -4,6 +4,7 @@ and fail the test if any process outlives its run."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -30,8 +31,7 @@ TINY_STAGE1 = REPO / "configs/vae/train/tiny/stage1.py"
 TINY_INFER = REPO / "configs/vae/inference/tiny.py"
 # Small and deterministic: 32x32 clips of the tiny model train at ~0.15 s/step on this CPU.
 FAST_TRAIN_OPTIONS = ["dataset.image_size=[32,32]", "deterministic=True", "log_every=1"]
-CHILD_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-             "PYTHONUNBUFFERED": "1"}
+CHILD_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 # ----------------------------------------------------------------------------- processes
@@ -150,8 +150,20 @@ def run_and_kill_when(cmd: list, trigger, timeout: float = 180, env: dict | None
         kill_run(proc)
 
 
-def train_cmd(csv: Path, outputs: Path, *options: str, extra: tuple = (), config: Path = TINY_STAGE1) -> list:
-    return [sys.executable, TRAIN_ENTRY, config, "--data-path", csv, "--outputs", outputs, *extra,
+def load_script(path: Path):
+    """An entry script as a module: its `main` runs in this process, which is cheap for the
+    errors that come before any work."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"entry_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_cmd(csv: Path, outputs: Path, *options: str) -> list:
+    """`python scripts/train_vae.py` with the tiny stage-1 config at 32x32 and `options`."""
+    return [sys.executable, TRAIN_ENTRY, TINY_STAGE1, "--data-path", csv, "--outputs", outputs,
             "--cfg-options", *FAST_TRAIN_OPTIONS, *options]
 
 
@@ -245,3 +257,41 @@ def make_bad_media(folder: Path) -> BadMedia:
 @pytest.fixture(scope="session")
 def bad_media(tmp_path_factory) -> BadMedia:
     return make_bad_media(tmp_path_factory.mktemp("bad_media"))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def make_broken_checkpoints(root: Path) -> dict[str, Path]:
+    """save_pretrained dirs of the tiny pipeline, damaged in different ways (names say how)."""
+    from conftest import build_tiny_pipeline  # tests/conftest.py
+
+    good = root / "good"
+    build_tiny_pipeline(seed=1).save_pretrained(good)
+    config = json.loads((good / "config.json").read_text())
+    damaged = {
+        "truncated": None, "garbage_config": "{this is not json", "config_not_an_object": "[1, 2, 3]",
+        # Parses, but a size is a string: the code building the model must not crash on it.
+        "config_wrong_type": json.dumps({**config, "vae_temporal": {**config["vae_temporal"], "filters": "many"}}),
+        # Parses and builds, but describes twice the temporal filters the weights have.
+        "config_other_arch": json.dumps({**config, "vae_temporal": {**config["vae_temporal"], "filters": 32}}),
+    }
+    cases = {"good": good, "missing": root / "does_not_exist"}
+    for name, config_text in damaged.items():
+        cases[name] = root / name
+        shutil.copytree(good, cases[name])
+        if config_text is not None:
+            (cases[name] / "config.json").write_text(config_text)
+    weights = (good / "model.safetensors").read_bytes()
+    (cases["truncated"] / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    # A consistent checkpoint of another architecture (fine for inference, not for the tiny
+    # training config).
+    cases["other_arch"] = root / "other_arch"
+    build_tiny_pipeline(seed=1, temporal=dict(filters=32, num_res_blocks=1, num_groups=8)).save_pretrained(
+        cases["other_arch"])
+    return cases
+
+
+@pytest.fixture(scope="session")
+def broken_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    return make_broken_checkpoints(tmp_path_factory.mktemp("ckpts"))

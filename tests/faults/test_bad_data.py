@@ -22,7 +22,7 @@ from opensora_vae.data.dataset import SampleSkipped, UnreadableSamplesError
 from opensora_vae.data.transforms import VideoTransform, frames_to_clip
 from opensora_vae.data.video_io import MediaReadError
 
-from .conftest import CLIP_17, TINY_STAGE1, TRAIN_ENTRY, finish, run, start, train_cmd, write_csv
+from .conftest import CLIP_17, TINY_STAGE1, TRAIN_ENTRY, finish, load_script, start, train_cmd, write_csv
 
 SIZE = (32, 32)
 TRAIN_TIMEOUT = 180  # a run takes ~8 s here; a hung worker would take the loader's 600 s timeout
@@ -169,15 +169,6 @@ def test_too_many_skips_abort_with_examples_and_every_bad_row_aborts_fast(bad_me
     assert not list((tmp_path / "all_bad").glob("step_*"))
 
 
-def _entry():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_vae_entry", TRAIN_ENTRY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("content,message", [
     ("video\na.mp4\n", "no 'path' column (columns: ['video'])"),
     ("", "cannot read table (EmptyDataError"),
@@ -188,7 +179,7 @@ def test_bad_tables_fail_at_start_with_the_file_named(tmp_path, capsys, content,
     csv = tmp_path / "data.csv"
     csv.write_text(content)
     with pytest.raises(SystemExit) as exit_info:
-        _entry().main([str(TINY_STAGE1), "--data-path", str(csv), "--outputs", str(tmp_path / "out")])
+        load_script(TRAIN_ENTRY).main([str(TINY_STAGE1), "--data-path", str(csv), "--outputs", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and f"error: {csv}: {message}" in err, err
     assert "Traceback" not in err
@@ -197,6 +188,6 @@ def test_bad_tables_fail_at_start_with_the_file_named(tmp_path, capsys, content,
 
 def test_a_missing_table_fails_at_start(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _entry().main([str(TINY_STAGE1), "--data-path", str(tmp_path / "nope.csv"),
+        load_script(TRAIN_ENTRY).main([str(TINY_STAGE1), "--data-path", str(tmp_path / "nope.csv"),
                        "--outputs", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "nope.csv: file not found" in capsys.readouterr().err

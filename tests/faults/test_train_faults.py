@@ -9,7 +9,6 @@ must equal it bit for bit (CPU, deterministic=True).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import random
 import re
@@ -20,14 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny_pipeline
 from opensora_vae.config import load_config
 from opensora_vae.training import Trainer
 from opensora_vae.training.checkpoint import TMP_PREFIX, find_latest_checkpoint, read_training_state
 from test_train_checkpoint import make_media_csv
 
-from .conftest import (CHILD_ENV, FAST_TRAIN_OPTIONS, REPO, TINY_STAGE1, TRAIN_ENTRY, run, run_and_kill_when,
-                       torchrun_cmd)
+from .conftest import (CHILD_ENV, FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, load_script, run,
+                       run_and_kill_when, torchrun_cmd)
 from .train_worker import FAULT_STALL_MARKER
 
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -188,16 +186,9 @@ def test_repeated_non_finite_losses_abort_and_keep_the_last_good_weights(data_cs
 # ----------------------------------------------------------------------------- settings
 
 
-def _entry():
-    spec = importlib.util.spec_from_file_location("train_vae_entry", TRAIN_ENTRY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run_entry(argv: list, capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
-        _entry().main([str(a) for a in argv])
+        load_script(TRAIN_ENTRY).main([str(a) for a in argv])
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out + captured.err
 
@@ -236,30 +227,6 @@ def test_config_file_typos_and_wrong_types_fail_before_any_work(data_csv, tmp_pa
 # ----------------------------------------------------------------------------- --ckpt-path
 
 
-def _broken_checkpoints(root: Path) -> dict[str, Path]:
-    good = root / "good"
-    build_tiny_pipeline(seed=1).save_pretrained(good)
-    cases = {}
-    for name in ("truncated", "garbage_config", "config_not_an_object"):
-        cases[name] = root / name
-        shutil.copytree(good, cases[name])
-    weights = (good / "model.safetensors").read_bytes()
-    (cases["truncated"] / "model.safetensors").write_bytes(weights[: len(weights) // 2])
-    (cases["garbage_config"] / "config.json").write_text("{this is not json")
-    (cases["config_not_an_object"] / "config.json").write_text("[1, 2, 3]")
-    # Another architecture: twice the temporal filters of the tiny config.
-    build_tiny_pipeline(seed=1, temporal=dict(filters=32, num_res_blocks=1, num_groups=8)).save_pretrained(
-        root / "other_arch")
-    cases["other_arch"] = root / "other_arch"
-    cases["missing"] = root / "does_not_exist"
-    return cases
-
-
-@pytest.fixture(scope="module")
-def broken_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    return _broken_checkpoints(tmp_path_factory.mktemp("ckpts"))
-
-
 @pytest.mark.parametrize("case,message", [
     ("missing", "does not exist"),
     ("truncated", "cannot read weights"),
@@ -275,6 +242,19 @@ def test_bad_ckpt_path_is_a_clear_error_before_training(broken_checkpoints, data
     assert code == 2 and "error:" in out and message in out, out
     assert str(broken_checkpoints[case]) in out and "Traceback" not in out
     assert not list(outputs.glob("step_*")) and not (outputs / "tensorboard").exists()
+
+
+def test_load_auto_of_a_damaged_newest_checkpoint_stops_with_its_name(reference, data_csv, tmp_path, capsys):
+    # Not a crash (the rename is atomic) but disk damage: all files there, one unreadable. The
+    # run stops naming it rather than silently training on from an older step.
+    outputs = tmp_path / "out"
+    shutil.copytree(reference.parent / "step_000000007", outputs / "step_000000007")
+    shutil.copytree(reference, outputs / reference.name)
+    state = outputs / reference.name / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    code, out = _run_entry([*_args(data_csv, outputs, "--load", "auto"), "max_steps=9"], capsys)
+    assert code == 2 and f"error: cannot read {state}" in out and "Traceback" not in out, out
+    assert not (outputs / "step_000000009").exists()
 
 
 # ----------------------------------------------------------------------------- another layout
