@@ -42,9 +42,11 @@ class SpatialVAE(nn.Module):
         return cls(AutoencoderKL.from_config(config), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, repo_or_path: str = DEFAULT_SPATIAL_REPO, subfolder: str | None = "vae",
+    def from_pretrained(cls, repo_or_path: str, subfolder: str | None = None,
                         micro_batch_size: int | None = 4, scaling_factor: float = SCALING_FACTOR,
                         local_files_only: bool = False, cache_dir: str | None = None) -> "SpatialVAE":
+        """A diffusers AutoencoderKL from a hub id or local dir, e.g. the released spatial VAE:
+        `SpatialVAE.from_pretrained(DEFAULT_SPATIAL_REPO, subfolder="vae")`."""
         try:
             module = AutoencoderKL.from_pretrained(
                 repo_or_path, subfolder=subfolder, local_files_only=local_files_only,
