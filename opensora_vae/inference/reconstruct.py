@@ -30,14 +30,10 @@ def reconstruct_clip(pipe: VideoVAEPipeline, x: torch.Tensor, sample: bool = Fal
     `pipe.denormalize(pipe.encode(x, sample=False))`.
     """
     rec, spatial, zs = torch.empty_like(x), torch.empty_like(x), []
-    for s, e in pipe.frame_chunks(x.shape[2]):
-        x_z = pipe.spatial_vae.encode(x[:, :, s:e], sample=sample, generator=generator)
-        spatial[:, :, s:e] = pipe.spatial_vae.decode(x_z).to(x.dtype)
-        # The pipeline's temporal passes (one chunk here) honour `pipe.enable_tiling()`.
-        posterior = pipe.encode_temporal(x_z)
-        z = posterior.sample(generator) if sample else posterior.mode()
-        rec[:, :, s:e] = pipe.spatial_vae.decode(pipe.decode_temporal(z, e - s)).to(x.dtype)
-        zs.append(z.float())
+    for chunk in pipe.reconstruct_chunks(x, sample=sample, generator=generator, full=True, spatial=True):
+        rec[:, :, chunk.start:chunk.end] = chunk.rec.to(x.dtype)
+        spatial[:, :, chunk.start:chunk.end] = chunk.spatial.to(x.dtype)
+        zs.append(chunk.z.float())
     return Reconstruction(rec=rec, spatial=spatial, z=torch.cat(zs, dim=2))
 
 

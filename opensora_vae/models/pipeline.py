@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,6 +21,17 @@ from .tiling import tiled_spatial_apply
 SHIFT = (-0.10, 0.34, 0.27, 0.98)
 SCALE = (3.85, 2.32, 2.33, 3.06)
 RELEASED_REPO = "hpcai-tech/OpenSora-VAE-v1.2"
+
+
+@dataclass
+class ChunkReconstruction:
+    """Reconstructions of frames `[start, end)`; fields not asked for stay None."""
+
+    start: int
+    end: int
+    rec: torch.Tensor | None = None  # full pipeline
+    spatial: torch.Tensor | None = None  # spatial VAE only
+    z: torch.Tensor | None = None  # un-normalised temporal latents
 
 
 class VideoVAEPipeline(nn.Module):
@@ -168,26 +180,30 @@ class VideoVAEPipeline(nn.Module):
 
     @torch.no_grad()
     def reconstruct_chunks(self, x: torch.Tensor, sample: bool = False,
-                           generator: torch.Generator | None = None,
-                           spatial_only: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Yields `(start, end, recon)` per micro-frame chunk, so peak memory is one chunk's.
+                           generator: torch.Generator | None = None, full: bool = True,
+                           spatial: bool = False) -> Iterator[ChunkReconstruction]:
+        """Reconstructs one micro-frame chunk at a time, so peak memory is one chunk's.
 
-        Chunks are independent in the temporal VAE, so this equals `decode(encode(x))` exactly.
+        Chunks are independent in the temporal VAE, so `full` equals `decode(encode(x))`
+        exactly; `spatial` adds the spatial-only reconstruction from the same spatial latents.
         """
         for s, e in self.frame_chunks(x.shape[2]):
             x_z = self.spatial_vae.encode(x[:, :, s:e], sample=sample, generator=generator)
-            if not spatial_only:
-                posterior = self._temporal_encode(x_z)
-                z = posterior.sample(generator) if sample else posterior.mode()
-                x_z = self._temporal_decode(z, e - s)
-            yield s, e, self.spatial_vae.decode(x_z)
+            chunk = ChunkReconstruction(s, e)
+            if spatial:
+                chunk.spatial = self.spatial_vae.decode(x_z)
+            if full:
+                posterior = self.encode_temporal(x_z)
+                chunk.z = posterior.sample(generator) if sample else posterior.mode()
+                chunk.rec = self.spatial_vae.decode(self.decode_temporal(chunk.z, e - s))
+            yield chunk
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, sample: bool = False, spatial_only: bool = False,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         out = torch.empty_like(x)
-        for s, e, rec in self.reconstruct_chunks(x, sample, generator, spatial_only):
-            out[:, :, s:e] = rec.to(out.dtype)
+        for c in self.reconstruct_chunks(x, sample, generator, full=not spatial_only, spatial=spatial_only):
+            out[:, :, c.start:c.end] = (c.spatial if spatial_only else c.rec).to(out.dtype)
         return out
 
     # ------------------------------------------------------------------ checkpoint format
