@@ -15,7 +15,7 @@ from PIL import Image
 from opensora_vae.data import transforms as T
 from opensora_vae.data.csv_tools import build_csv
 from opensora_vae.data.dataset import VideoDataset, build_dataloader, load_table
-from opensora_vae.data.video_io import read_image, read_video_frames, write_video
+from opensora_vae.data.video_io import read_video_frames, write_video
 
 CLIP_17 = os.path.abspath("assets/media/city_cc0_256_17f.mp4")
 CLIP_100 = os.path.abspath("assets/media/city_cc0_0-99.mp4")

@@ -1,6 +1,5 @@
 """PWC-Net (correlation, structure, weight loading) and FloLPIPS."""
 
-import numpy as np
 import pytest
 import torch
 

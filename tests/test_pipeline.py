@@ -150,3 +150,13 @@ def test_frozen_spatial_gets_no_gradient():
     (x_rec.abs().mean() + x_z_rec.abs().mean()).backward()
     assert all(p.grad is None for p in pipe.spatial_vae.parameters())
     assert pipe.temporal_vae.encoder.conv_in.conv.weight.grad.abs().sum() > 0
+
+
+def test_training_step_dirs_load_and_run_dirs_are_refused(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "run" / "step_000000010" / "model")
+    tiny_pipeline.save_pretrained(tmp_path / "run" / "step_000000020" / "model")
+    loaded = VideoVAEPipeline.from_pretrained(tmp_path / "run" / "step_000000020")
+    for a, b in zip(tiny_pipeline.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(CheckpointError, match="training run dir with 2 checkpoints.*step_000000020"):
+        VideoVAEPipeline.from_pretrained(tmp_path / "run")

@@ -7,33 +7,14 @@ from pathlib import Path
 import torch
 
 from ..models import CheckpointError, VideoVAEPipeline
-from ..models.checkpoint_io import CONFIG_NAME
-
-MODEL_SUBDIR = "model"  # <outputs>/step_XXXXXXXXX/model holds the save_pretrained files
-
+from ..models.checkpoint_io import resolve_pipeline_dir
 
 def resolve_pipeline_path(ckpt_path: str | Path) -> str:
-    """The save_pretrained dir (or hub id) to load.
-
-    A training step dir (`step_000001000/` with `model/` inside) resolves to its `model/`; a
-    run dir holding several step dirs is refused with the latest one as a suggestion, because
-    picking one silently could evaluate the wrong weights.
-    """
+    """The save_pretrained dir (or hub id) to load; see `models.checkpoint_io.resolve_pipeline_dir`."""
     if ckpt_path is None or str(ckpt_path).strip() == "":
         raise CheckpointError("no checkpoint given: pass --ckpt-path (a save_pretrained dir, a training "
                               "step dir, or the released hpcai-tech/OpenSora-VAE-v1.2)")
-    path = Path(ckpt_path).expanduser()
-    if not path.is_dir():
-        return str(ckpt_path)  # a hub id, or a missing path that from_pretrained reports
-    if (path / CONFIG_NAME).is_file():
-        return str(path)
-    if (path / MODEL_SUBDIR).is_dir():
-        return str(path / MODEL_SUBDIR)
-    steps = sorted(p for p in path.glob("step_*") if p.is_dir())
-    if steps:
-        raise CheckpointError(f"'{path}' is a training run dir with {len(steps)} checkpoints; pass one "
-                              f"step dir, e.g. --ckpt-path {steps[-1]}")
-    return str(path)  # from_pretrained names the missing files
+    return resolve_pipeline_dir(ckpt_path)
 
 
 def load_inference_pipeline(ckpt_path: str | Path, micro_frame_size: int | None,

@@ -73,8 +73,42 @@ def pipeline_from_config(cls, config: dict, device=None, **overrides):
     return pipe
 
 
+MODEL_SUBDIR = "model"  # <outputs>/step_XXXXXXXXX/model holds a training step's save_pretrained files
+
+
+def resolve_pipeline_dir(path_or_repo: str | Path) -> str:
+    """The save_pretrained dir (or hub id) that `path_or_repo` names.
+
+    A training step dir (`step_000001000/` with `model/` inside) resolves to its `model/`; a run
+    dir holding several step dirs is refused with the latest one as a suggestion, because picking
+    one silently could load the wrong weights. Anything else is returned unchanged.
+    """
+    path = Path(path_or_repo).expanduser()
+    if not path.is_dir() or (path / CONFIG_NAME).is_file():
+        return str(path_or_repo)
+    if (path / MODEL_SUBDIR).is_dir():
+        return str(path / MODEL_SUBDIR)
+    steps = sorted(p for p in path.glob("step_*") if p.is_dir())
+    if steps:
+        raise CheckpointError(f"'{path}' is a training run dir with {len(steps)} checkpoints; pass one "
+                              f"step dir, e.g. {steps[-1]}")
+    return str(path_or_repo)
+
+
+def write_pipeline_dir(save_dir: str | Path, config: dict, state: dict[str, torch.Tensor]) -> None:
+    """Writes the save_pretrained format (config.json + model.safetensors) from a state dict."""
+    from safetensors.torch import save_file
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, str(save_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
 def resolve_checkpoint_files(path_or_repo: str | Path) -> tuple[Path, Path]:
-    """(config.json, model.safetensors) from a local dir, else from the Hugging Face hub."""
+    """(config.json, model.safetensors) from a local dir (or training step dir), else the hub."""
+    path_or_repo = resolve_pipeline_dir(path_or_repo)
     path = Path(path_or_repo).expanduser()
     if path.is_dir():
         config, weights = path / CONFIG_NAME, path / WEIGHTS_NAME

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -11,7 +10,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from .checkpoint_io import CONFIG_NAME, WEIGHTS_NAME
+from .checkpoint_io import write_pipeline_dir
 from .distributions import DiagonalGaussian
 from .spatial import SpatialVAE
 from .temporal import TemporalVAE
@@ -230,13 +229,7 @@ class VideoVAEPipeline(nn.Module):
         }
 
     def save_pretrained(self, save_dir: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        (save_dir / CONFIG_NAME).write_text(json.dumps(self.export_config(), indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(save_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+        write_pipeline_dir(save_dir, self.export_config(), self.state_dict())
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path = RELEASED_REPO, **overrides) -> "VideoVAEPipeline":

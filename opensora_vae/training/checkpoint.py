@@ -13,7 +13,6 @@ a `step_*` dir is either complete or absent; a crash leaves only a temp dir, whi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from mmengine.config import Config
 
-from ..models.checkpoint_io import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from ..models.checkpoint_io import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, write_pipeline_dir
 
 logger = logging.getLogger(__name__)
 
@@ -88,16 +87,6 @@ def resolve_load(load: str | None, outputs: str | Path) -> Path | None:
     return path
 
 
-def save_pipeline_dir(save_dir: Path, pipeline_config: dict, state: dict[str, torch.Tensor]) -> None:
-    """Writes the `save_pretrained` format from an explicit (e.g. FSDP-gathered) state dict."""
-    from safetensors.torch import save_file
-
-    save_dir.mkdir(parents=True, exist_ok=True)
-    (save_dir / CONFIG_NAME).write_text(json.dumps(pipeline_config, indent=2) + "\n")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(tensors, str(save_dir / WEIGHTS_NAME), metadata={"format": "pt"})
-
-
 def dump_config(cfg: Config, path: Path) -> None:
     """The resolved config as a Python file that `load_config` reads back."""
     data = cfg.to_dict()
@@ -115,9 +104,9 @@ def write_checkpoint(outputs: str | Path, step: int, pipeline_config: dict,
     tmp = outputs / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_pipeline_dir(tmp / "model", pipeline_config, model_state)
+    write_pipeline_dir(tmp / "model", pipeline_config, model_state)
     if ema_state is not None:
-        save_pipeline_dir(tmp / "ema", pipeline_config, ema_state)
+        write_pipeline_dir(tmp / "ema", pipeline_config, ema_state)
     torch.save({"format_version": FORMAT_VERSION, **training_state}, tmp / STATE_NAME)
     dump_config(cfg, tmp / CONFIG_DUMP)
     old = None

@@ -123,7 +123,7 @@ class Trainer:
         cfg = self.cfg
         # Same seed on every rank: random initial weights are identical before DDP/FSDP.
         torch.manual_seed(cfg.seed)
-        weights = str(self.resume_dir / "model") if self.resume_dir else _pipeline_dir(cfg.ckpt_path)
+        weights = str(self.resume_dir / "model") if self.resume_dir else cfg.ckpt_path
         pipe = build_pipeline(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model),
                               ckpt_path=weights)
         frozen = freeze_unreached_params(pipe, self.settings)
@@ -379,13 +379,6 @@ class Trainer:
             "data/skipped_total": self.skipped_total, "data/skipped_step": out.skipped_samples,
         })
         return metrics
-
-
-def _pipeline_dir(ckpt_path: str | None) -> str | None:
-    """`--ckpt-path` may name a training step dir: its weights are in `model/`."""
-    if ckpt_path is not None and (Path(ckpt_path) / "model" / "config.json").is_file():
-        return str(Path(ckpt_path) / "model")
-    return ckpt_path
 
 
 def _to_cpu(obj: Any) -> Any:
