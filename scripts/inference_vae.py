@@ -14,6 +14,7 @@ import logging
 import sys
 
 from opensora_vae.config import ConfigError, load_config
+from opensora_vae.distributed import run_and_exit
 from opensora_vae.inference import InferenceError, run_inference
 from opensora_vae.models import CheckpointError
 
@@ -48,4 +49,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under torchrun, ends with os._exit after destroy_process_group (avoids a gloo abort at exit).
+    run_and_exit(lambda: sys.exit(main()))

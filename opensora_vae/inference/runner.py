@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
+import torch.distributed as dist
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed
 from ..models import VideoVAEPipeline
 from .checkpoint import load_inference_pipeline
 from .dataset import InferenceDataset, collate_items, sample_name
-from .distributed import RankInfo, barrier, gather_objects, setup_ranks, shard, teardown
 from .latent_stats import LatentStats
 from .outputs import OutputLayout
 from .reconstruct import frame_metrics, reconstruct_clip, to_uint8_frames
@@ -82,7 +83,7 @@ def _group_by_shape(items: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info: RankInfo,
+def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info: DistEnv,
                        layout: OutputLayout, num_rows: int, stats: LatentStats | None) -> list[dict]:
     x = torch.stack([item["video"] for item in items]).to(info.device)
     generator = sample_generator(cfg.seed, items[0]["index"], info.device) if cfg.sample else None
@@ -108,14 +109,16 @@ def run_inference(cfg: Any, verbose: bool = True) -> dict:
     never costs a data pass. Under torchrun each rank takes every world_size-th sample.
     """
     check_settings(cfg)
-    info = setup_ranks()
+    owns_group = not dist.is_initialized()  # destroy only a group we created
+    info = init_distributed()
     try:
         return _run(cfg, info, verbose)
     finally:
-        teardown(info)
+        if owns_group:
+            destroy()
 
 
-def _run(cfg: Any, info: RankInfo, verbose: bool) -> dict:
+def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     start = time.time()
     model_cfg = cfg.model
     pipe, resolved = load_inference_pipeline(
@@ -138,11 +141,11 @@ def _run(cfg: Any, info: RankInfo, verbose: bool) -> dict:
             layout.prepare(overwrite=cfg.overwrite)
         except FileExistsError as err:
             problem = str(err)
-    problem = gather_objects(problem, info)[0]  # every rank raises, none waits for rank 0 forever
+    problem = all_gather_objects(problem)[0]  # every rank raises, none waits for rank 0 forever
     if problem:
         raise FileExistsError(problem)
 
-    my_rows = shard(rows, info)
+    my_rows = rows[info.rank::info.world_size]  # every world_size-th row: balanced, no overlap
     loader = DataLoader(Subset(dataset, my_rows), batch_size=cfg.batch_size, shuffle=False,
                         num_workers=cfg.num_workers, collate_fn=collate_items,
                         timeout=LOADER_TIMEOUT_S if cfg.num_workers > 0 else 0)
@@ -159,8 +162,8 @@ def _run(cfg: Any, info: RankInfo, verbose: bool) -> dict:
                 records.extend(_reconstruct_group(pipe, group, cfg, info, layout, len(dataset), stats))
             progress.update(len(batch))
 
-    gathered = gather_objects({"records": records, "skipped": skipped,
-                               "stats": stats.as_tensor() if stats is not None else None}, info)
+    gathered = all_gather_objects({"records": records, "skipped": skipped,
+                                   "stats": stats.as_tensor() if stats is not None else None})
     records = sorted((r for g in gathered for r in g["records"]), key=lambda r: r["index"])
     skipped = sorted((s for g in gathered for s in g["skipped"]), key=lambda s: s["index"])
     if not records:
@@ -180,5 +183,5 @@ def _run(cfg: Any, info: RankInfo, verbose: bool) -> dict:
         layout.metrics_json.write_text(json.dumps(report, indent=1, default=str) + "\n")
         if verbose:
             print(format_summary(report))
-    barrier(info)
+    barrier()
     return report

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..losses import LossSettings, VAELoss
 from ..models.pipeline import VideoVAEPipeline
-from .distributed import all_reduce_sum
+from ..distributed import all_reduce_sum
 from .ema import EMA
 
 logger = logging.getLogger(__name__)

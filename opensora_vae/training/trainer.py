@@ -24,7 +24,7 @@ from ..models.checkpoint_io import CheckpointError
 from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
 from . import checkpoint as ckpt_io
-from .distributed import DistEnv, all_gather_objects, barrier, broadcast_object, init_distributed
+from ..distributed import DistEnv, all_gather_objects, barrier, broadcast_object, init_distributed
 from .ema import EMA
 from .engine import TrainEngine, freeze_unreached_params
 from .logger import TrainLogger, check_wandb_available, setup_logging

@@ -1,4 +1,6 @@
-"""Process-group setup (torchrun or single process), small collectives, clean exit."""
+"""Process-group setup (torchrun or single process), small collectives, clean exit.
+
+Shared by training and inference."""
 
 from __future__ import annotations
 
@@ -130,7 +132,7 @@ def run_and_exit(main: Callable[[], Any]) -> NoReturn:
     except BaseException:  # report any failure with its traceback, then exit non-zero
         rank = os.environ.get("RANK")
         prefix = f"[rank {rank}] " if rank is not None else ""
-        print(f"{prefix}training failed:\n{traceback.format_exc()}", file=sys.stderr)
+        print(f"{prefix}failed:\n{traceback.format_exc()}", file=sys.stderr)
         code = 1
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
