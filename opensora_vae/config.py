@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mmengine.config import Config, DictAction
+from .errors import UserError
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vae"
 SCHEMAS = {"train": "default_train.py", "inference": "default_inference.py"}
@@ -30,7 +31,7 @@ CLI_KEYS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that names unknown keys or holds values of the wrong type."""
 
 
@@ -135,7 +136,7 @@ def load_config(path: str | Path, kind: str = "train", cfg_options: Iterable[str
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file '{path}' does not exist")
+        raise ConfigError(f"config file '{path}' does not exist")
     cfg = Config.fromfile(str(path))
     overrides = parse_options(cfg_options)
     for flag, value in (cli or {}).items():

@@ -1,16 +1,13 @@
-"""Process-group setup (torchrun or single process), small collectives, clean exit.
-
-Shared by training and inference."""
+"""Process-group setup (torchrun or single process) and small collectives, shared by training and
+inference. The clean exit after `destroy_process_group` lives in `opensora_vae.cli`."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, NoReturn
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -94,53 +91,3 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _flush_everything() -> None:
-    for handler in logging.getLogger().handlers:
-        try:
-            handler.flush()
-            handler.close()
-        except Exception:  # a closed stream must not turn success into failure
-            pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-
-
-def run_and_exit(main: Callable[[], Any]) -> NoReturn:
-    """Runs `main`, tears the process group down, and exits with a truthful status.
-
-    Under torchrun, torch + gloo sometimes aborts during interpreter shutdown after all work is
-    done ("terminate called without an active exception"), turning a successful run into a
-    crash. Ending the process with `os._exit` right after `destroy_process_group`, once every
-    log stream is flushed, avoids that shutdown path. Single-process runs exit normally.
-    Exit status: 0 on success, the SystemExit code if one was raised, 130 on Ctrl-C, else 1
-    with the traceback printed.
-    """
-    code: int = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if exc.code not in (None, 0) and not isinstance(exc.code, int):
-            print(exc.code, file=sys.stderr)
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:  # report any failure with its traceback, then exit non-zero
-        rank = os.environ.get("RANK")
-        prefix = f"[rank {rank}] " if rank is not None else ""
-        print(f"{prefix}failed:\n{traceback.format_exc()}", file=sys.stderr)
-        code = 1
-    distributed = dist.is_available() and dist.is_initialized()
-    if distributed:
-        try:
-            destroy()
-        except Exception as exc:  # a peer that died already: still exit with our own status
-            print(f"destroy_process_group failed: {exc}", file=sys.stderr)
-    if distributed or launched_by_torchrun():
-        _flush_everything()
-        os._exit(code)
-    sys.exit(code)

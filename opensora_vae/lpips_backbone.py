@@ -23,6 +23,7 @@ import lpips
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from .errors import MissingWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def build_lpips(
     source = find_backbone(net, backbone_path)
     if source is None:
         if not allow_random_backbone:
-            raise FileNotFoundError(_missing_backbone_message(net))
+            raise MissingWeightsError(_missing_backbone_message(net))
         logger.warning("LPIPS '%s' uses a RANDOM backbone: distances are meaningless", net)
         model = _new_lpips(net, random_backbone=True, spatial=spatial)
     elif source[0] == "torchvision":

@@ -10,16 +10,12 @@ _spatial/ (NNN.mp4, or NNN.png for 1-frame samples) and <save-dir>_metrics.json.
 """
 
 import argparse
-import logging
-import sys
+from typing import Sequence
 
-from opensora_vae.config import ConfigError, load_config
-from opensora_vae.distributed import run_and_exit
-from opensora_vae.inference import InferenceError, run_inference
-from opensora_vae.models import CheckpointError
+from opensora_vae.cli import run_cli, setup_logging  # first: sets the CPU thread policy before torch loads
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="inference config, e.g. configs/vae/inference/video.py")
     parser.add_argument("--ckpt-path", help="pipeline checkpoint (dir, training step dir or hub id)")
@@ -30,24 +26,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. lossless=True dataset.num_frames=33")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def main() -> int:
-    args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, kind="inference", cfg_options=args.cfg_options,
-                          cli={"ckpt_path": args.ckpt_path, "data_path": args.data_path,
-                               "save_dir": args.save_dir, "num_samples": args.num_samples,
-                               "batch_size": args.batch_size, "seed": args.seed})
-        run_inference(cfg)
-    except (ConfigError, CheckpointError, InferenceError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    from opensora_vae.config import load_config
+    from opensora_vae.inference import run_inference
+
+    cfg = load_config(args.config, kind="inference", cfg_options=args.cfg_options,
+                      cli={"ckpt_path": args.ckpt_path, "data_path": args.data_path,
+                           "save_dir": args.save_dir, "num_samples": args.num_samples,
+                           "batch_size": args.batch_size, "seed": args.seed})
+    run_inference(cfg)
     return 0
 
 
 if __name__ == "__main__":
-    # Under torchrun, ends with os._exit after destroy_process_group (avoids a gloo abort at exit).
-    run_and_exit(lambda: sys.exit(main()))
+    run_cli(main)

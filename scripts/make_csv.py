@@ -4,19 +4,20 @@
 """
 
 import argparse
-import logging
-import sys
+from typing import Sequence
 
-from opensora_vae.data.csv_tools import build_csv
+from opensora_vae.cli import run_cli, setup_logging  # first: sets the CPU thread policy before torch loads
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    from opensora_vae.data.csv_tools import build_csv
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="folder scanned recursively for videos and images")
     parser.add_argument("out_csv", help="CSV to write (columns: path, num_frames, height, width, fps)")
     parser.add_argument("--absolute", action="store_true", help="write absolute paths instead of paths relative to the CSV")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    args = parser.parse_args(argv)
+    setup_logging()
     summary = build_csv(args.folder, args.out_csv, relative=not args.absolute)
     print(summary)
     for path, reason in summary.unreadable:
@@ -25,4 +26,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

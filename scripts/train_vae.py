@@ -10,11 +10,12 @@ Any config key can be set with --cfg-options key=value (e.g. max_steps=1000 ema_
 """
 
 import argparse
+from typing import Sequence
 
-from opensora_vae.training import run_and_exit
+from opensora_vae.cli import run_cli  # first: sets the CPU thread policy before torch loads
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="train config, e.g. configs/vae/train/stage1.py")
     parser.add_argument("--data-path", help="CSV (or parquet) with a 'path' column")
@@ -29,18 +30,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from opensora_vae.config import load_config
+    from opensora_vae.training import train
 
-    def run() -> None:
-        from opensora_vae.training.cli import train_from_args
-
-        train_from_args(args.config, args.cfg_options, {
-            "data_path": args.data_path, "outputs": args.outputs, "ckpt_path": args.ckpt_path,
-            "load": args.load, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed})
-
-    run_and_exit(run)
+    cfg = load_config(args.config, kind="train", cfg_options=args.cfg_options, cli={
+        "data_path": args.data_path, "outputs": args.outputs, "ckpt_path": args.ckpt_path,
+        "load": args.load, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed})
+    train(cfg)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,12 +1,11 @@
 """Configs carry the reference recipe; typos and wrong types fail before any work starts."""
 
-from pathlib import Path
 
 import pytest
 
 from opensora_vae.config import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 TRAIN = REPO / "configs/vae/train"
 
 
@@ -81,5 +80,5 @@ def test_typo_in_config_file_fails_clearly(tmp_path):
         load_config(bad)
     assert "unknown key 'ckpt_evry' (did you mean 'ckpt_every'?)" in str(err.value)
     assert "unknown key 'dataset.num_frame'" in str(err.value)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError):
         load_config(tmp_path / "missing.py")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+from typing import Sequence
 
-from opensora_vae.data.video_io import MediaReadError
+from opensora_vae.cli import run_cli, setup_logging  # first: sets the CPU thread policy before torch loads
 from opensora_vae.metrics.runner import METRICS, evaluate_dirs
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch_size", type=int, default=2, help="videos per batch")
     p.add_argument("--real_video_dir", required=True)
@@ -38,8 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging()
     result = evaluate_dirs(
         args.real_video_dir, args.generated_video_dir, metrics=args.metric, num_frames=args.num_frames,
         sample_rate=args.sample_rate, resolution=args.resolution, crop_size=args.crop_size,
@@ -57,11 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
         with open(path, "w") as f:
             json.dump(result, f, indent=2)  # json writes floats with full (repr) precision
         print(f"wrote {path}")
-    return result
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, MediaReadError) as exc:
-        sys.exit(f"error: {exc}")
+    run_cli(main)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .transforms import VideoTransform, frames_to_clip, temporal_indices
 from .video_io import MediaReadError, VideoFile, is_image, read_image
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +38,19 @@ class SampleSkipped(Exception):
     """A readable sample that cannot be used (e.g. a video shorter than the clip)."""
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     """The CSV/parquet table itself is unusable: missing, unparsable, no 'path' column, no rows."""
 
 
-class UnreadableSamplesError(RuntimeError):
+class UnreadableSamplesError(UserError, RuntimeError):
     """`max_retries` consecutive samples were unreadable (e.g. a CSV of bad rows).
 
     When this happens in a DataLoader worker, torch raises it again in the main process with the
     worker's traceback in the message; `reason` is the original message either way.
     """
+
+    def one_line(self) -> str:
+        return self.reason
 
     @property
     def reason(self) -> str:

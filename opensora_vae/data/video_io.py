@@ -16,6 +16,7 @@ from typing import Sequence
 import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from ..errors import UserError
 
 VIDEO_EXTS = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
@@ -27,7 +28,7 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff
 DEFAULT_CRF = 18
 
 
-class MediaReadError(Exception):
+class MediaReadError(UserError):
     """A video or image could not be read (missing, empty, corrupt, truncated, bad index)."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

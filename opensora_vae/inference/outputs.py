@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.video_io import write_image, write_video
+from ..errors import OutputExistsError
 
 SAMPLE_FILE = re.compile(r"^\d+\.(mp4|png)$")
 
@@ -41,7 +42,7 @@ class OutputLayout:
         so they are an error, or with `overwrite` removed (only `NNN.mp4`/`NNN.png` files)."""
         stale = [p for d in self.dirs if d.is_dir() for p in sorted(d.iterdir()) if SAMPLE_FILE.match(p.name)]
         if stale and not overwrite:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{len(stale)} samples of an earlier run are in the output dirs (e.g. {stale[0]}); the eval "
                 "would mix them with this run's. Choose another --save-dir or set "
                 "--cfg-options overwrite=True to delete them first.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -18,20 +17,21 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed
 from ..models import VideoVAEPipeline
+from ..precision import DTYPES, autocast
 from .checkpoint import load_inference_pipeline
 from .dataset import InferenceDataset, collate_items, sample_name
 from .latent_stats import LatentStats
 from .outputs import OutputLayout
 from .reconstruct import frame_metrics, reconstruct_clip, to_uint8_frames
 from .report import format_summary, summarize
+from ..errors import OutputExistsError, UserError
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("fp32", "bf16")
 LOADER_TIMEOUT_S = 600.0  # a stuck decode in a worker raises instead of hanging the run
 
 
-class InferenceError(RuntimeError):
+class InferenceError(UserError, RuntimeError):
     """Settings or data that make the run impossible (the message says what to change)."""
 
 
@@ -61,15 +61,6 @@ def check_settings(cfg: Any) -> None:
         raise InferenceError("cannot run inference:\n  " + "\n  ".join(problems))
 
 
-def autocast_for(dtype: str, device: torch.device):
-    """bf16 autocast on CUDA; on CPU bf16 is slow and inexact, so fp32 is used with a warning."""
-    if dtype == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if dtype == "bf16":
-        logger.warning("dtype bf16 is only used on CUDA; running in fp32 on %s", device)
-    return contextlib.nullcontext()
-
-
 def sample_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
     """Latent noise per (seed, first sample index of the batch), whatever the rank or worker."""
     state = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -87,7 +78,7 @@ def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info
                        layout: OutputLayout, num_rows: int, stats: LatentStats | None) -> list[dict]:
     x = torch.stack([item["video"] for item in items]).to(info.device)
     generator = sample_generator(cfg.seed, items[0]["index"], info.device) if cfg.sample else None
-    with autocast_for(cfg.dtype, info.device):
+    with autocast(info.device, cfg.dtype):
         out = reconstruct_clip(pipe, x, sample=cfg.sample, generator=generator)
     if stats is not None:
         stats.update(out.z)
@@ -143,7 +134,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
             problem = str(err)
     problem = all_gather_objects(problem)[0]  # every rank raises, none waits for rank 0 forever
     if problem:
-        raise FileExistsError(problem)
+        raise OutputExistsError(problem)
 
     my_rows = rows[info.rank::info.world_size]  # every world_size-th row: balanced, no overlap
     loader = DataLoader(Subset(dataset, my_rows), batch_size=cfg.batch_size, shuffle=False,

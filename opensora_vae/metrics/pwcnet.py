@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import MissingWeightsError
 
 PWC_URL = "http://content.sniklaus.com/github/pytorch-pwc/network-default.pytorch"
 PWC_FILENAME = "network-default.pytorch"
@@ -208,7 +209,7 @@ def build_pwcnet(weights: str | os.PathLike | None = None, allow_random: bool = 
     if path.is_file():
         net.load_state_dict(load_pwc_state_dict(path), strict=True)
     elif weights is not None or not allow_random:
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"PWC-Net weights not found at {path}. FloLPIPS needs the original pytorch-pwc "
             f"weights '{PWC_FILENAME}' ({PWC_URL}): download it to "
             f"{Path(torch.hub.get_dir()) / 'checkpoints' / PWC_FILENAME}, or pass "

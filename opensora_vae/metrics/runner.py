@@ -28,12 +28,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.video_io import MediaReadError, VideoFile, is_image, is_video, read_image
+from ..errors import UserError
 from .flolpips import FloLPIPS
 from .lpips_metric import LPIPSMetric
 from .psnr import psnr
 from .ssim import ssim
 
 logger = logging.getLogger(__name__)
+
+
+class EvalError(UserError, ValueError):
+    """Eval settings or media that cannot be scored (mismatched pairs, empty folders, bad flags)."""
+
 
 METRICS = ("ssim", "psnr", "lpips", "flolpips")
 
@@ -50,13 +56,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available (torch.cuda.is_available() is False)")
+        raise EvalError(f"device {device} requested but CUDA is not available (torch.cuda.is_available() is False)")
     return device
 
 
 def _list_media(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"not a folder: {folder}")
+        raise EvalError(f"not a folder: {folder}")
     media, ignored = {}, []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
@@ -65,13 +71,13 @@ def _list_media(folder: Path) -> dict[str, Path]:
             ignored.append(path.name)
             continue
         if path.stem in media:
-            raise ValueError(f"{folder}: '{media[path.stem].name}' and '{path.name}' have the same name; "
+            raise EvalError(f"{folder}: '{media[path.stem].name}' and '{path.name}' have the same name; "
                              f"files are paired by name without extension")
         media[path.stem] = path
     if ignored:
         logger.warning("%s: ignoring %d non-media file(s): %s", folder, len(ignored), ", ".join(ignored[:5]))
     if not media:
-        raise ValueError(f"no video or image files in {folder}")
+        raise EvalError(f"no video or image files in {folder}")
     return media
 
 
@@ -83,7 +89,7 @@ def pair_files(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) ->
     if only_real or only_generated:
         def show(names: list[str]) -> str:
             return ", ".join(names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "") or "-"
-        raise ValueError(
+        raise EvalError(
             f"real and generated folders do not hold the same names.\n"
             f"  missing in {generated_dir}: {show(only_real)}\n"
             f"  missing in {real_dir}: {show(only_generated)}"
@@ -94,7 +100,7 @@ def pair_files(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) ->
 def frame_indices(num_frames: int, sample_rate: int, available: int) -> list[int]:
     """0, s, 2s, ... (``num_frames`` of them), keeping those below ``available``."""
     if num_frames < 1 or sample_rate < 1:
-        raise ValueError(f"num_frames and sample_rate must be >= 1, got {num_frames}, {sample_rate}")
+        raise EvalError(f"num_frames and sample_rate must be >= 1, got {num_frames}, {sample_rate}")
     return [i for i in range(0, num_frames * sample_rate, sample_rate) if i < available]
 
 
@@ -115,7 +121,7 @@ def preprocess(frames: np.ndarray, resolution: int | None, crop_size: int | None
     if crop_size is not None:
         h, w = x.shape[-2:]
         if crop_size > min(h, w):
-            raise ValueError(f"crop_size {crop_size} is larger than the resized frame {h}x{w}")
+            raise EvalError(f"crop_size {crop_size} is larger than the resized frame {h}x{w}")
         top, left = int(round((h - crop_size) / 2.0)), int(round((w - crop_size) / 2.0))
         x = x[..., top : top + crop_size, left : left + crop_size]
     return x.contiguous()
@@ -129,7 +135,7 @@ class MetricSuite:
                  pwc_weights: str | os.PathLike | None = None, frames_per_batch: int | None = None):
         unknown = sorted(set(metrics) - set(METRICS))
         if unknown or not metrics:
-            raise ValueError(f"unknown or no metrics {unknown or list(metrics)}; choose from {list(METRICS)}")
+            raise EvalError(f"unknown or no metrics {unknown or list(metrics)}; choose from {list(METRICS)}")
         self.metrics = [m for m in METRICS if m in metrics]
         self.device = resolve_device(device)
         # Frames per network call. On CPU, batches beyond ~8 frames of 256x256 are slower per
@@ -178,7 +184,7 @@ class _Accumulator:
 def _load_pair(pair: MediaPair, num_frames: int, sample_rate: int, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Decode the pair's frames once: uint8 (T, H, W, 3) each, same shape."""
     if is_image(pair.real) != is_image(pair.generated):
-        raise ValueError(f"{pair.name}: an image is paired with a video "
+        raise EvalError(f"{pair.name}: an image is paired with a video "
                          f"({pair.real.name} vs {pair.generated.name}): frame counts differ")
     if is_image(pair.real):
         real, gen = read_image(pair.real)[None], read_image(pair.generated)[None]
@@ -188,7 +194,7 @@ def _load_pair(pair: MediaPair, num_frames: int, sample_rate: int, notes: list[s
         indices = frame_indices(num_frames, sample_rate, min(n_real, n_gen))
         if len(indices) != len(frame_indices(num_frames, sample_rate, max(n_real, n_gen))):
             # A reconstruction that lost frames would be scored on the frames it kept only.
-            raise ValueError(f"{pair.name}: frame counts differ within the {num_frames} frames requested at "
+            raise EvalError(f"{pair.name}: frame counts differ within the {num_frames} frames requested at "
                              f"stride {sample_rate}: {pair.real} has {n_real}, {pair.generated} has {n_gen}")
         if len(indices) < num_frames:
             note = (f"{pair.name}: shorter than requested ({num_frames} frames at stride {sample_rate}): real "
@@ -198,7 +204,7 @@ def _load_pair(pair: MediaPair, num_frames: int, sample_rate: int, notes: list[s
             notes.append(note)
         real, gen = real_file.read(indices), gen_file.read(indices)
     if real.shape != gen.shape:
-        raise ValueError(f"{pair.name}: frame sizes differ: {pair.real} is {real.shape[1]}x{real.shape[2]}, "
+        raise EvalError(f"{pair.name}: frame sizes differ: {pair.real} is {real.shape[1]}x{real.shape[2]}, "
                          f"{pair.generated} is {gen.shape[1]}x{gen.shape[2]}")
     return real, gen
 
@@ -226,7 +232,7 @@ def evaluate_dirs(
     Corrupt media raise :class:`MediaReadError`, or with ``skip_bad`` are skipped and listed.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise EvalError(f"batch_size must be >= 1, got {batch_size}")
     pairs = pair_files(real_dir, gen_dir)
     if subset_size is not None:
         pairs = pairs[:subset_size]
@@ -267,7 +273,7 @@ def evaluate_dirs(
             bar.update(len(loaded))
     bar.close()
     if not per_video:
-        raise ValueError(f"no pair could be evaluated ({len(skipped)} skipped)")
+        raise EvalError(f"no pair could be evaluated ({len(skipped)} skipped)")
     if no_flow:
         note = f"flolpips skipped for {len(no_flow)} single-frame item(s) (needs >= 2 frames): {', '.join(no_flow[:10])}"
         logger.warning(note)

@@ -16,13 +16,14 @@ from diffusers import AutoencoderKL
 
 from .spatial import SCALING_FACTOR, SpatialVAE, sdxl_vae_config
 from .temporal import TemporalVAE
+from ..errors import UserError
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 TEMPORAL_KEYS = ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks",
                  "channel_multipliers", "temporal_downsample", "num_groups")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from diffusers import AutoencoderKL
+from ..errors import MissingWeightsError
 
 # The released Open-Sora 1.2 weights were trained with SD's 0.18215, not the SDXL config's 0.13025.
 SCALING_FACTOR = 0.18215
@@ -53,7 +54,7 @@ class SpatialVAE(nn.Module):
                 cache_dir=cache_dir)
         except Exception as err:  # diffusers raises OSError/EnvironmentError/HF errors alike
             where = f"'{repo_or_path}'" + (f" (subfolder '{subfolder}')" if subfolder else "")
-            raise FileNotFoundError(
+            raise MissingWeightsError(
                 f"Could not load the spatial VAE (diffusers AutoencoderKL) from {where}: {err}\n"
                 "Provide the weights in one of these ways:\n"
                 f"  * online: they are downloaded from the Hugging Face hub id '{DEFAULT_SPATIAL_REPO}' "

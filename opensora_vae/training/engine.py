@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -14,6 +13,7 @@ import torch.nn as nn
 from ..losses import LossSettings, VAELoss
 from ..models.pipeline import VideoVAEPipeline
 from ..distributed import all_reduce_sum
+from ..precision import autocast
 from .ema import EMA
 
 logger = logging.getLogger(__name__)
@@ -56,16 +56,6 @@ def freeze_unreached_params(pipe: VideoVAEPipeline, settings: LossSettings) -> l
     return frozen
 
 
-def amp_context(device: torch.device, dtype: str):
-    """bf16 autocast on CUDA (fp32 master weights); plain fp32 on CPU."""
-    if dtype not in ("bf16", "fp32"):
-        raise ValueError(f"dtype={dtype!r}: use 'bf16' (the reference recipe) or 'fp32'; fp16 would "
-                         "need loss scaling, which this trainer does not implement")
-    if device.type == "cuda" and dtype == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @dataclass
 class StepResult:
     losses: dict[str, float]  # mean over ranks; empty when the step was skipped
@@ -86,7 +76,6 @@ class TrainEngine:
                  mixed_image_ratio: float, seed: int, ema: EMA | None = None, fsdp: bool = False):
         if mixed_strategy not in MIXED_STRATEGIES:
             raise ValueError(f"unknown mixed_strategy {mixed_strategy!r}, expected one of {MIXED_STRATEGIES}")
-        amp_context(device, dtype)  # validates dtype early
         self.model, self.pipe, self.loss_fn, self.optimizer = model, pipe, loss_fn, optimizer
         self.device, self.generator, self.ema, self.fsdp = device, generator, ema, fsdp
         self.grad_clip = grad_clip
@@ -98,7 +87,7 @@ class TrainEngine:
 
     def compute_losses(self, video: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Forward + loss terms; also returns the detached temporal reconstruction `x_z_rec`."""
-        with amp_context(self.device, self.dtype):
+        with autocast(self.device, self.dtype):
             x_rec, x_z_rec, z, posterior, x_z = self.model(
                 video, sample=True, generator=self.generator,
                 decode_pixels=self.loss_fn.settings.needs_pixels)
@@ -156,7 +145,7 @@ class TrainEngine:
         if self.fsdp:
             self.model.unshard()  # the spatial decoder is called outside the root forward
         try:
-            with amp_context(self.device, self.dtype):
+            with autocast(self.device, self.dtype):
                 rec = self.pipe.spatial_vae.decode(x_z_rec[:1, :, :1])
         finally:
             if self.fsdp:

@@ -4,53 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 logger = logging.getLogger("opensora_vae.training")
-
-_HANDLER_TAG = "_opensora_vae_handler"
-
-
-class _CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is now (it may be swapped, e.g. by pytest's capture)."""
-
-    def __init__(self):
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):  # StreamHandler.__init__ assigns it; the property always wins
-        pass
-
-
-def setup_logging(outputs: str | Path | None, rank: int) -> None:
-    """INFO on rank 0 (stderr and `<outputs>/train.log`), warnings only on the other ranks.
-
-    Safe to call again in the same process (tests): handlers it added earlier are replaced.
-    """
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]:
-        root.removeHandler(handler)
-        handler.close()
-    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-                            datefmt="%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [_CurrentStderrHandler()]
-    if rank == 0 and outputs is not None:
-        Path(outputs).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(outputs) / "train.log"))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        handler.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-        setattr(handler, _HANDLER_TAG, True)
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 def check_wandb_available() -> None:

@@ -27,7 +27,10 @@ from . import checkpoint as ckpt_io
 from ..distributed import DistEnv, all_gather_objects, barrier, broadcast_object, init_distributed
 from .ema import EMA
 from .engine import TrainEngine, freeze_unreached_params
-from .logger import TrainLogger, check_wandb_available, setup_logging
+from ..cli import setup_logging
+from ..precision import DTYPES
+from .logger import TrainLogger, check_wandb_available
+from ..errors import UserError
 
 logger = logging.getLogger("opensora_vae.training")
 
@@ -36,7 +39,7 @@ MIN_ATTEMPTS_FOR_SKIP_CHECK = 20
 HISTORY_LIMIT = 10_000  # per-step metrics kept in memory for callers (tests, notebooks)
 
 
-class TrainingAborted(RuntimeError):
+class TrainingAborted(UserError, RuntimeError):
     """Training stopped on purpose: repeated non-finite losses or too many unreadable samples."""
 
 
@@ -76,7 +79,10 @@ class Trainer:
         self.cfg = cfg
         self.env = env or init_distributed()
         self.outputs = Path(cfg.outputs)
-        setup_logging(self.outputs, self.env.rank)
+        setup_logging(self.outputs / "train.log", self.env.rank)
+        if cfg.dtype not in DTYPES:
+            raise ValueError(f"dtype={cfg.dtype!r}: use one of {DTYPES} (fp16 would need loss scaling, which "
+                             "the trainer does not implement)")
         if cfg.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel={cfg.parallel!r}: use 'ddp' or 'fsdp'")
         if cfg.wandb:

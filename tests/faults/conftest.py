@@ -22,13 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-CLIP_17 = REPO / "assets/media/city_cc0_256_17f.mp4"
-TRAIN_ENTRY = REPO / "scripts/train_vae.py"
-INFER_ENTRY = REPO / "scripts/inference_vae.py"
-EVAL_ENTRY = REPO / "eval/vae/eval_common_metric.py"
-TINY_STAGE1 = REPO / "configs/vae/train/tiny/stage1.py"
-TINY_INFER = REPO / "configs/vae/inference/tiny.py"
+from tests.helpers import (CLIP_17, EVAL_ENTRY, INFER_ENTRY, REPO, TINY_INFER, TINY_STAGE1,  # noqa: F401
+                           TRAIN_ENTRY, load_script)
 # Small and deterministic: 32x32 clips of the tiny model train at ~0.15 s/step on this CPU.
 FAST_TRAIN_OPTIONS = ["dataset.image_size=[32,32]", "deterministic=True", "log_every=1"]
 CHILD_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -150,17 +145,6 @@ def run_and_kill_when(cmd: list, trigger, timeout: float = 180, env: dict | None
         kill_run(proc)
 
 
-def load_script(path: Path):
-    """An entry script as a module: its `main` runs in this process, which is cheap for the
-    errors that come before any work."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"entry_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def train_cmd(csv: Path, outputs: Path, *options: str) -> list:
     """`python scripts/train_vae.py` with the tiny stage-1 config at 32x32 and `options`."""
     return [sys.executable, TRAIN_ENTRY, TINY_STAGE1, "--data-path", csv, "--outputs", outputs,
@@ -264,7 +248,7 @@ def bad_media(tmp_path_factory) -> BadMedia:
 
 def make_broken_checkpoints(root: Path) -> dict[str, Path]:
     """save_pretrained dirs of the tiny pipeline, damaged in different ways (names say how)."""
-    from conftest import build_tiny_pipeline  # tests/conftest.py
+    from tests.helpers import build_tiny_pipeline
 
     good = root / "good"
     build_tiny_pipeline(seed=1).save_pretrained(good)

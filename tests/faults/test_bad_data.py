@@ -22,7 +22,9 @@ from opensora_vae.data.dataset import SampleSkipped, UnreadableSamplesError
 from opensora_vae.data.transforms import VideoTransform, frames_to_clip
 from opensora_vae.data.video_io import MediaReadError
 
-from .conftest import CLIP_17, TINY_STAGE1, TRAIN_ENTRY, finish, load_script, start, train_cmd, write_csv
+from tests.helpers import run_entry
+
+from .conftest import CLIP_17, TINY_STAGE1, TRAIN_ENTRY, finish, start, train_cmd, write_csv
 
 SIZE = (32, 32)
 TRAIN_TIMEOUT = 180  # a run takes ~8 s here; a hung worker would take the loader's 600 s timeout
@@ -178,16 +180,13 @@ def test_too_many_skips_abort_with_examples_and_every_bad_row_aborts_fast(bad_me
 def test_bad_tables_fail_at_start_with_the_file_named(tmp_path, capsys, content, message):
     csv = tmp_path / "data.csv"
     csv.write_text(content)
-    with pytest.raises(SystemExit) as exit_info:
-        load_script(TRAIN_ENTRY).main([str(TINY_STAGE1), "--data-path", str(csv), "--outputs", str(tmp_path / "out")])
+    code = run_entry(TRAIN_ENTRY, [TINY_STAGE1, "--data-path", csv, "--outputs", tmp_path / "out"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and f"error: {csv}: {message}" in err, err
+    assert code == 2 and f"error: {csv}: {message}" in err, err
     assert "Traceback" not in err
     assert not list((tmp_path / "out").glob("step_*"))
 
 
 def test_a_missing_table_fails_at_start(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load_script(TRAIN_ENTRY).main([str(TINY_STAGE1), "--data-path", str(tmp_path / "nope.csv"),
-                       "--outputs", str(tmp_path / "out")])
-    assert exit_info.value.code == 2 and "nope.csv: file not found" in capsys.readouterr().err
+    code = run_entry(TRAIN_ENTRY, [TINY_STAGE1, "--data-path", tmp_path / "nope.csv", "--outputs", tmp_path / "out"])
+    assert code == 2 and "nope.csv: file not found" in capsys.readouterr().err

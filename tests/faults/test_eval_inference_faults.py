@@ -96,11 +96,11 @@ def _eval(real: Path, gen: Path, monkeypatch, *extra: str):
                                       "--generated_video_dir", str(gen), "--num_frames", "17", "--resolution", "64",
                                       "--metric", "psnr", "--device", "cpu", "--no_progress",
                                       "--res_dir", str(res_dir), *extra])
-    try:
+    with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(EVAL_ENTRY), run_name="__main__")
-    except SystemExit as exc:
-        return exc.code, None
-    return None, json.loads((res_dir / "metric_17f_64res.json").read_text())
+    if exit_info.value.code != 0:
+        return exit_info.value.code, None
+    return 0, json.loads((res_dir / "metric_17f_64res.json").read_text())
 
 
 def _edit(case: str, real: Path, gen: Path, frames: np.ndarray) -> None:
@@ -143,8 +143,9 @@ def test_eval_mismatches_and_corrupt_files_are_clear_errors(tmp_path, frames, mo
     real, gen = _folders(tmp_path, frames)
     _edit(case, real, gen, frames)
     code, result = _eval(real, gen, monkeypatch)
-    assert result is None and isinstance(code, str), "a number was produced"
-    assert code.startswith("error: ") and message in code, code
+    err = capsys.readouterr().err
+    assert result is None and code == 2, "a number was produced"
+    assert err.startswith("error: ") and message in err, err
     assert not (tmp_path / "res").exists()
 
 
@@ -152,7 +153,7 @@ def test_eval_skip_bad_counts_the_corrupt_pair_and_scores_only_the_good_one(tmp_
     real, gen = _folders(tmp_path, frames)
     (gen / "b.mp4").write_text("not a video\n" * 50)
     code, result = _eval(real, gen, monkeypatch, "--skip_bad")
-    assert code is None
+    assert code == 0
     assert result["num_videos"] == 1 and result["num_skipped"] == 1 and list(result["per_video"]) == ["a"]
     assert result["skipped"][0]["name"] == "b" and "cannot open video" in result["skipped"][0]["reason"]
     cpu = torch.device("cpu")
@@ -165,5 +166,5 @@ def test_eval_entry_exit_status_and_message(tmp_path, frames):
     write_image(gen / "a.png", frames[0])  # a.mp4 and a.png: two files for one name
     result = run([sys.executable, EVAL_ENTRY, "--real_video_dir", real, "--generated_video_dir", gen,
                   "--metric", "psnr", "--device", "cpu", "--no_progress"], timeout=120)
-    assert result.code == 1 and "error: " in result.out and "have the same name" in result.out, result.out
+    assert result.code == 2 and "error: " in result.out and "have the same name" in result.out, result.out
     assert "Traceback" not in result.out

@@ -22,9 +22,9 @@ import torch
 from opensora_vae.config import load_config
 from opensora_vae.training import Trainer
 from opensora_vae.training.checkpoint import TMP_PREFIX, find_latest_checkpoint, read_training_state
-from test_train_checkpoint import make_media_csv
+from tests.helpers import make_media_csv, run_entry
 
-from .conftest import (CHILD_ENV, FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, load_script, run,
+from .conftest import (CHILD_ENV, FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, run,
                        run_and_kill_when, torchrun_cmd)
 from .train_worker import FAULT_STALL_MARKER
 
@@ -187,10 +187,9 @@ def test_repeated_non_finite_losses_abort_and_keep_the_last_good_weights(data_cs
 
 
 def _run_entry(argv: list, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        load_script(TRAIN_ENTRY).main([str(a) for a in argv])
+    code = run_entry(TRAIN_ENTRY, argv)
     captured = capsys.readouterr()
-    return exit_info.value.code, captured.out + captured.err
+    return code, captured.out + captured.err
 
 
 @pytest.mark.parametrize("override,message", [

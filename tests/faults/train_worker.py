@@ -59,7 +59,9 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(REPO / "scripts"))
     import train_vae
 
-    train_vae.main(argv)
+    from opensora_vae.cli import run_cli
+
+    run_cli(train_vae.main, argv)
 
 
 if __name__ == "__main__":

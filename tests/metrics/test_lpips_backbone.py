@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from opensora_vae import lpips_backbone as lb
+from tests.helpers import TEST_ASSETS
 
-EXAMPLES = "tests/assets/lpips_examples"
+EXAMPLES = str(TEST_ASSETS / "lpips_examples")
 
 
 def _load(name: str) -> torch.Tensor:

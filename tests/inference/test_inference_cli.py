@@ -8,11 +8,11 @@ import sys
 import av
 import pytest
 
-from conftest import REPO, build_tiny_pipeline
+from tests.helpers import INFER_ENTRY, REPO, build_tiny_pipeline
 from opensora_vae.config import load_config
 from opensora_vae.inference import run_inference
 
-SCRIPT = REPO / "scripts/inference_vae.py"
+SCRIPT = INFER_ENTRY
 CONFIG = REPO / "configs/vae/inference/tiny.py"
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
 

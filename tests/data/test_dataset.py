@@ -17,8 +17,10 @@ from opensora_vae.data.csv_tools import build_csv
 from opensora_vae.data.dataset import VideoDataset, build_dataloader, load_table
 from opensora_vae.data.video_io import read_video_frames, write_video
 
-CLIP_17 = os.path.abspath("assets/media/city_cc0_256_17f.mp4")
-CLIP_100 = os.path.abspath("assets/media/city_cc0_0-99.mp4")
+from tests.helpers import MAKE_CSV_ENTRY
+from tests.helpers import CLIP_17 as _CLIP_17, CLIP_100 as _CLIP_100
+
+CLIP_17, CLIP_100 = str(_CLIP_17), str(_CLIP_100)
 
 
 def write_csv(path, paths, **extra):
@@ -267,7 +269,7 @@ def test_build_csv_scans_sorts_and_reports(tmp_path):
 def test_make_csv_script(tmp_path):
     shutil.copy(CLIP_17, tmp_path / "v.mp4")
     result = subprocess.run(
-        [sys.executable, "scripts/make_csv.py", str(tmp_path), str(tmp_path / "x.csv")],
+        [sys.executable, str(MAKE_CSV_ENTRY), str(tmp_path), str(tmp_path / "x.csv")],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 NAN_RANK, NAN_CALL = 1, 2  # rank 1's second loss evaluation (step 2) is NaN
 
 
@@ -33,7 +33,9 @@ def _worker(argv: list[str]) -> None:
     sys.path.insert(0, str(REPO / "scripts"))
     import train_vae
 
-    train_vae.main(argv)
+    from opensora_vae.cli import run_cli
+
+    run_cli(train_vae.main, argv)
 
 
 def _torchrun(outputs: Path, csv: Path, parallel: str):
@@ -41,14 +43,14 @@ def _torchrun(outputs: Path, csv: Path, parallel: str):
            str(REPO / "configs/vae/train/tiny/stage2.py"), "--data-path", str(csv), "--outputs", str(outputs),
            "--cfg-options", "dataset.image_size=[32,32]", "max_steps=4", "ckpt_every=2", "ema_decay=0.9",
            f"parallel={parallel}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    from test_train_checkpoint import make_media_csv
+    from tests.helpers import make_media_csv
 
     root = tmp_path_factory.mktemp("dist")
     csv = make_media_csv(root / "data", num_images=3)

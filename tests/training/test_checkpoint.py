@@ -1,13 +1,9 @@
-"""Checkpoint dirs are atomic and discoverable; clip mixing is a pure function of (seed, step).
-
-Also holds the small helpers the other `test_train_*` files import (media CSV, tiny config).
-"""
+"""Checkpoint dirs are atomic and discoverable; clip mixing is a pure function of (seed, step)."""
 
 import random
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,34 +12,7 @@ from opensora_vae.models import CheckpointError
 from opensora_vae.training import checkpoint as ckpt_io
 from opensora_vae.training import mixed_num_frames
 
-REPO = Path(__file__).resolve().parents[1]
-CLIP_17F = "assets/media/city_cc0_256_17f.mp4"
-CLIP_100F = "assets/media/city_cc0_0-99.mp4"
-
-
-def make_media_csv(folder: Path, num_images: int = 2, videos=(CLIP_17F,), extra_rows=()) -> Path:
-    """A CSV with the bundled clip(s) and PNG images cut from its frames (relative paths)."""
-    from opensora_vae.data import read_video_frames, write_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [str(REPO / v) for v in videos]
-    if num_images:
-        frames = read_video_frames(REPO / CLIP_17F, np.linspace(0, 16, num_images).astype(int).tolist())
-        for i, frame in enumerate(frames):
-            write_image(folder / f"frame{i}.png", frame)
-            rows.append(f"frame{i}.png")
-    rows += list(extra_rows)
-    csv = folder / "data.csv"
-    csv.write_text("path\n" + "\n".join(rows) + "\n")
-    return csv
-
-
-def tiny_train_cfg(stage: int, outputs: Path, data_path: Path, **options):
-    """The tiny stage config at 32x32 with the given overrides (`dataset__num_frames` → dataset.num_frames)."""
-    opts = {"dataset.image_size": [32, 32], "log_every": 1}
-    opts.update({k.replace("__", "."): v for k, v in options.items()})
-    return load_config(REPO / f"configs/vae/train/tiny/stage{stage}.py", cfg_options=opts,
-                       cli={"outputs": str(outputs), "data_path": str(data_path)})
+from tests.helpers import REPO
 
 
 def _fake_ckpt(outputs: Path, step: int, files=("model/config.json", "model/model.safetensors",

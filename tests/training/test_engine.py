@@ -6,11 +6,11 @@ import logging
 import pytest
 import torch
 
-from conftest import build_tiny_pipeline
+from tests.helpers import build_tiny_pipeline
 from opensora_vae.models import VideoVAEPipeline
 from opensora_vae.training import EMA, Trainer, TrainingAborted
 from opensora_vae.training import trainer as trainer_mod
-from test_train_checkpoint import make_media_csv, tiny_train_cfg
+from tests.helpers import make_media_csv, tiny_train_cfg
 
 
 @pytest.fixture(scope="module")

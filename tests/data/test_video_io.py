@@ -10,8 +10,7 @@ from PIL import Image
 from opensora_vae.data import video_io as vio
 from opensora_vae.data.video_io import MediaReadError
 
-CLIP_17 = "assets/media/city_cc0_256_17f.mp4"
-CLIP_100 = "assets/media/city_cc0_0-99.mp4"
+from tests.helpers import CLIP_17, CLIP_100
 
 
 def sequential_pyav_decode(path: str) -> np.ndarray:

@@ -6,9 +6,8 @@ import sys
 import pytest
 import torch
 
-from opensora_vae.training import run_and_exit
 from opensora_vae.training.checkpoint import TMP_PREFIX, read_training_state
-from test_train_checkpoint import REPO, make_media_csv
+from tests.helpers import REPO, make_media_csv
 
 ENTRY = str(REPO / "scripts" / "train_vae.py")
 CONFIG = str(REPO / "configs/vae/train/tiny/stage1.py")
@@ -76,24 +75,3 @@ def test_resume_is_exact_and_ignores_unfinished_checkpoints(tmp_path):
     assert state_b["global_step"] == 6 and state_b["world_size"] == 1 and state_b["batch_size"] == 1
     # The step-4 dir that the resumed run wrote replaced the incomplete one.
     assert (b.parent / "step_000000004" / "training_state.pt").is_file()
-
-
-def test_exit_status_of_the_entry_wrapper(capsys):
-    with pytest.raises(SystemExit) as ok:
-        run_and_exit(lambda: None)
-    assert ok.value.code == 0
-
-    def crash():
-        raise RuntimeError("boom")
-
-    with pytest.raises(SystemExit) as failed:
-        run_and_exit(crash)
-    assert failed.value.code == 1
-    assert "Traceback" in capsys.readouterr().err
-
-    def user_error():
-        raise SystemExit(2)
-
-    with pytest.raises(SystemExit) as refused:
-        run_and_exit(user_error)
-    assert refused.value.code == 2

@@ -4,7 +4,7 @@ import numpy as np
 
 from opensora_vae.config import load_config
 from opensora_vae.training import Trainer
-from test_train_checkpoint import REPO, make_media_csv
+from tests.helpers import REPO, make_media_csv
 
 
 def test_stage3_pixel_loss_goes_down_on_the_real_clip(tmp_path):

@@ -1,17 +1,17 @@
 """Loss terms equal the reference's normalisation; each stage trains on the terms its config names."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import build_tiny_pipeline
+from tests.helpers import build_tiny_pipeline
 from opensora_vae.config import load_config
 from opensora_vae.losses import LossSettings, VAELoss, frames_l1, frames_perceptual, kl_per_sample
 from opensora_vae.lpips_backbone import build_lpips
 from opensora_vae.models import DiagonalGaussian
+from tests.helpers import REPO
 
-TRAIN = Path(__file__).resolve().parents[1] / "configs/vae/train"
+TRAIN = REPO / "configs/vae/train"
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import MEDIA, REPO, build_tiny_pipeline
+from tests.helpers import CLIP_100, REPO, build_tiny_pipeline
 from opensora_vae.data.video_io import read_image, read_video_frames, video_info
 from opensora_vae.demo.results import format_results_table, loss_trend, read_tensorboard_scalars, ResultRow
 from opensora_vae.demo.sample_data import build_sample_data, crop_windows, resize_short_side, window_starts
 from opensora_vae.demo.stage0 import load_frames, run_stage0, spatial_psnr, train_spatial_vae
 
-SOURCE = MEDIA / "city_cc0_0-99.mp4"
+SOURCE = CLIP_100
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ from opensora_vae.data.video_io import MediaReadError, read_video_frames, write_
 from opensora_vae.lpips_backbone import build_lpips
 from opensora_vae.metrics import FloLPIPS, LPIPSMetric, MetricSuite, build_pwcnet, evaluate_dirs, psnr, ssim
 from opensora_vae.metrics.runner import frame_indices, pair_files, preprocess, resolve_device
+from tests.helpers import CLIP_17
 
-CLIP = "assets/media/city_cc0_256_17f.mp4"
+CLIP = str(CLIP_17)
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,15 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from conftest import REPO, build_tiny_pipeline
+from tests.helpers import CLIP_17, CLIP_100, REPO, build_tiny_pipeline
 from opensora_vae.config import load_config
 from opensora_vae.data.transforms import center_crop_resize, frames_to_clip
 from opensora_vae.data.video_io import read_image, read_video_frames, video_info
 from opensora_vae.inference import (InferenceDataset, InferenceError, LatentStats, reconstruct_clip,
                                     resolve_pipeline_path, run_inference, sample_name, to_uint8_frames)
-from opensora_vae.inference.runner import autocast_for
+from opensora_vae.precision import autocast
 from opensora_vae.models import CheckpointError, VideoVAEPipeline
 
-CLIP_17 = REPO / "assets/media/city_cc0_256_17f.mp4"
-CLIP_100 = REPO / "assets/media/city_cc0_0-99.mp4"
 SIZE = 64
 
 
@@ -230,9 +228,10 @@ def test_all_bad_csv_and_stale_outputs_fail_clearly(workspace, tmp_path):
     assert sorted(p.name for p in (tmp_path / "b_rec").iterdir()) == ["000.png"] and report["num_samples"] == 1
 
 
-def test_bf16_on_cpu_warns_and_uses_fp32(caplog):
+def test_bf16_on_cpu_warns_and_uses_fp32(caplog, monkeypatch):
+    monkeypatch.setattr("opensora_vae.precision._WARNED", set())
     with caplog.at_level("WARNING"):
-        with autocast_for("bf16", torch.device("cpu")):
+        with autocast(torch.device("cpu"), "bf16"):
             assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
     assert "bf16 is only used on CUDA" in caplog.text
 

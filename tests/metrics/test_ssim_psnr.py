@@ -8,8 +8,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from opensora_vae.data.video_io import read_video_frames
 from opensora_vae.metrics import psnr, ssim
+from tests.helpers import CLIP_17
 
-CLIP = "assets/media/city_cc0_256_17f.mp4"
+CLIP = str(CLIP_17)
 
 
 @pytest.fixture(scope="module")

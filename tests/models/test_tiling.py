@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import build_tiny_pipeline
+from tests.helpers import build_tiny_pipeline
 from opensora_vae.models.tiling import _starts, tiled_spatial_apply
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import build_tiny_pipeline
+from tests.helpers import build_tiny_pipeline
 from opensora_vae.models import CheckpointError, SpatialVAE, VideoVAEPipeline
 
 RELEASED_CONFIG = {  # the structure of hpcai-tech/OpenSora-VAE-v1.2's config.json

@@ -1,0 +1,81 @@
+"""What many tests share: repository paths, the bundled clips, tiny configs and pipelines, media
+CSVs, and loading an entry script as a module. Fixtures live in conftest.py; this holds plain
+functions and constants so any test file (or subprocess worker) can import them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_ASSETS = REPO / "tests" / "assets"
+MEDIA = REPO / "assets" / "media"
+CLIP_17 = MEDIA / "city_cc0_256_17f.mp4"  # 17 frames, 256x256
+CLIP_100 = MEDIA / "city_cc0_0-99.mp4"  # 100 frames of the source clip
+
+TRAIN_ENTRY = REPO / "scripts" / "train_vae.py"
+INFER_ENTRY = REPO / "scripts" / "inference_vae.py"
+EVAL_ENTRY = REPO / "eval" / "vae" / "eval_common_metric.py"
+MAKE_CSV_ENTRY = REPO / "scripts" / "make_csv.py"
+TINY_TRAIN = {k: REPO / "configs" / "vae" / "train" / "tiny" / f"stage{k}.py" for k in (1, 2, 3)}
+TINY_STAGE1 = TINY_TRAIN[1]
+TINY_INFER = REPO / "configs" / "vae" / "inference" / "tiny.py"
+
+
+def load_script(path: Path):
+    """An entry script as a module: its `main(argv)` runs in this process, which is cheap for the
+    errors that come before any work."""
+    spec = importlib.util.spec_from_file_location(f"entry_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_entry(path: Path, argv) -> int:
+    """Runs an entry script's `main(argv)` in this process through the shared CLI runner and
+    returns the exit status it would end with."""
+    from opensora_vae.cli import run_main
+
+    return run_main(load_script(path).main, [str(a) for a in argv])
+
+
+def build_tiny_pipeline(seed: int = 0, **model_overrides):
+    """The tiny-config pipeline with deterministic random weights."""
+    from opensora_vae.config import load_config
+    from opensora_vae.models import build_pipeline
+
+    cfg = load_config(TINY_STAGE1)
+    model_cfg = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
+    model_cfg.update(model_overrides)
+    torch.manual_seed(seed)
+    return build_pipeline(model_cfg)
+
+
+def make_media_csv(folder: Path, num_images: int = 2, videos=(CLIP_17,), extra_rows=()) -> Path:
+    """A CSV with the bundled clip(s) and PNG images cut from its frames (relative paths)."""
+    from opensora_vae.data import read_video_frames, write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [str(REPO / v) for v in videos]
+    if num_images:
+        frames = read_video_frames(CLIP_17, np.linspace(0, 16, num_images).astype(int).tolist())
+        for i, frame in enumerate(frames):
+            write_image(folder / f"frame{i}.png", frame)
+            rows.append(f"frame{i}.png")
+    rows += list(extra_rows)
+    csv = folder / "data.csv"
+    csv.write_text("path\n" + "\n".join(rows) + "\n")
+    return csv
+
+
+def tiny_train_cfg(stage: int, outputs: Path, data_path: Path, **options):
+    """The tiny stage config at 32x32 with the given overrides (`dataset__num_frames` → dataset.num_frames)."""
+    from opensora_vae.config import load_config
+
+    opts = {"dataset.image_size": [32, 32], "log_every": 1}
+    opts.update({k.replace("__", "."): v for k, v in options.items()})
+    return load_config(TINY_TRAIN[stage], cfg_options=opts,
+                       cli={"outputs": str(outputs), "data_path": str(data_path)})
