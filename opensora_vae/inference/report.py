@@ -5,19 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..metrics.psnr import psnr
+from ..metrics.ssim import ssim
 from .latent_stats import LatentStats
 
-METRICS = ("psnr", "ssim")
+FRAME_METRICS = ("psnr", "ssim")  # per-frame metrics of every sample (the eval has more)
 KINDS = ("rec", "spatial")
+
+
+def frame_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, list[float]]:
+    """Per-frame PSNR and SSIM (eval protocol) of uint8 (T, H, W, 3) frames."""
+    def as_unit(frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+
+    a, b = as_unit(real), as_unit(fake)
+    return {"psnr": psnr(a, b).tolist(), "ssim": ssim(a, b).tolist()}
 
 
 def _sample_entry(record: dict) -> dict:
     entry = {k: record[k] for k in ("name", "index", "path", "is_image", "num_frames")}
     for kind in KINDS:
         frames = record[kind]
-        entry[kind] = {m: float(np.mean(frames[m])) for m in METRICS}
-        entry[kind].update({f"{m}_frames": frames[m] for m in METRICS})
+        entry[kind] = {m: float(np.mean(frames[m])) for m in FRAME_METRICS}
+        entry[kind].update({f"{m}_frames": frames[m] for m in FRAME_METRICS})
     return entry
 
 
@@ -26,7 +38,7 @@ def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentS
     """Means are over all (sample, frame) pairs, the eval protocol's reported value; metrics are
     on the uint8 frames as written, before video compression (with `lossless=True` the eval of
     the files reproduces them)."""
-    means = {kind: {m: float(np.mean([v for r in records for v in r[kind][m]])) for m in METRICS}
+    means = {kind: {m: float(np.mean([v for r in records for v in r[kind][m]])) for m in FRAME_METRICS}
              for kind in KINDS}
     report = {
         "checkpoint": str(ckpt_path),

@@ -17,13 +17,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed
 from ..models import VideoVAEPipeline
+from ..models.checkpoint_io import resolve_pipeline_dir
 from ..precision import DTYPES, autocast
-from .checkpoint import load_inference_pipeline
 from .dataset import InferenceDataset, collate_items, sample_name
 from .latent_stats import LatentStats
-from .outputs import OutputLayout
-from .reconstruct import frame_metrics, reconstruct_clip, to_uint8_frames
-from .report import format_summary, summarize
+from .outputs import OutputLayout, to_uint8_frames
+from .report import format_summary, frame_metrics, summarize
 from ..errors import OutputExistsError, UserError
 
 logger = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info
     x = torch.stack([item["video"] for item in items]).to(info.device)
     generator = sample_generator(cfg.seed, items[0]["index"], info.device) if cfg.sample else None
     with autocast(info.device, cfg.dtype):
-        out = reconstruct_clip(pipe, x, sample=cfg.sample, generator=generator)
+        out = pipe.reconstruct(x, sample=cfg.sample, generator=generator, rec=True, spatial=True, z=True)
     if stats is not None:
         stats.update(out.z)
     records = []
@@ -112,9 +111,11 @@ def run_inference(cfg: Any, verbose: bool = True) -> dict:
 def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     start = time.time()
     model_cfg = cfg.model
-    pipe, resolved = load_inference_pipeline(
-        cfg.ckpt_path, micro_frame_size=model_cfg.micro_frame_size,
-        micro_batch_size=model_cfg.spatial.micro_batch_size, device=info.device)
+    # Architecture and weights from the checkpoint; chunk sizes from the inference config.
+    resolved = resolve_pipeline_dir(cfg.ckpt_path)
+    pipe = VideoVAEPipeline.from_pretrained(resolved, micro_frame_size=model_cfg.micro_frame_size,
+                                            micro_batch_size=model_cfg.spatial.micro_batch_size)
+    pipe = pipe.to(info.device).eval()
     if cfg.tiling:
         pipe.enable_tiling()
     ds_cfg = cfg.dataset

@@ -88,11 +88,10 @@ class TrainEngine:
     def compute_losses(self, video: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Forward + loss terms; also returns the detached temporal reconstruction `x_z_rec`."""
         with autocast(self.device, self.dtype):
-            x_rec, x_z_rec, z, posterior, x_z = self.model(
-                video, sample=True, generator=self.generator,
-                decode_pixels=self.loss_fn.settings.needs_pixels)
+            out = self.model(video, sample=True, generator=self.generator,
+                             decode_pixels=self.loss_fn.settings.needs_pixels)
         # Losses in fp32, outside autocast: sums over C*H*W are large.
-        return self.loss_fn(video, x_rec, x_z_rec, z, posterior, x_z), x_z_rec.detach()
+        return self.loss_fn(video, out), out.x_z_rec.detach()
 
     def step(self, video: torch.Tensor, step: int, skipped_samples: int = 0,
              want_preview: bool = False) -> StepResult:

@@ -19,7 +19,6 @@ from mmengine.config import Config
 
 from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader
 from ..losses import LossSettings, VAELoss, build_perceptual
-from ..models import build_pipeline
 from ..models.checkpoint_io import CheckpointError
 from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
@@ -130,8 +129,8 @@ class Trainer:
         # Same seed on every rank: random initial weights are identical before DDP/FSDP.
         torch.manual_seed(cfg.seed)
         weights = str(self.resume_dir / "model") if self.resume_dir else cfg.ckpt_path
-        pipe = build_pipeline(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model),
-                              ckpt_path=weights)
+        pipe = VideoVAEPipeline.from_train_config(
+            cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model), ckpt_path=weights)
         frozen = freeze_unreached_params(pipe, self.settings)
         if frozen and self.env.is_main:
             logger.info("frozen (no active loss reaches them): %s", ", ".join(frozen))

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.dataset import load_table
-from ..data.video_io import VideoFile, is_image, read_image
-from ..metrics.psnr import psnr
-from ..models import VideoVAEPipeline, build_pipeline
+from opensora_vae.data.dataset import load_table
+from opensora_vae.data.video_io import VideoFile, is_image, read_image
+from opensora_vae.metrics.psnr import psnr
+from opensora_vae.models import VideoVAEPipeline
 
 
 @dataclass
@@ -35,7 +35,6 @@ class Stage0Result:
     seconds: float
     num_train_frames: int = 0
     num_heldout_frames: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def load_frames(csv_path: str | Path, frames_per_video: int | None = None) -> torch.Tensor:
@@ -85,9 +84,9 @@ def train_spatial_vae(vae, frames: torch.Tensor, steps: int, batch_size: int = 1
     """AdamW on random frame batches; returns the loss of every step."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not any(p.requires_grad for p in vae.parameters()):
+        raise ValueError("the spatial VAE is frozen: unfreeze it (pipe.set_freeze_spatial(False)) to train it")
     generator = torch.Generator().manual_seed(seed)
-    # A stage-1 config builds the spatial VAE frozen; here it is the one thing that trains.
-    vae.requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
     losses = []
@@ -115,7 +114,8 @@ def run_stage0(model_cfg: dict, train_csv: str | Path, heldout_csv: str | Path, 
     ``out_dir/model`` (temporal VAE: random weights from the same seed)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
-    pipe: VideoVAEPipeline = build_pipeline(dict(model_cfg))
+    pipe = VideoVAEPipeline.from_train_config(dict(model_cfg))
+    pipe.set_freeze_spatial(False)  # a stage-1 config freezes the spatial VAE; here it is what trains
     vae = pipe.spatial_vae.module
     train_frames = load_frames(train_csv, frames_per_video)
     heldout_frames = load_frames(heldout_csv)
