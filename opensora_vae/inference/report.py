@@ -25,7 +25,7 @@ def frame_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, list[float]]:
 
 
 def _sample_entry(record: dict) -> dict:
-    entry = {k: record[k] for k in ("name", "index", "path", "is_image", "num_frames")}
+    entry = {k: record[k] for k in ("name", "index", "path", "is_image", "num_frames", "nonfinite")}
     for kind in KINDS:
         frames = record[kind]
         entry[kind] = {m: float(np.mean(frames[m])) for m in FRAME_METRICS}
@@ -40,6 +40,8 @@ def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentS
     the files reproduces them)."""
     means = {kind: {m: float(np.mean([v for r in records for v in r[kind][m]])) for m in FRAME_METRICS}
              for kind in KINDS}
+    nonfinite = [{"index": r["index"], "path": r["path"], **r["nonfinite"]} for r in records
+                 if any(r["nonfinite"].values())]
     report = {
         "checkpoint": str(ckpt_path),
         "checkpoint_resolved": str(resolved_ckpt),
@@ -50,6 +52,9 @@ def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentS
         "num_frames": sum(r["num_frames"] for r in records),
         "num_skipped": len(skipped),
         "skipped": skipped,
+        # Samples whose reconstruction held NaN/inf (counts of such values per output).
+        "num_nonfinite": len(nonfinite),
+        "nonfinite_samples": nonfinite,
         "mean": means,
         "mean_over": "all (sample, frame) pairs, on uint8 frames before video compression",
         "dirs": {"ori": str(layout.ori), "rec": str(layout.rec), "spatial": str(layout.spatial),
@@ -75,6 +80,9 @@ def format_summary(report: dict) -> str:
         lines.append(f"{kind:<10}{report['mean'][kind]['psnr']:>10.4f}{report['mean'][kind]['ssim']:>10.4f}")
     for s in report["skipped"]:
         lines.append(f"skipped {s['index']} {s['path']}: {s['reason']}")
+    for s in report["nonfinite_samples"]:
+        lines.append(f"NON-FINITE reconstruction {s['index']} {s['path']}: "
+                     + ", ".join(f"{k} {s[k]} values" for k in KINDS if s[k]))
     stats = report.get("latent_stats")
     if stats:
         lines.append(f"latent stats over {stats['count_per_channel']} values per channel "

@@ -96,26 +96,45 @@ def resolve_checkpoint_files(path_or_repo: str | Path) -> tuple[Path, Path]:
 
 
 def load_state_dict_file(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; CheckpointError when it is unreadable or holds NaN/inf
+    (the weights of a diverged run give black videos with plausible-looking metrics)."""
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(weights))
+        state = load_file(str(weights))
     except Exception as err:
         raise CheckpointError(f"cannot read weights '{weights}': {err} (corrupt or incomplete file?)") from err
+    bad = []
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            count = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()} values)")
+    if bad:
+        raise CheckpointError(f"weights '{weights}' hold non-finite values (NaN/inf) in {len(bad)} "
+                              f"tensor(s): {_listed(bad)}; the checkpoint is unusable (a diverged run?): "
+                              "load an earlier one")
+    return state
 
 
 def load_weights_into(pipe: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
                       assign: bool = False) -> None:
-    """Strict load with a readable report of missing / unexpected / mis-shaped keys."""
+    """Strict load with a readable report of missing / unexpected / mis-shaped / mis-typed keys.
+
+    Float tensors of another precision are cast to the model's; an integer or bool tensor where
+    the model has a float one is refused (casting it would load truncated garbage silently).
+    """
     own = pipe.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+    dtypes = [f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}"
+              for k in own if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
+    if missing or unexpected or shapes or dtypes:
         lines = [f"checkpoint '{source}' does not fit this model architecture:"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", shapes)):
+                             ("shape mismatches", shapes), ("non-float tensors for float weights", dtypes)):
             if items:
                 lines.append(f"  {title} ({len(items)}): {_listed(items)}")
         raise CheckpointError("\n".join(lines))
