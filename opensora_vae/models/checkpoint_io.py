@@ -11,6 +11,7 @@ The released `hpcai-tech/OpenSora-VAE-v1.2` holds all weights (spatial and tempo
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -53,6 +54,12 @@ def resolve_pipeline_dir(path_or_repo: str | Path | None) -> str:
     return str(path_or_repo)
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading it needs setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def write_pipeline_dir(save_dir: str | Path, config: dict, state: dict[str, torch.Tensor]) -> None:
     """Writes the save_pretrained format (config.json + model.safetensors) from a state dict."""
     from safetensors.torch import save_file
@@ -61,7 +68,10 @@ def write_pipeline_dir(save_dir: str | Path, config: dict, state: dict[str, torc
     save_dir.mkdir(parents=True, exist_ok=True)
     (save_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(tensors, str(save_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+    weights = save_dir / WEIGHTS_NAME
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    # safetensors creates the file 0600 whatever the umask; give it the mode of every other file.
+    os.chmod(weights, 0o666 & ~_umask())
 
 
 def resolve_checkpoint_files(path_or_repo: str | Path) -> tuple[Path, Path]:

@@ -3,6 +3,7 @@
 import inspect
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -154,6 +155,18 @@ def test_save_pretrained_round_trip_is_bit_exact(tiny_pipeline, tmp_path):
     assert loaded.micro_frame_size == 17 and loaded.spatial_vae.micro_batch_size == 4
     overridden = VideoVAEPipeline.from_pretrained(tmp_path / "ckpt", micro_frame_size=None, micro_batch_size=2)
     assert overridden.micro_frame_size is None and overridden.spatial_vae.micro_batch_size == 2
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_follow_the_umask(tiny_pipeline, tmp_path, umask):
+    """model.safetensors gets the mode of every other file (safetensors itself writes 0600)."""
+    old = os.umask(umask)
+    try:
+        tiny_pipeline.save_pretrained(tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ckpt").iterdir()}
+    assert modes == {"config.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask}
 
 
 def test_released_format_config_builds_sdxl_architecture():
