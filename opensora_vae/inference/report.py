@@ -63,7 +63,11 @@ def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentS
         "world_size": world_size,
         "seconds": round(seconds, 2),
         "samples": [_sample_entry(r) for r in records],
-        "config": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+        # The architecture as loaded from the checkpoint (with the config's chunk sizes); the
+        # config's own model section is only the full-size default and is left out.
+        "model": pipe.export_config(),
+        "config": {k: v for k, v in (cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)).items()
+                   if k != "model"},
     }
     if stats is not None:
         report["latent_stats"] = stats.summary()

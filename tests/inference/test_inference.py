@@ -136,6 +136,15 @@ def test_metrics_json_equals_direct_computation(run):
     assert saved["config"]["dataset"]["image_size"] == [SIZE, SIZE]
 
 
+def test_metrics_json_shows_the_architecture_loaded_from_the_checkpoint(run, pipe):
+    """Not the inference config's model section (the full-size default, never built here)."""
+    root, report = run
+    saved = json.loads((root / "out/s_metrics.json").read_text())
+    assert saved["model"] == json.loads(json.dumps(pipe.export_config()))
+    assert saved["model"]["vae_temporal"]["filters"] == 16  # the tiny checkpoint, not 128
+    assert "model" not in saved["config"]
+
+
 def test_latent_stats_equal_direct_computation(run, pipe):
     root, report = run
     image = center_crop_resize(frames_to_clip(read_image(root / "still.png")[None]), SIZE)
