@@ -5,6 +5,7 @@ The whole demo (minutes of training) is run by `bash scripts/quickstart.sh`, not
 """
 
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -152,6 +153,24 @@ def test_train_spatial_vae_trains_and_rejects_zero_steps_or_a_frozen_module():
     assert any(not torch.equal(a, b) for a, b in zip(before, vae.parameters()))
     with pytest.raises(ValueError, match="steps"):
         train_spatial_vae(vae, frames, steps=0)
+
+
+def test_stage0_progress_is_plain_lines_with_an_eta(capsys):
+    """Readable in a log file: ten whole lines per run (no carriage-return redraws), each with the
+    step, the loss and an ETA."""
+    pipe = build_tiny_pipeline(freeze_spatial=False)
+    frames = torch.rand(4, 3, 32, 32) * 2 - 1
+    train_spatial_vae(pipe.spatial_vae.module, frames, steps=20, batch_size=2, progress=True)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    lines = captured.out.splitlines()
+    assert len(lines) == 10
+    assert [int(line.split("step ")[1].split("/")[0]) for line in lines] == list(range(2, 21, 2))
+    assert all("/20," in line and "ETA" in line for line in lines)
+    from examples.quickstart.stage0 import progress_line
+
+    line = progress_line(5, 20, [4.0, 3.0, 2.0, 1.0, 5.0], since=time.perf_counter() - 10.0)
+    assert "step 5/20" in line and "ETA 30 s" in line and "last 2: 3" in line
 
 
 def test_pretrained_spatial_start_keeps_its_weights_and_writes_loadable_configs(tmp_path):
