@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -56,14 +57,18 @@ class DemoSettings:
 
 @dataclass
 class DemoSummary:
+    """Written to `<out_dir>/summary.json`; `update_results.py` turns it into benchmarks/RESULTS.md."""
+
     out_dir: str
     data: str
-    seconds: dict[str, float]
-    losses: list[dict]
-    results: list[dict]
+    seconds: dict[str, float]  # per part, and "total"
+    losses: list[dict]  # LossTrend fields per stage: name, steps, window, first, last, terms
+    results: list[dict]  # ResultRow fields per evaluated reconstruction: label, metrics
     notes: list[str]
     videos: dict[str, str]
     tensorboard: list[str]
+    heldout: str  # what the held-out evaluation saw
+    machine: str
 
 
 def _banner(text: str, start: float) -> None:
@@ -251,12 +256,16 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
     lap("inference+eval", t)
     seconds["total"] = round(time.perf_counter() - start, 1)
 
+    h0, h1 = data.heldout_frame_range
     summary = DemoSummary(
         out_dir=str(out), data=data.describe(), seconds=seconds, losses=[asdict(tr) for tr in trends],
         results=[asdict(r) for r in rows], notes=notes, videos=videos,
-        tensorboard=[str(out / f"stage{k}" / "tensorboard") for k in (1, 2, 3)])
+        tensorboard=[str(out / f"stage{k}" / "tensorboard") for k in (1, 2, 3)],
+        heldout=(f"source frames {h0}-{h1 - 1} (never trained on), first {settings.eval_frames} frames, "
+                 f"{settings.clip_size}x{settings.clip_size}"),
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
     (out / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
-    print_summary(summary, trends, rows, metrics, data.heldout_frame_range, settings)
+    print_summary(summary, trends, rows, metrics)
     return summary
 
 
@@ -273,20 +282,18 @@ def _stage_loss_name(stage: int) -> str:
     return {1: "latent L1 + identity", 2: "latent L1", 3: "pixel L1 + LPIPS + KL"}[stage]
 
 
-def print_summary(summary: DemoSummary, trends: list[LossTrend], rows: list[ResultRow], metrics: list[str],
-                  heldout_range: tuple[int, int], settings: DemoSettings) -> None:
-    h0, h1 = heldout_range
+def print_summary(summary: DemoSummary, trends: list[LossTrend], rows: list[ResultRow], metrics: list[str]) -> None:
     print("\n" + "=" * 100)
     print("Loss of each stage (its own loss; mean over its first vs its last steps, whole epochs where possible):")
     print(format_loss_trends(trends))
-    print(f"\nHeld-out reconstruction: source frames {h0}-{h1 - 1} (never trained on), first "
-          f"{settings.eval_frames} frames, {settings.clip_size}x{settings.clip_size}, eval/vae/eval_common_metric.py:")
+    print(f"\nHeld-out reconstruction: {summary.heldout}, eval/vae/eval_common_metric.py:")
     print(format_results_table(rows, metrics))
     for note in summary.notes:
         print("note: " + note)
     print(f"\nvideos (input | full pipeline | spatial only): {summary.videos.get('ori')}  "
           f"{summary.videos.get('rec')}  {summary.videos.get('spatial')}")
     print(f"TensorBoard logs: tensorboard --logdir {summary.out_dir}")
-    print(f"summary: {summary.out_dir}/summary.json")
+    print(f"summary: {summary.out_dir}/summary.json (benchmarks/RESULTS.md from it: "
+          f"python -m examples.quickstart.update_results {summary.out_dir}/summary.json)")
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in summary.seconds.items() if k != "total")
     print(f"total wall time: {summary.seconds['total'] / 60:.1f} min ({parts})")

@@ -265,3 +265,46 @@ def test_entry_runs_from_the_checkout_and_the_package_never_imports_it():
                  if any(line.lstrip().startswith(("import examples", "from examples"))
                         for line in p.read_text().splitlines())]
     assert offenders == []
+
+
+def _fake_summary(tmp_path):
+    from dataclasses import asdict
+
+    from examples.quickstart.run import DemoSummary
+
+    trends = [loss_trend("stage 0 spatial VAE (L1 + KL)", [(1, 3437.0), (2, 2355.0)], window=1),
+              loss_trend("stage 1 (latent L1 + identity)", [(1, 138.6), (2, 75.5)], window=1,
+                         terms={"z_rec": [(1, 120.0), (2, 70.0)]})]
+    rows = [ResultRow("full pipeline after stage 1", {"psnr": 15.1234, "ssim": 0.25, "lpips": 0.4}),
+            ResultRow("spatial VAE only after stage 3", {"psnr": 20.5, "ssim": 0.6})]
+    summary = DemoSummary(out_dir=str(tmp_path), data="22 train clips", seconds={"data": 3.0, "stage0": 73.0,
+                                                                                "total": 400.0},
+                          losses=[asdict(t) for t in trends], results=[asdict(r) for r in rows], notes=["a note"],
+                          videos={}, tensorboard=[], heldout="source frames 80-99 (never trained on), first 17 "
+                          "frames, 64x64", machine="x86_64, 2 cores")
+    path = tmp_path / "summary.json"
+    path.write_text(__import__("json").dumps(summary.__dict__))
+    return path
+
+
+def test_update_results_regenerates_only_the_quickstart_section(tmp_path):
+    from examples.quickstart.update_results import BEGIN, END, main
+    from opensora_vae.cli import run_main
+
+    summary = _fake_summary(tmp_path)
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# Results\n\nbefore\n\n{BEGIN}\nold hand-typed numbers 16.60 dB\n{END}\n\nafter\n")
+    assert run_main(main, [str(summary), "--results", str(results)]) == 0
+    text = results.read_text()
+    assert text.startswith("# Results\n\nbefore\n\n" + BEGIN) and text.endswith(END + "\n\nafter\n")
+    section = text[text.index(BEGIN):text.index(END)]
+    assert "16.60" not in section
+    assert "| stage 1 (latent L1 + identity) | 2 | 138.6 | 75.5 | -46% |" in section
+    assert "| full pipeline after stage 1 | 15.12 | 0.2500 | 0.4000 |" in section
+    assert "| spatial VAE only after stage 3 | 20.50 | 0.6000 | - |" in section
+    assert "6.7 min" in section and "a note" in section
+    assert run_main(main, [str(summary), "--results", str(results)]) == 0
+    assert results.read_text() == text  # idempotent
+    results.write_text("# Results without markers\n")
+    assert run_main(main, [str(summary), "--results", str(results)]) == 2
+    assert run_main(main, [str(tmp_path / "missing.json"), "--results", str(results)]) == 2
