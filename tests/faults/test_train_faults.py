@@ -157,7 +157,7 @@ def test_sigkill_inside_a_checkpoint_write_is_never_resumed_from(data_csv, refer
     assert final.code == 0, final.out
     _clean_exit(final.out)
     assert f"resuming from {outputs / 'step_000000004'}" in final.out
-    assert f"ignoring unfinished checkpoint temp dir {tmp}" in final.out
+    assert not tmp.exists()  # removed at start: a partial save is never loadable
     assert_equals_reference(outputs / f"step_{STEPS:09d}", reference)
 
 

@@ -47,7 +47,10 @@ deterministic = False  # torch.use_deterministic_algorithms for exact CPU resume
 seed = 42
 epochs = 100
 max_steps = None  # stop (with a checkpoint) after this many global steps
-outputs = "outputs"
+outputs = "outputs"  # checkpoints, tensorboard/, train.log; locked by the run that uses it
+# A fresh run into outputs that already hold checkpoints (or a --load rollback past newer ones) is
+# refused, since it would later replace them; True allows it (pruning still keeps others' checkpoints).
+overwrite = False
 ckpt_path = None  # initial weights: a pipeline checkpoint dir or hub id
 load = None  # resume from a training checkpoint dir, or "auto" for the newest under outputs
 log_every = 1
