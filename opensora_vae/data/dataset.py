@@ -49,6 +49,8 @@ class UnreadableSamplesError(UserError, RuntimeError):
     worker's traceback in the message; `reason` is the original message either way.
     """
 
+    same_on_all_ranks = False  # about the samples this rank read
+
     def one_line(self) -> str:
         return self.reason
 

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from opensora_vae.training.checkpoint import TMP_PREFIX, read_training_state
