@@ -212,3 +212,46 @@ def test_ema_is_the_exponential_moving_average_of_trained_weights():
     assert torch.allclose(ema.shadow["0.weight"], start + 0.1)
     with pytest.raises(ValueError, match="ema_decay"):
         EMA(model, decay=1.0)
+
+
+def test_a_frozen_random_spatial_vae_is_warned_about(tmp_path, media_csv, caplog):
+    with caplog.at_level(logging.WARNING):
+        Trainer(tiny_train_cfg(1, tmp_path / "out", media_csv, max_steps=1)).close()
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "RANDOM WEIGHTS" in r.getMessage()]
+    assert len(warned) == 1
+    init, _ = _initial_weights(tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Trainer(tiny_train_cfg(1, tmp_path / "out2", media_csv, max_steps=1, ckpt_path=init)).close()
+    assert not [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]
+
+
+def test_log_lines_carry_a_running_mean_and_an_eta(tmp_path):
+    from opensora_vae.training.logging import TrainLogger, format_duration
+
+    log = TrainLogger(tmp_path, enabled=True, total_steps=10, initial_step=0, log_every=1)
+    try:
+        for step, loss in enumerate([4.0, 2.0, 6.0], start=1):
+            log.log_step(step, {"loss/loss": loss})
+        assert log.running_mean("loss/loss") == pytest.approx(4.0)
+        eta = log.eta_seconds(3)
+        assert eta is not None and eta >= 0
+    finally:
+        log.close()
+    assert [format_duration(s) for s in (None, 5, 65, 3725)] == ["?", "5s", "1m05s", "1h02m"]
+
+
+def test_a_resumed_run_tells_tensorboard_to_drop_the_steps_it_repeats(tmp_path, media_csv):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out = tmp_path / "out"
+    Trainer(tiny_train_cfg(1, out, media_csv, max_steps=4, ckpt_every=2)).fit()
+    import shutil
+
+    shutil.rmtree(out / "step_000000004")  # as if the run died after logging steps 3 and 4
+    Trainer(tiny_train_cfg(1, out, media_csv, max_steps=4, ckpt_every=2, load="auto")).fit()
+    files = sorted((out / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+    assert len(files) == 2
+    starts = [e.step for e in EventFileLoader(str(files[1])).Load()
+              if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert starts == [3]  # TensorBoard purges the first run's steps >= 3
