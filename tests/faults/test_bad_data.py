@@ -71,7 +71,7 @@ def test_dataset_converts_usable_inputs_and_names_unusable_ones(bad_media, mixed
         clip, is_image = ds.load(i)
         path = bad_media.usable[name]
         if name.endswith((".png", ".jpg")):
-            frame = read_image(path)  # the conversions themselves: tests/test_video_io.py
+            frame = read_image(path)  # the conversions themselves: tests/data/test_video_io.py
             want = transform(frames_to_clip(frame[None])).expand(-1, 17, -1, -1)
         elif name == "one_frame.mp4":
             want = transform(frames_to_clip(read_video_frames(path, [0]))).expand(-1, 17, -1, -1)
