@@ -29,7 +29,7 @@ import torch
 from scipy import ndimage
 
 from opensora_vae.data.video_io import VideoFile, read_video_frames, write_video
-from opensora_vae.lpips_backbone import build_lpips, find_backbone
+from opensora_vae.lpips import build_lpips, find_backbone
 from opensora_vae.metrics import FloLPIPS, LPIPSMetric, MetricSuite, build_pwcnet, evaluate_dirs, preprocess
 from opensora_vae.metrics.ssim import C1, C2, gaussian_window_1d
 

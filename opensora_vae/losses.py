@@ -80,7 +80,7 @@ class LossSettings:
 
 def build_perceptual(backbone_path: str | None = None, allow_random_backbone: bool = False) -> nn.Module:
     """LPIPS(VGG) v0.1: the `lpips` package's linear weights are the reference loss's."""
-    from .lpips_backbone import build_lpips
+    from .lpips import build_lpips
 
     return build_lpips(net="vgg", backbone_path=backbone_path, allow_random_backbone=allow_random_backbone)
 

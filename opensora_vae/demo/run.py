@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..config import load_config
-from ..lpips_backbone import find_backbone
+from ..lpips import find_backbone
 from ..metrics.pwcnet import PWC_FILENAME, PWC_URL, PWC_WEIGHTS_ENV, default_pwc_weights_path
 from .results import (LossTrend, ResultRow, format_loss_trends, format_results_table, loss_trend,
                       read_metrics_json, read_tensorboard_scalars)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lpips_backbone import build_lpips
+from ..lpips import build_lpips
 from .psnr import _check_pair
 from .pwcnet import PWCNet, build_pwcnet
 

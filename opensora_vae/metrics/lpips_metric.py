@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..lpips_backbone import build_lpips
+from ..lpips import build_lpips
 from .psnr import _check_pair
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from opensora_vae.data.video_io import MediaReadError, read_video_frames, write_image, write_video
-from opensora_vae.lpips_backbone import build_lpips
+from opensora_vae.lpips import build_lpips
 from opensora_vae.metrics import FloLPIPS, LPIPSMetric, MetricSuite, build_pwcnet, evaluate_dirs, psnr, ssim
 from opensora_vae.metrics.runner import frame_indices, pair_files, preprocess, resolve_device
 from tests.helpers import CLIP_17

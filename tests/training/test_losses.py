@@ -7,7 +7,7 @@ import torch
 from tests.helpers import build_tiny_pipeline
 from opensora_vae.config import ConfigError, load_config
 from opensora_vae.losses import LossSettings, VAELoss, frames_l1, frames_perceptual, kl_per_sample
-from opensora_vae.lpips_backbone import build_lpips
+from opensora_vae.lpips import build_lpips
 from opensora_vae.models import DiagonalGaussian
 from tests.helpers import REPO
 
