@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import MissingWeightsError
-from .weights import INSTALL_COMMAND, WEIGHTS_DIR_ENV, weights_dir
+from .weights import INSTALL_COMMAND, WEIGHTS_DIR_ENV, WeightsIntegrityError, load_hub_state_dict, weights_dir
 
 logger = logging.getLogger(__name__)
 
-# torchvision's own file names in the hub cache (what ``tv.alexnet(pretrained=True)`` loads).
+# torchvision's own file names in the hub cache (read with :func:`load_hub_state_dict`).
 TORCHVISION_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 # Our converted files, holding torchvision ``features.N.{weight,bias}`` keys.
 CONVERTED_FILES = {"alex": "alexnet.safetensors", "vgg": "vgg16.safetensors"}
@@ -74,13 +74,13 @@ def _missing_backbone_message(net: str) -> str:
     )
 
 
-def _new_lpips(net: str, random_backbone: bool, spatial: bool) -> lpips.LPIPS:
+def _new_lpips(net: str, spatial: bool) -> lpips.LPIPS:
+    """With a random backbone, always: `pnet_rand=False` would make torchvision unpickle its hub
+    file with weights_only=False (a planted file runs code); the backbone is loaded after."""
     with warnings.catch_warnings():
         # torchvision warns that lpips passes the deprecated `pretrained=` argument.
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
-        return lpips.LPIPS(
-            net=net, version="0.1", pnet_rand=random_backbone, spatial=spatial, verbose=False
-        )
+        return lpips.LPIPS(net=net, version="0.1", pnet_rand=True, spatial=spatial, verbose=False)
 
 
 def load_backbone_into(model: lpips.LPIPS, state: dict[str, torch.Tensor]) -> None:
@@ -98,6 +98,16 @@ def load_backbone_into(model: lpips.LPIPS, state: dict[str, torch.Tensor]) -> No
             if tuple(state[key].shape) != tuple(param.shape):
                 raise ValueError(f"{key}: shape {tuple(state[key].shape)} != {tuple(param.shape)}")
             param.copy_(state[key])
+
+
+def _read_backbone(kind: str, path: Path) -> dict[str, torch.Tensor]:
+    if kind == "torchvision":
+        # torchvision's file also holds the classifier head, which LPIPS does not use.
+        return {k: v for k, v in load_hub_state_dict(path).items() if k.startswith("features.")}
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise WeightsIntegrityError(f"{path}: not a readable safetensors file ({err})") from err
 
 
 def build_lpips(
@@ -118,11 +128,9 @@ def build_lpips(
         if not allow_random_backbone:
             raise MissingWeightsError(_missing_backbone_message(net))
         logger.warning("LPIPS '%s' uses a RANDOM backbone: distances are meaningless", net)
-        model = _new_lpips(net, random_backbone=True, spatial=spatial)
-    elif source[0] == "torchvision":
-        model = _new_lpips(net, random_backbone=False, spatial=spatial)
+        model = _new_lpips(net, spatial)
     else:
-        model = _new_lpips(net, random_backbone=True, spatial=spatial)
-        load_backbone_into(model, load_file(str(source[1])))
+        model = _new_lpips(net, spatial)
+        load_backbone_into(model, _read_backbone(*source))
     model.eval().requires_grad_(False)
     return model

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 from pathlib import Path
+
+import torch
 
 from .errors import UserError
 
 WEIGHTS_DIR_ENV = "OPENSORA_VAE_LPIPS_DIR"
 INSTALL_COMMAND = "python tools/install_weights.py"
+# torch.hub's convention: `name-<first hex digits of the file's sha256>.ext`.
+_HUB_HASH = re.compile(r"-([a-f0-9]{8,})\.")
 
 
 class WeightsIntegrityError(UserError, ValueError):
@@ -38,3 +44,30 @@ def sha256_of(path: str | os.PathLike) -> str:
             digest.update(block)
     return digest.hexdigest()
 
+
+def load_hub_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A torch hub checkpoint (``alexnet-owt-7be5be79.pth``) as a state dict, safely.
+
+    torchvision checks the sha256 prefix in the name only when it downloads, and then unpickles
+    with ``weights_only=False``, so a file planted in a (shared) hub cache runs code. Here the
+    prefix is checked on every load, and the pickle is read with ``weights_only=True``, which
+    builds tensors and containers only.
+    """
+    path = Path(path)
+    match = _HUB_HASH.search(path.name)
+    if match is None:
+        raise WeightsIntegrityError(f"{path}: the file name has no '-<sha256 prefix>.' part to verify it by")
+    digest = sha256_of(path)
+    if not digest.startswith(match.group(1)):
+        raise WeightsIntegrityError(
+            f"{path}: sha256 {digest[:16]}... does not start with {match.group(1)} as its name says; "
+            f"the file is damaged or was replaced. Delete it (torchvision downloads it again online) "
+            f"or run `{INSTALL_COMMAND}` for the converted weights."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsIntegrityError(f"{path}: refused, it holds more than tensors ({err})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsIntegrityError(f"{path}: not a state dict of tensors")
+    return state
