@@ -17,10 +17,9 @@ from pathlib import Path
 
 import lpips
 import torch
-from safetensors.torch import load_file
 
 from .errors import MissingWeightsError
-from .weights import INSTALL_COMMAND, WEIGHTS_DIR_ENV, WeightsIntegrityError, load_hub_state_dict, weights_dir
+from .weights import INSTALL_COMMAND, WEIGHTS_DIR_ENV, load_hub_state_dict, load_safetensors, weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +103,7 @@ def _read_backbone(kind: str, path: Path) -> dict[str, torch.Tensor]:
     if kind == "torchvision":
         # torchvision's file also holds the classifier head, which LPIPS does not use.
         return {k: v for k, v in load_hub_state_dict(path).items() if k.startswith("features.")}
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise WeightsIntegrityError(f"{path}: not a readable safetensors file ({err})") from err
+    return load_safetensors(path)
 
 
 def build_lpips(

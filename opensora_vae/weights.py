@@ -71,3 +71,13 @@ def load_hub_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsIntegrityError(f"{path}: not a state dict of tensors")
     return state
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A converted weights file; a damaged one is a WeightsIntegrityError, not a parser error."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise WeightsIntegrityError(f"{path}: not a readable safetensors file ({err})") from err

