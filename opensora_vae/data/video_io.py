@@ -69,13 +69,6 @@ def _check_file(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------- video reading
 
 
-def _open_decord(path: str):
-    # Imported lazily: decord is optional at runtime, PyAV alone can read everything.
-    from decord import VideoReader, cpu
-
-    return VideoReader(path, ctx=cpu(0), num_threads=1)
-
-
 class VideoFile:
     """An opened video: ``num_frames``, ``info`` and ``read(indices)``.
 
@@ -89,7 +82,10 @@ class VideoFile:
         self._decord_error: Exception | None = None
         self._info: VideoInfo | None = None
         try:
-            self._vr = _open_decord(self.path)
+            # Imported lazily: decord is optional at runtime, PyAV alone can read everything.
+            from decord import VideoReader, cpu
+
+            self._vr = VideoReader(self.path, ctx=cpu(0), num_threads=1)
             if len(self._vr) == 0:
                 raise RuntimeError("decord found no frames")
         except Exception as exc:  # any decord failure: PyAV decides whether the file is readable
@@ -116,7 +112,14 @@ class VideoFile:
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         """Decode the frames at ``indices`` (any order, repeats allowed): uint8 (N, H, W, 3) RGB."""
-        idx = _validate_indices(self.path, indices, self.num_frames)
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise ValueError("read_video_frames needs at least one frame index")
+        bad = [i for i in idx if i < 0 or i >= self.num_frames]
+        if bad:
+            raise MediaReadError(
+                self.path, f"frame index out of range: {bad[:5]} (video has {self.num_frames} frames)"
+            )
         if self._vr is not None:
             try:
                 frames = self._vr.get_batch(idx).asnumpy()
@@ -141,63 +144,43 @@ def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.nda
     return VideoFile(path).read(indices)
 
 
-def _pyav_info(path: str) -> VideoInfo:
+def _open_video(path: str, why: str = "") -> tuple[av.container.InputContainer, av.video.VideoStream, float]:
+    """(container, its first video stream, fps) or MediaReadError; the caller closes the container."""
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise MediaReadError(path, "no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        container = av.open(path)
+    except Exception as exc:
+        raise MediaReadError(path, f"cannot open video{why} ({type(exc).__name__}: {exc})") from exc
+    if not container.streams.video:
+        container.close()
+        raise MediaReadError(path, "no video stream")
+    stream = container.streams.video[0]
+    return container, stream, float(stream.average_rate or stream.guessed_rate or 0.0)
+
+
+def _pyav_info(path: str) -> VideoInfo:
+    container, stream, fps = _open_video(path)
+    with container:
+        try:
             num_frames = stream.frames
             if num_frames <= 0:
                 # Containers such as mkv/webm do not store a frame count: count packets
                 # (demuxing only, no decoding).
                 num_frames = sum(1 for p in container.demux(stream) if p.size > 0)
-            height, width = stream.codec_context.height, stream.codec_context.width
-    except MediaReadError:
-        raise
-    except Exception as exc:
-        raise MediaReadError(path, f"cannot open video ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:
+            raise MediaReadError(path, f"cannot open video ({type(exc).__name__}: {exc})") from exc
+        height, width = stream.codec_context.height, stream.codec_context.width
     if num_frames <= 0 or height <= 0 or width <= 0:
         raise MediaReadError(path, "video has no frames")
     return VideoInfo(int(num_frames), fps, int(height), int(width))
 
 
-def _validate_indices(path: str, indices: Sequence[int], num_frames: int) -> list[int]:
-    idx = [int(i) for i in indices]
-    if not idx:
-        raise ValueError("read_video_frames needs at least one frame index")
-    bad = [i for i in idx if i < 0 or i >= num_frames]
-    if bad:
-        raise MediaReadError(
-            path, f"frame index out of range: {bad[:5]} (video has {num_frames} frames)"
-        )
-    return idx
-
-
-def _frame_index(frame: av.VideoFrame, start: int, time_base: Fraction, fps: float) -> int:
-    return int(round(float((frame.pts - start) * time_base) * fps))
-
-
-def _pyav_read(path: str, indices: Sequence[int], decord_error: Exception | None) -> np.ndarray:
+def _pyav_read(path: str, idx: list[int], decord_error: Exception | None) -> np.ndarray:
+    """The frames at ``idx`` (validated by the caller) by seeking with PyAV."""
     why = f" (decord: {type(decord_error).__name__})" if decord_error is not None else ""
-    try:
-        container = av.open(path)
-    except Exception as exc:
-        raise MediaReadError(path, f"cannot open video{why}: {type(exc).__name__}: {exc}") from exc
+    container, stream, fps = _open_video(path, why)
     with container:
-        if not container.streams.video:
-            raise MediaReadError(path, "no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         time_base = stream.time_base
         start = stream.start_time or 0
-        declared = stream.frames if stream.frames > 0 else None
-        idx = [int(i) for i in indices]
-        if not idx:
-            raise ValueError("read_video_frames needs at least one frame index")
-        if min(idx) < 0 or (declared is not None and max(idx) >= declared):
-            _validate_indices(path, idx, declared or 0)
         wanted = set(idx)
         first, last = min(wanted), max(wanted)
         use_pts = fps > 0 and time_base is not None
@@ -218,7 +201,7 @@ def _pyav_read(path: str, indices: Sequence[int], decord_error: Exception | None
             try:
                 for frame in container.decode(stream):
                     if use_pts and frame.pts is not None:
-                        i = _frame_index(frame, start, time_base, fps)
+                        i = int(round(float((frame.pts - start) * time_base) * fps))
                     elif seek_to_first:
                         return None  # no timestamps: cannot locate frames after a seek
                     else:
