@@ -9,6 +9,7 @@ sample instead of crashing or training on garbage.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
@@ -37,6 +38,19 @@ class MediaReadError(UserError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class NotARegularFileError(MediaReadError):
+    """A media path that exists but is a directory, FIFO, device or socket (``file_type``)."""
+
+    def __init__(self, path: str | os.PathLike, file_type: str):
+        self.file_type = file_type
+        super().__init__(path, f"is a {file_type}, not a regular file")
+
+
+# What a non-regular path is, for the error message; checked before any open (a FIFO would block).
+_FILE_TYPES = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
 @dataclass
 class VideoInfo:
     num_frames: int
@@ -59,9 +73,16 @@ def is_video(path: str | os.PathLike) -> bool:
 
 def _check_file(path: str | os.PathLike) -> str:
     path = str(path)
-    if not os.path.isfile(path):
-        raise MediaReadError(path, "file not found")
-    if os.path.getsize(path) == 0:
+    try:
+        mode = os.stat(path)
+    except FileNotFoundError:
+        raise MediaReadError(path, "file not found") from None
+    except OSError as exc:
+        raise MediaReadError(path, f"cannot access ({exc.strerror})") from exc
+    if not stat.S_ISREG(mode.st_mode):
+        kind = next((name for is_kind, name in _FILE_TYPES if is_kind(mode.st_mode)), "special file")
+        raise NotARegularFileError(path, kind)
+    if mode.st_size == 0:
         raise MediaReadError(path, "file is empty (0 bytes)")
     return path
 
