@@ -79,3 +79,36 @@ def tiny_train_cfg(stage: int, outputs: Path, data_path: Path, **options):
     opts.update({k.replace("__", "."): v for k, v in options.items()})
     return load_config(TINY_TRAIN[stage], cfg_options=opts,
                        cli={"outputs": str(outputs), "data_path": str(data_path)})
+
+
+def write_test_video(path: Path, frames: np.ndarray, pts=None, rotation: int = 0, lossless: bool = False,
+                     fps: int = 30, preset: str = "ultrafast", gop: int | None = None) -> Path:
+    """Encode uint8 (T, H, W, 3) frames as H.264 with test-only features: explicit frame timestamps
+    `pts` (in 1/1000 s; irregular ones make a variable-frame-rate file), a display-matrix
+    `rotation` (degrees counter-clockwise, FFmpeg's convention: a player shows the stored frames
+    turned by it) and a keyframe every `gop` frames. Lossless (libx264rgb qp 0) round-trips
+    exactly; otherwise yuv420p. Presets from "medium" on use B-frames, as phones do."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        codec, options = ("libx264rgb", {"qp": "0"}) if lossless else ("libx264", {"crf": "18"})
+        stream = container.add_stream(codec, rate=fps, options={**options, "preset": preset})
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "rgb24" if lossless else "yuv420p"
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            if pts is not None:
+                video_frame.pts, video_frame.time_base = int(pts[i]), Fraction(1, 1000)
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
