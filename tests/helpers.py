@@ -112,3 +112,24 @@ def write_test_video(path: Path, frames: np.ndarray, pts=None, rotation: int = 0
         for packet in stream.encode():
             container.mux(packet)
     return Path(path)
+
+
+def moving_frames(height: int = 64, width: int = 48, num: int = 20) -> np.ndarray:
+    """Upright (portrait, non-square) frames of a smooth pattern moving 3 px per frame, with a
+    bright block in the top-left corner, so frames and orientations are all different."""
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for i in range(num):
+        r = 128 + 100 * np.sin((x + 3 * i) / 5.0)
+        g = 128 + 100 * np.cos((y - 2 * i) / 7.0)
+        b = 128 + 60 * np.sin((x + y + 4 * i) / 9.0)
+        frame = np.stack([r, g, b], axis=-1)
+        frame[:12, :10] = 250
+        frames.append(frame)
+    return np.clip(np.stack(frames), 0, 255).round().astype(np.uint8)
+
+
+def stored_turned_back(upright: np.ndarray, rotation: int) -> np.ndarray:
+    """What a phone stores: the upright picture turned clockwise by `rotation` (a player turns it
+    back counter-clockwise by the display matrix's `rotation`)."""
+    return np.ascontiguousarray(np.rot90(upright, -rotation // 90, axes=(1, 2)))
