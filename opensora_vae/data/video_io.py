@@ -109,7 +109,7 @@ class VideoFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = _check_file(path)
-        self._container, self._stream, self.fps = _open_video(self.path)
+        self._container, self._stream, self._fps = _open_video(self.path)
         self._info: VideoInfo | None = None
         # Display order: pts -> display index, the pts of each index, and where they came from
         # ("index", "packets", or "count" when timestamps cannot place frames: missing or
@@ -147,7 +147,7 @@ class VideoFile:
         """Frame count, fps and the (upright) size of the frames ``read`` returns."""
         if self._info is None:
             height, width, _ = self.read([0], each=np.shape)[0]
-            self._info = VideoInfo(self.num_frames, self.fps, int(height), int(width))
+            self._info = VideoInfo(self.num_frames, self._fps, int(height), int(width))
         return self._info
 
     def read(self, indices: Sequence[int], each: Callable[[np.ndarray], Any] | None = None) -> Any:
@@ -165,7 +165,7 @@ class VideoFile:
             raise MediaReadError(
                 self.path, f"frame index out of range: {bad[:5]} (video has {self.num_frames} frames)"
             )
-        got = self._decode(sorted(set(idx)), each or np.array)
+        got = self._decode(sorted(set(idx)), each or (lambda frame: frame))
         if each is not None:
             return [got[i] for i in idx]
         return np.stack([got[i] for i in idx]).astype(np.uint8, copy=False)
@@ -178,7 +178,8 @@ class VideoFile:
             self._order_by_index()
         while True:
             by_pts = self._order_source != "count"
-            seek = self._pts[wanted[0]] if by_pts else None
+            # Frames past the end of the table (a truncated file) are never placed: missing.
+            seek = self._pts[min(wanted[0], len(self._pts) - 1)] if by_pts else None
             outcome, got, decoded, error = self._decode_from(seek, by_pts, wanted, each)
             if outcome == "overshoot":  # the seek landed after the first wanted frame
                 outcome, got, decoded, error = self._decode_from(None, by_pts, wanted, each)
@@ -205,8 +206,7 @@ class VideoFile:
         Returns (outcome, {index: each(frame)}, frames decoded, decoder error); the outcome is
         "done", "overshoot" or "unplaced" (a frame whose timestamp the table does not hold)."""
         if seek is None:
-            self.close()  # reopening is the one start position every format supports
-            self._container, self._stream, _ = _open_video(self.path)
+            self._reopen()
         else:
             try:
                 self._container.seek(seek, stream=self._stream, backward=True, any_frame=False)
@@ -258,6 +258,7 @@ class VideoFile:
     def _order_by_packets(self) -> int:
         """The table from every packet's timestamp (demuxing the file, no decoding): display
         index = rank of the packet's pts. Returns the number of packets."""
+        self._reopen()
         pts: list[int | None] = []
         try:
             for packet in self._container.demux(self._stream):
@@ -270,9 +271,14 @@ class VideoFile:
         return len(pts)
 
     def _set_order(self, pts: list[int] | None, source: str) -> None:
-        self._pts = pts
-        self._order = None if pts is None else {p: i for i, p in enumerate(pts)}
-        self._order_source = source if pts is not None else "count"
+        self._pts = pts or None
+        self._order = None if not pts else {p: i for i, p in enumerate(pts)}
+        self._order_source = source if pts else "count"
+
+    def _reopen(self) -> None:
+        """Back to the first packet: reopening is the one start position every format supports."""
+        self.close()
+        self._container, self._stream, _ = _open_video(self.path)
 
 
 def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:

@@ -2,11 +2,12 @@
 a non-square size. Frames must come out upright, frame i must be the i-th frame shown (whatever
 the timestamps), and `VideoFile.info` must report the size the frames come out in."""
 
+import av
 import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from opensora_vae.data.video_io import VideoFile
+from opensora_vae.data.video_io import MediaReadError, VideoFile
 
 from tests.helpers import moving_frames, stored_turned_back, write_test_video
 
@@ -73,3 +74,33 @@ def test_unrotated_square_and_rotated_square_videos_agree(tmp_path):
     plain = write_test_video(tmp_path / "plain.mp4", upright, lossless=True)
     turned = write_test_video(tmp_path / "turned.mp4", stored_turned_back(upright, 90), rotation=90, lossless=True)
     np.testing.assert_array_equal(VideoFile(plain).read(range(NUM)), VideoFile(turned).read(range(NUM)))
+
+
+def test_vfr_mkv_without_a_frame_count(tmp_path):
+    # Matroska stores no frame count and no full index: the table comes from the packets.
+    upright = moving_frames()
+    path = write_test_video(tmp_path / "vfr.mkv", upright, pts=VFR_PTS, lossless=True, preset="medium", gop=6)
+    video = VideoFile(path)
+    assert video.num_frames == NUM
+    np.testing.assert_array_equal(video.read(PICKS), upright[PICKS])
+
+
+def test_truncated_vfr_video_returns_frames_before_the_damage_only(tmp_path):
+    upright = moving_frames()
+    full = write_test_video(tmp_path / "full.mp4", upright, pts=VFR_PTS, lossless=True, gop=6)
+    faststart = tmp_path / "faststart.mp4"  # index in front: the file promises every frame
+    with av.open(str(full)) as src, av.open(str(faststart), "w", options={"movflags": "faststart"}) as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    data = faststart.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    video = VideoFile(cut)
+    assert video.num_frames == NUM
+    np.testing.assert_array_equal(video.read([0, 2, 5]), upright[[0, 2, 5]])
+    for late in ([NUM - 1], [3, NUM - 2]):
+        with pytest.raises(MediaReadError):
+            VideoFile(cut).read(late)
