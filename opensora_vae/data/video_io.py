@@ -24,6 +24,13 @@ VIDEO_EXTS = frozenset(
 )
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
+# Frames above this many pixels are refused before any decoding (a FrameTooLargeError, which the
+# dataset counts as a skip): DCI 8K (8192 x 4320) and everything smaller is read. A sample costs
+# about 7 bytes per source pixel (one RGB frame and one float plane, see VideoTransform.from_video)
+# plus the decoder's reference frames; an 8192 x 8192 GIF of 50 KB would otherwise cost ~0.5 GB a
+# frame, and 2.6 GB as the whole clip at full resolution.
+MAX_FRAME_PIXELS = 8192 * 4320
+
 # Default H.264 quality: crf 18 is visually near-lossless, which is what a VAE reconstruction
 # or a training clip should be stored at.
 DEFAULT_CRF = 18
@@ -36,6 +43,15 @@ class MediaReadError(UserError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class FrameTooLargeError(MediaReadError):
+    """A video whose frames have more than ``limit`` (MAX_FRAME_PIXELS) pixels."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, limit: int):
+        self.width, self.height, self.limit = width, height, limit
+        super().__init__(path, f"frames are {width}x{height} ({width * height / 1e6:.1f} Mpixels), above the "
+                               f"limit of {limit / 1e6:.1f} Mpixels for video frames (MAX_FRAME_PIXELS)")
 
 
 class NotARegularFileError(MediaReadError):
@@ -126,6 +142,9 @@ class VideoFile:
         if self._num_frames <= 0 or codec.width <= 0 or codec.height <= 0:
             self.close()
             raise MediaReadError(self.path, "video has no frames")
+        if codec.width * codec.height > MAX_FRAME_PIXELS:
+            self.close()
+            raise FrameTooLargeError(self.path, codec.width, codec.height, MAX_FRAME_PIXELS)
 
     def close(self) -> None:
         self._container.close()
@@ -222,6 +241,7 @@ class VideoFile:
             except StopIteration:
                 break
             except Exception as exc:  # corrupt/truncated data: keep what decoded cleanly
+                _raise_if_out_of_memory(self.path, exc)
                 return "done", got, decoded, exc
             if by_pts:
                 i = self._order.get(frame.pts)
@@ -234,7 +254,10 @@ class VideoFile:
             count += 1
             decoded = max(decoded, i + 1)
             if i in wanted_set and i not in got:
-                got[i] = each(_upright_rgb(frame))
+                try:
+                    got[i] = each(_upright_rgb(frame))
+                except MemoryError as exc:
+                    _raise_if_out_of_memory(self.path, exc)
             if i >= last:
                 break
         return "done", got, decoded, None
@@ -264,8 +287,8 @@ class VideoFile:
             for packet in self._container.demux(self._stream):
                 if packet.size > 0 and not packet.is_discard:
                     pts.append(packet.pts)
-        except Exception:  # truncated: the packets before the damage
-            pass
+        except Exception as exc:  # truncated: the packets before the damage
+            _raise_if_out_of_memory(self.path, exc)
         usable = None not in pts and len(set(pts)) == len(pts)
         self._set_order(sorted(pts) if usable else None, "packets")
         return len(pts)
@@ -279,6 +302,13 @@ class VideoFile:
         """Back to the first packet: reopening is the one start position every format supports."""
         self.close()
         self._container, self._stream, _ = _open_video(self.path)
+
+
+def _raise_if_out_of_memory(path: str, exc: BaseException) -> None:
+    """Running out of memory is the machine's state, not the file's: never report it as an
+    unreadable file (which the dataset would skip), raise MemoryError naming the file."""
+    if isinstance(exc, MemoryError):
+        raise MemoryError(f"{path}: out of memory while reading the video ({exc})") from exc
 
 
 def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -305,6 +335,7 @@ def _open_video(path: str) -> tuple[av.container.InputContainer, av.video.VideoS
     try:
         container = av.open(path)
     except Exception as exc:
+        _raise_if_out_of_memory(path, exc)
         raise MediaReadError(path, f"cannot open video ({type(exc).__name__}: {exc})") from exc
     if not container.streams.video:
         container.close()
