@@ -1,5 +1,9 @@
 """Video and image reading/writing: pixels, frame indexing, round trips, and honest failures."""
 
+import gc
+import os
+import signal
+import time
 from pathlib import Path
 
 import av
@@ -243,3 +247,31 @@ def test_image_size_reads_the_header_with_exif_orientation(tmp_path):
     (tmp_path / "x.png").write_text("no")
     with pytest.raises(MediaReadError, match="x.png"):
         vio.image_size(tmp_path / "x.png")
+
+
+def test_a_video_open_across_a_fork_can_be_freed_in_the_child():
+    # DataLoader workers are forked: a VideoFile alive in the parent (a pending exception's
+    # traceback keeps one) may be freed in a worker while it decodes. With decoder threads the
+    # worker hung there (a fork copies no threads), until the loader's timeout.
+    held = vio.VideoFile(CLIP_100)
+    held.read([3, 50])
+    pid = os.fork()
+    if pid == 0:  # the child: read, free the parent's file, exit 0 (anything else: exit 1)
+        code = 1
+        try:
+            vio.VideoFile(CLIP_100).read([10])
+            del held
+            gc.collect()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung freeing a VideoFile opened before the fork")
