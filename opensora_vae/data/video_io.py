@@ -341,6 +341,10 @@ def _open_video(path: str) -> tuple[av.container.InputContainer, av.video.VideoS
         container.close()
         raise MediaReadError(path, "no video stream")
     stream = container.streams.video[0]
+    # One decoding thread: a VideoFile alive when a DataLoader forks its workers must not own
+    # decoder threads (freeing it in a worker would wait on threads the fork did not copy), and
+    # workers are the parallelism. H.264 from x264 has one slice a frame: slice threads gained nothing.
+    stream.codec_context.thread_count = 1
     return container, stream, float(stream.average_rate or stream.guessed_rate or 0.0)
 
 
