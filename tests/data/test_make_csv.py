@@ -74,3 +74,8 @@ def test_make_csv_prints_what_it_left_out_and_exits_0(mixed_folder, tmp_path, ca
         assert name in printed, name
     assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, tmp_path / "e.csv", "--min-frames", 0]) == 2
     assert not (tmp_path / "e.csv").exists()
+
+
+def test_make_csv_of_a_missing_folder_is_a_one_line_error(tmp_path):
+    assert run_entry(MAKE_CSV_ENTRY, [tmp_path / "nope", tmp_path / "d.csv"]) == 2
+    assert not (tmp_path / "d.csv").exists()
