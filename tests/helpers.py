@@ -133,3 +133,21 @@ def stored_turned_back(upright: np.ndarray, rotation: int) -> np.ndarray:
     """What a phone stores: the upright picture turned clockwise by `rotation` (a player turns it
     back counter-clockwise by the display matrix's `rotation`)."""
     return np.ascontiguousarray(np.rot90(upright, -rotation // 90, axes=(1, 2)))
+
+
+def cut_with_index_in_front(source: Path, out: Path, keep: float = 0.5) -> Path:
+    """`source`'s video stream remuxed with its index in front (mp4 faststart), then cut to the
+    first `keep` of its bytes: the index promises every frame, only the first ones have data."""
+    import av
+
+    whole = out.with_name(out.stem + "_whole.mp4")
+    with av.open(str(source)) as src, av.open(str(whole), "w", options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    data = whole.read_bytes()
+    whole.unlink()
+    out.write_bytes(data[: int(len(data) * keep)])
+    return out

@@ -2,14 +2,13 @@
 a non-square size. Frames must come out upright, frame i must be the i-th frame shown (whatever
 the timestamps), and `VideoFile.info` must report the size the frames come out in."""
 
-import av
 import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
 from opensora_vae.data.video_io import MediaReadError, VideoFile
 
-from tests.helpers import moving_frames, stored_turned_back, write_test_video
+from tests.helpers import cut_with_index_in_front, moving_frames, stored_turned_back, write_test_video
 
 NUM = 20  # moving_frames' length
 # Milliseconds: 30 fps with a 100 ms stall after every third frame, as phones record in low light.
@@ -88,16 +87,7 @@ def test_vfr_mkv_without_a_frame_count(tmp_path):
 def test_truncated_vfr_video_returns_frames_before_the_damage_only(tmp_path):
     upright = moving_frames()
     full = write_test_video(tmp_path / "full.mp4", upright, pts=VFR_PTS, lossless=True, gop=6)
-    faststart = tmp_path / "faststart.mp4"  # index in front: the file promises every frame
-    with av.open(str(full)) as src, av.open(str(faststart), "w", options={"movflags": "faststart"}) as dst:
-        out = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = out
-                dst.mux(packet)
-    data = faststart.read_bytes()
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) // 2])
+    cut = cut_with_index_in_front(full, tmp_path / "cut.mp4")
     video = VideoFile(cut)
     assert video.num_frames == NUM
     np.testing.assert_array_equal(video.read([0, 2, 5]), upright[[0, 2, 5]])

@@ -14,7 +14,7 @@ from PIL import Image
 from opensora_vae.data import video_io as vio
 from opensora_vae.data.video_io import MediaReadError
 
-from tests.helpers import CLIP_17, CLIP_100
+from tests.helpers import CLIP_17, CLIP_100, cut_with_index_in_front
 
 
 def sequential_pyav_decode(path: str) -> np.ndarray:
@@ -125,18 +125,7 @@ def test_truncated_video_never_returns_garbage(tmp_path):
 
     # Same stream with the index in front (faststart): the index promises 100 frames but only
     # the first half of the data exists. Early frames must be exact, late ones must raise.
-    faststart = tmp_path / "faststart.mp4"
-    with av.open(CLIP_100) as src, av.open(
-        str(faststart), "w", options={"movflags": "faststart"}
-    ) as dst:
-        out = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = out
-                dst.mux(packet)
-    data = faststart.read_bytes()
-    cut_fs = tmp_path / "faststart_half.mp4"
-    cut_fs.write_bytes(data[: len(data) // 2])
+    cut_fs = cut_with_index_in_front(CLIP_100, tmp_path / "faststart_half.mp4")
     full = sequential_pyav_decode(CLIP_100)
     np.testing.assert_array_equal(vio.read_video_frames(cut_fs, [0, 20, 38]), full[[0, 20, 38]])
     for wanted in ([60], [10, 70], [99]):
