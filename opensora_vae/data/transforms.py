@@ -15,11 +15,14 @@ resize), so an image and a static video of it give the same pixels.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .video_io import VideoFile
 
 TRANSFORM_NAMES = ("center", "resize_crop")
 
@@ -110,7 +113,7 @@ class VideoTransform:
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         return self._to_model(self._spatial(clip, self.image_size))
 
-    def from_video(self, video, indices: Sequence[int]) -> torch.Tensor:
+    def from_video(self, video: "VideoFile", indices: Sequence[int]) -> torch.Tensor:
         """``self(frames_to_clip(video.read(indices)))`` for a VideoFile ``video``, bit for bit,
         with each frame reduced to the output size as soon as it is decoded, one colour plane at
         a time (the crop and resize work plane by plane): the peak memory of a sample is one
