@@ -148,7 +148,7 @@ class VideoDataset(Dataset):
         if total < window:
             raise SampleSkipped(f"too short ({total} < {window})")
         indices = temporal_indices(total, self.num_frames, self.frame_interval, self.rng(index, epoch))
-        return self.transform(frames_to_clip(video.read(indices))), False
+        return self.transform.from_video(video, indices), False
 
     def _static_clip(self, frame: np.ndarray) -> torch.Tensor:
         # Transform the single frame, then repeat it: same pixels as transforming T copies.

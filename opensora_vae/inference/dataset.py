@@ -48,7 +48,7 @@ class InferenceDataset(VideoDataset):
         if total <= indices[-1]:
             raise SampleSkipped(f"too short ({total} frames < {indices[-1] + 1} needed for "
                                 f"{self.num_frames} frames at interval {self.frame_interval})")
-        return self.transform(frames_to_clip(video.read(indices))), False
+        return self.transform.from_video(video, indices), False
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item: dict[str, Any] = {"index": int(index), "path": self.paths[index], "video": None,
