@@ -15,7 +15,7 @@ import os
 from typing import Sequence
 
 from opensora_vae.cli import run_cli, setup_logging  # first: sets the CPU thread policy before torch loads
-from opensora_vae.metrics.runner import METRICS, evaluate_dirs
+from opensora_vae.metrics.evaluate import EVAL_METRICS, evaluate_dirs
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -30,7 +30,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_frames", type=int, default=100)
     p.add_argument("--sample_rate", type=int, default=1, help="frame stride")
     p.add_argument("--subset_size", type=int, default=None, help="evaluate only the first N pairs")
-    p.add_argument("--metric", nargs="+", default=list(METRICS), choices=list(METRICS))
+    p.add_argument("--metric", nargs="+", default=list(EVAL_METRICS), choices=list(EVAL_METRICS))
     p.add_argument("--res_dir", default=None, help="write metric_{num_frames}f_{resolution}res.json here")
     p.add_argument("--skip_bad", action="store_true", help="skip unreadable media (listed in the JSON)")
     p.add_argument("--pwc_weights", default=None, help="PWC-Net network-default.pytorch for FloLPIPS")

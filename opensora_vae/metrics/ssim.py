@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .psnr import _check_pair
+from .protocol import check_frame_batches
 
 WINDOW_SIZE = 11
 SIGMA = 1.5
@@ -77,7 +77,7 @@ def ssim(real: torch.Tensor, fake: torch.Tensor, backend: str | None = None) -> 
         backend = "scipy" if real.device.type == "cpu" else "torch"
     if backend not in ("scipy", "torch") or (backend == "scipy" and real.device.type != "cpu"):
         raise ValueError(f"SSIM backend {backend!r} is not available for device {real.device}")
-    _check_pair(real, fake)
+    check_frame_batches(real, fake)
     if min(real.shape[-2:]) < WINDOW_SIZE:
         raise ValueError(f"SSIM needs frames of at least {WINDOW_SIZE}x{WINDOW_SIZE}, got {tuple(real.shape[-2:])}")
     if real.shape[0] == 0:

@@ -1,15 +1,6 @@
-"""Evaluate reconstructions against originals: two folders of videos/images paired by name.
-
-Protocol (DESIGN.md "Evaluation protocol"): frames 0, s, 2s, ... (``num_frames`` of them,
-stride ``sample_rate``), RGB in [0, 1], short side resized to ``resolution`` with
-``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` on float32 frames
-and no antialiasing (what the reference's pytorchvideo ``ShortSideScale`` does; new long side
-= floor(long / short · resolution)), then a centre crop of ``crop_size`` (offsets rounded as
-torchvision's ``CenterCropVideo``). Each file is decoded once for all metrics.
-
-Differences from the reference, on purpose: files are paired by name (file stem), not by
-sorted position; frames are taken with an exact stride (the reference spread them with
-``np.linspace(0, s·n - 1, n)``, the same for stride 1); bad input raises a clear error.
+"""Evaluate reconstructions against originals: two folders of videos/images paired by name,
+scored by the frame protocol of `protocol.py` (frames, preprocessing, pairing). Each file is
+decoded once for all metrics.
 """
 
 from __future__ import annotations
@@ -24,31 +15,20 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.video_io import MediaReadError, VideoFile, is_image, is_video, read_image
-from ..errors import UserError
+from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
 from .flolpips import FloLPIPS
 from .lpips_metric import LPIPSMetric
+from .protocol import EvalError, MediaPair, frame_indices, pair_files, preprocess
 from .psnr import psnr
 from .ssim import ssim
 
 logger = logging.getLogger(__name__)
 
 
-class EvalError(UserError, ValueError):
-    """Eval settings or media that cannot be scored (mismatched pairs, empty folders, bad flags)."""
-
-
-METRICS = ("ssim", "psnr", "lpips", "flolpips")
-
-
-@dataclass
-class MediaPair:
-    name: str
-    real: Path
-    generated: Path
+# What `evaluate_dirs` can compute, in the order it reports them.
+EVAL_METRICS = ("ssim", "psnr", "lpips", "flolpips")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -60,83 +40,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _list_media(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise EvalError(f"not a folder: {folder}")
-    media, ignored = {}, []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        if not (is_video(path) or is_image(path)):
-            ignored.append(path.name)
-            continue
-        if path.stem in media:
-            raise EvalError(f"{folder}: '{media[path.stem].name}' and '{path.name}' have the same name; "
-                             f"files are paired by name without extension")
-        media[path.stem] = path
-    if ignored:
-        logger.warning("%s: ignoring %d non-media file(s): %s", folder, len(ignored), ", ".join(ignored[:5]))
-    if not media:
-        raise EvalError(f"no video or image files in {folder}")
-    return media
-
-
-def pair_files(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -> list[MediaPair]:
-    """Pair files by name without extension (``a.mov`` ↔ ``a.mp4``); sorted by name."""
-    real, generated = _list_media(Path(real_dir)), _list_media(Path(generated_dir))
-    only_real = sorted(set(real) - set(generated))
-    only_generated = sorted(set(generated) - set(real))
-    if only_real or only_generated:
-        def show(names: list[str]) -> str:
-            return ", ".join(names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "") or "-"
-        raise EvalError(
-            f"real and generated folders do not hold the same names.\n"
-            f"  missing in {generated_dir}: {show(only_real)}\n"
-            f"  missing in {real_dir}: {show(only_generated)}"
-        )
-    return [MediaPair(name, real[name], generated[name]) for name in sorted(real)]
-
-
-def frame_indices(num_frames: int, sample_rate: int, available: int) -> list[int]:
-    """0, s, 2s, ... (``num_frames`` of them), keeping those below ``available``."""
-    if num_frames < 1 or sample_rate < 1:
-        raise EvalError(f"num_frames and sample_rate must be >= 1, got {num_frames}, {sample_rate}")
-    return [i for i in range(0, num_frames * sample_rate, sample_rate) if i < available]
-
-
-def preprocess(frames: np.ndarray, resolution: int | None, crop_size: int | None,
-               device: torch.device) -> torch.Tensor:
-    """uint8 (T, H, W, 3) → float32 (T, 3, h, w) in [0, 1]: short-side resize, centre crop."""
-    if not frames.flags.writeable:  # PIL-backed arrays are read-only; torch wants writable
-        frames = frames.copy()
-    x = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float() / 255.0
-    h, w = x.shape[-2:]
-    if resolution is not None:
-        if w < h:
-            size = (int(math.floor(h / w * resolution)), resolution)
-        else:
-            size = (resolution, int(math.floor(w / h * resolution)))
-        if size != (h, w):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    if crop_size is not None:
-        h, w = x.shape[-2:]
-        if crop_size > min(h, w):
-            raise EvalError(f"crop_size {crop_size} is larger than the resized frame {h}x{w}")
-        top, left = int(round((h - crop_size) / 2.0)), int(round((w - crop_size) / 2.0))
-        x = x[..., top : top + crop_size, left : left + crop_size]
-    return x.contiguous()
-
-
 class MetricSuite:
     """The requested metrics with their networks, built once."""
 
-    def __init__(self, metrics: Sequence[str] = METRICS, device: str | torch.device | None = "cpu",
+    def __init__(self, metrics: Sequence[str] = EVAL_METRICS, device: str | torch.device | None = "cpu",
                  lpips_metric: LPIPSMetric | None = None, flolpips: FloLPIPS | None = None,
                  pwc_weights: str | os.PathLike | None = None, frames_per_batch: int | None = None):
-        unknown = sorted(set(metrics) - set(METRICS))
+        unknown = sorted(set(metrics) - set(EVAL_METRICS))
         if unknown or not metrics:
-            raise EvalError(f"unknown or no metrics {unknown or list(metrics)}; choose from {list(METRICS)}")
-        self.metrics = [m for m in METRICS if m in metrics]
+            raise EvalError(f"unknown or no metrics {unknown or list(metrics)}; choose from {list(EVAL_METRICS)}")
+        self.metrics = [m for m in EVAL_METRICS if m in metrics]
         self.device = resolve_device(device)
         # Frames per network call. On CPU, batches beyond ~8 frames of 256x256 are slower per
         # frame (activations fall out of cache); on GPU larger batches keep the device busy.
@@ -159,14 +72,9 @@ class MetricSuite:
             out["lpips"] = self.lpips(real, fake, batch_size=self.frames_per_batch)
         return out
 
-    def flolpips_pairs(self, real: torch.Tensor, fake: torch.Tensor, starts: list[int]) -> torch.Tensor:
-        """FloLPIPS of frame pairs (i, i+1) for each i in ``starts`` of concatenated frames."""
-        values = []
-        step = max(1, self.frames_per_batch // 2)  # each pair runs PWC-Net on 4 frames
-        for k in range(0, len(starts), step):
-            idx = torch.tensor(starts[k : k + step], device=real.device)
-            values.append(self.flolpips(real[idx], real[idx + 1], fake[idx], fake[idx + 1]))
-        return torch.cat(values) if values else real.new_zeros(0)
+    @property
+    def flolpips_pairs_per_batch(self) -> int:
+        return max(1, self.frames_per_batch // 2)  # each pair runs PWC-Net on 4 frames
 
 
 @dataclass
@@ -212,7 +120,7 @@ def _load_pair(pair: MediaPair, num_frames: int, sample_rate: int, notes: list[s
 def evaluate_dirs(
     real_dir: str | os.PathLike,
     gen_dir: str | os.PathLike,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = EVAL_METRICS,
     num_frames: int = 17,
     sample_rate: int = 1,
     resolution: int | None = 256,
@@ -305,7 +213,7 @@ def _evaluate_batch(loaded: list, suite: MetricSuite, acc: _Accumulator, per_vid
         if suite.flolpips is not None:
             offsets = np.cumsum([0] + counts[:-1])
             starts = [int(o) + t for o, n in zip(offsets, counts) for t in range(n - 1)]
-            flow_values = suite.flolpips_pairs(real, fake, starts).cpu().split([max(n - 1, 0) for n in counts])
+            flow_values = suite.flolpips.video(real, fake, starts, batch_size=suite.flolpips_pairs_per_batch).cpu().split([max(n - 1, 0) for n in counts])
         for k, (name, _, _) in enumerate(items):
             entry: dict = {"num_frames": counts[k]}
             for metric, values in frame_values.items():
