@@ -32,12 +32,32 @@ EVAL_METRICS = ("ssim", "psnr", "lpips", "flolpips")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """cpu, cuda or cuda:N (None: cuda if available); anything else is an EvalError."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"device {device} requested but CUDA is not available (torch.cuda.is_available() is False)")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise EvalError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N")
+    device = parsed
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EvalError(f"device {device} requested but CUDA is not available (torch.cuda.is_available() is False)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EvalError(f"device {device} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
+
+
+def check_settings(**settings: int | None) -> None:
+    """Each setting is an integer >= 1 (or None where None means "not used": resolution,
+    crop_size, subset_size). Checked before any file is read."""
+    for name, value in settings.items():
+        if value is None and name in ("resolution", "crop_size", "subset_size"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EvalError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 class MetricSuite:
@@ -139,8 +159,10 @@ def evaluate_dirs(
     "warnings", "protocol"}``. A metric with no value (FloLPIPS on images only) is None.
     Corrupt media raise :class:`MediaReadError`, or with ``skip_bad`` are skipped and listed.
     """
-    if batch_size < 1:
-        raise EvalError(f"batch_size must be >= 1, got {batch_size}")
+    check_settings(num_frames=num_frames, sample_rate=sample_rate, resolution=resolution, crop_size=crop_size,
+                   batch_size=batch_size, subset_size=subset_size)
+    if suite is None:
+        device = resolve_device(device)
     pairs = pair_files(real_dir, gen_dir)
     if subset_size is not None:
         pairs = pairs[:subset_size]
