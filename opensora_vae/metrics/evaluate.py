@@ -5,6 +5,7 @@ decoded once for all metrics.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
+from ..errors import OutputExistsError
 from .flolpips import FloLPIPS
 from .lpips_metric import LPIPSMetric
 from .protocol import EvalError, MediaPair, frame_indices, pair_files, preprocess
@@ -137,6 +139,55 @@ def _load_pair(pair: MediaPair, num_frames: int, sample_rate: int, notes: list[s
     return real, gen
 
 
+def results_path(res_dir: str | os.PathLike, num_frames: int, resolution: int | None) -> Path:
+    """The reference's results file: ``<res_dir>/metric_{num_frames}f_{resolution}res.json``."""
+    return Path(res_dir) / f"metric_{num_frames}f_{resolution}res.json"
+
+
+def _compared_dirs(real_dir: str | os.PathLike, gen_dir: str | os.PathLike) -> dict[str, str]:
+    return {"real_video_dir": str(Path(real_dir).resolve()), "generated_video_dir": str(Path(gen_dir).resolve())}
+
+
+def check_results_file(path: Path, real_dir: str | os.PathLike, gen_dir: str | os.PathLike,
+                       overwrite: bool = False) -> None:
+    """Before any work: ``path`` can be written, and a results file already there is of the
+    same two folders (a rerun replaces it) or ``overwrite`` is set. A file of another comparison
+    (e.g. ``_spatial`` after ``_rec`` into one folder) or of unknown origin is never replaced
+    silently."""
+    path = Path(path)
+    if path.is_dir():
+        raise EvalError(f"cannot write results to {path}: it is a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EvalError(f"cannot write results under {path.parent}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise EvalError(f"cannot write results under {path.parent}: {parent} is not writable")
+            break
+    if not path.exists() or overwrite:
+        return
+    try:
+        previous = json.loads(path.read_text())
+        previous = {k: previous.get(k) for k in ("real_video_dir", "generated_video_dir")}
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous == _compared_dirs(real_dir, gen_dir):
+        return
+    origin = ("another comparison ({real_video_dir} vs {generated_video_dir})".format(**previous)
+              if previous and all(previous.values()) else "an unknown comparison")
+    raise OutputExistsError(f"{path} holds the results of {origin}; use another --res_dir, "
+                            f"or --overwrite to replace it")
+
+
+def write_results(path: Path, result: dict) -> None:
+    """The JSON (floats at full repr precision), written whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+
+
 def evaluate_dirs(
     real_dir: str | os.PathLike,
     gen_dir: str | os.PathLike,
@@ -152,17 +203,23 @@ def evaluate_dirs(
     suite: MetricSuite | None = None,
     pwc_weights: str | os.PathLike | None = None,
     progress: bool = True,
+    results_file: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Mean metrics over all (video, frame) pairs (FloLPIPS: over consecutive frame pairs).
 
     Returns ``{metric: mean, ..., "per_video": {name: {...}}, "num_videos", "skipped",
     "warnings", "protocol"}``. A metric with no value (FloLPIPS on images only) is None.
     Corrupt media raise :class:`MediaReadError`, or with ``skip_bad`` are skipped and listed.
+    With ``results_file``, the result is also written there as JSON (`check_results_file` rules,
+    checked before any work).
     """
     check_settings(num_frames=num_frames, sample_rate=sample_rate, resolution=resolution, crop_size=crop_size,
                    batch_size=batch_size, subset_size=subset_size)
     if suite is None:
         device = resolve_device(device)
+    if results_file is not None:
+        check_results_file(Path(results_file), real_dir, gen_dir, overwrite)
     pairs = pair_files(real_dir, gen_dir)
     if subset_size is not None:
         pairs = pairs[:subset_size]
@@ -208,7 +265,7 @@ def evaluate_dirs(
         note = f"flolpips skipped for {len(no_flow)} single-frame item(s) (needs >= 2 frames): {', '.join(no_flow[:10])}"
         logger.warning(note)
         notes.append(note)
-    result: dict = {m: acc.mean(m) for m in suite.metrics}
+    result: dict = {**_compared_dirs(real_dir, gen_dir), **{m: acc.mean(m) for m in suite.metrics}}
     result.update(
         per_video=per_video,
         num_videos=len(per_video),
@@ -218,6 +275,8 @@ def evaluate_dirs(
         warnings=notes,
         protocol=_protocol(suite, num_frames, sample_rate, resolution, crop_size),
     )
+    if results_file is not None:
+        write_results(Path(results_file), result)
     return result
 
 

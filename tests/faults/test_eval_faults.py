@@ -84,3 +84,48 @@ def test_subset_size_takes_the_first_pairs(tmp_path, frames):
     res = tmp_path / "res"
     assert run_entry(EVAL_ENTRY, _argv(real, gen, "--subset_size", 1, "--res_dir", res)) == 0
     assert list(json.loads((res / RESULTS).read_text())["per_video"]) == ["a"]
+
+
+@pytest.mark.parametrize("case", ["res_dir is a file", "res_dir under a file", "results path is a folder"])
+def test_unusable_res_dir_is_an_error_before_any_decode(tmp_path, frames, decodes, case):
+    real, gen = _folders(tmp_path, frames)
+    blocker = tmp_path / "blocker"
+    if case == "res_dir is a file":
+        blocker.write_text("x")
+        res = blocker
+    elif case == "res_dir under a file":
+        blocker.write_text("x")
+        res = blocker / "res"
+    else:
+        res = tmp_path / "res"
+        (res / RESULTS).mkdir(parents=True)
+    assert run_entry(EVAL_ENTRY, _argv(real, gen, "--res_dir", res)) == 2
+    assert decodes == []
+
+
+def test_results_name_the_compared_folders_and_other_comparisons_are_not_overwritten(tmp_path, frames, decodes):
+    real, rec = _folders(tmp_path, frames, gen_name="s_rec", seed=0)
+    _, spatial = _folders(tmp_path, frames, gen_name="s_spatial", seed=7)
+    res = tmp_path / "res"
+    assert run_entry(EVAL_ENTRY, _argv(real, rec, "--res_dir", res)) == 0
+    first = json.loads((res / RESULTS).read_text())
+    assert first["real_video_dir"] == str(real.resolve()) and first["generated_video_dir"] == str(rec.resolve())
+    # The same comparison again: the file is replaced (a rerun after a fix is the common case).
+    assert run_entry(EVAL_ENTRY, _argv(real, rec, "--res_dir", res)) == 0
+    # Another generated folder into the same --res_dir: refused before any decode, file kept.
+    decodes.clear()
+    assert run_entry(EVAL_ENTRY, _argv(real, spatial, "--res_dir", res)) == 2
+    assert decodes == [] and json.loads((res / RESULTS).read_text()) == first
+    # ... unless asked for.
+    assert run_entry(EVAL_ENTRY, _argv(real, spatial, "--res_dir", res, "--overwrite")) == 0
+    second = json.loads((res / RESULTS).read_text())
+    assert second["generated_video_dir"] == str(spatial.resolve()) and second["psnr"] != first["psnr"]
+
+
+def test_results_file_of_unknown_origin_is_not_overwritten(tmp_path, frames):
+    real, gen = _folders(tmp_path, frames)
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / RESULTS).write_text('{"psnr": 30.0}')  # e.g. the reference script's output
+    assert run_entry(EVAL_ENTRY, _argv(real, gen, "--res_dir", res)) == 2
+    assert (res / RESULTS).read_text() == '{"psnr": 30.0}'
