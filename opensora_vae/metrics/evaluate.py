@@ -111,11 +111,45 @@ class _Accumulator:
         return math.fsum(vals) / len(vals) if vals else None
 
 
-def _load_pair(pair: MediaPair, num_frames: int, sample_rate: int, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the pair's frames once: uint8 (T, H, W, 3) each, same shape."""
+@dataclass
+class _Decoded:
+    """One pair, decoded and preprocessed (or the reason it was skipped)."""
+    name: str
+    real: torch.Tensor | None = None  # (T, 3, h, w) in [0, 1]
+    gen: torch.Tensor | None = None
+    fps: dict[str, float] | None = None  # videos only
+    notes: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+
+def _fps_differ(fps: dict[str, float] | None) -> bool:
+    if fps is None or not all(math.isfinite(v) and v > 0 for v in fps.values()):
+        return False  # unknown rates: nothing to compare
+    return not math.isclose(fps["real"], fps["generated"], rel_tol=1e-3)
+
+
+def _decode_pair(pair: MediaPair, num_frames: int, sample_rate: int, resolution: int | None,
+                 crop_size: int | None, device: torch.device, skip_bad: bool) -> _Decoded:
+    """Decode the pair's frames once and preprocess them; unreadable media raise
+    :class:`MediaReadError`, or with ``skip_bad`` come back as a skip."""
+    out = _Decoded(pair.name)
+    try:
+        real, gen = _read_pair(pair, num_frames, sample_rate, out)
+    except MediaReadError as exc:
+        if not skip_bad:
+            raise
+        out.skipped = str(exc)
+        return out
+    out.real = preprocess(real, resolution, crop_size, device)
+    out.gen = preprocess(gen, resolution, crop_size, device)
+    return out
+
+
+def _read_pair(pair: MediaPair, num_frames: int, sample_rate: int, out: _Decoded) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (T, H, W, 3) frames of both files, same shape; notes and fps go to ``out``."""
     if is_image(pair.real) != is_image(pair.generated):
         raise EvalError(f"{pair.name}: an image is paired with a video "
-                         f"({pair.real.name} vs {pair.generated.name}): frame counts differ")
+                        f"({pair.real.name} vs {pair.generated.name}): frame counts differ")
     if is_image(pair.real):
         real, gen = read_image(pair.real)[None], read_image(pair.generated)[None]
     else:
@@ -125,17 +159,16 @@ def _load_pair(pair: MediaPair, num_frames: int, sample_rate: int, notes: list[s
         if len(indices) != len(frame_indices(num_frames, sample_rate, max(n_real, n_gen))):
             # A reconstruction that lost frames would be scored on the frames it kept only.
             raise EvalError(f"{pair.name}: frame counts differ within the {num_frames} frames requested at "
-                             f"stride {sample_rate}: {pair.real} has {n_real}, {pair.generated} has {n_gen}")
+                            f"stride {sample_rate}: {pair.real} has {n_real}, {pair.generated} has {n_gen}")
         if len(indices) < num_frames:
-            note = (f"{pair.name}: shorter than requested ({num_frames} frames at stride {sample_rate}): real "
-                    f"has {n_real}, generated has {n_gen} frames; using {len(indices)} frames "
-                    f"(indices 0..{indices[-1]})")
-            logger.warning(note)
-            notes.append(note)
+            out.notes.append(f"{pair.name}: shorter than requested ({num_frames} frames at stride {sample_rate}): "
+                             f"real has {n_real}, generated has {n_gen} frames; using {len(indices)} frames "
+                             f"(indices 0..{indices[-1]})")
         real, gen = real_file.read(indices), gen_file.read(indices)
+        out.fps = {"real": real_file.info.fps, "generated": gen_file.info.fps}
     if real.shape != gen.shape:
         raise EvalError(f"{pair.name}: frame sizes differ: {pair.real} is {real.shape[1]}x{real.shape[2]}, "
-                         f"{pair.generated} is {gen.shape[1]}x{gen.shape[2]}")
+                        f"{pair.generated} is {gen.shape[1]}x{gen.shape[2]}")
     return real, gen
 
 
@@ -231,22 +264,9 @@ def evaluate_dirs(
     per_video: dict[str, dict] = {}
     bar = tqdm(total=len(pairs), desc="eval", unit="video", disable=not progress)
 
-    def load_batch(batch: list[MediaPair]) -> list:
-        loaded = []
-        for pair in batch:
-            try:
-                real, gen = _load_pair(pair, num_frames, sample_rate, notes)
-            except MediaReadError as exc:
-                if not skip_bad:
-                    raise
-                logger.warning("skipping %s: %s", pair.name, exc)
-                skipped.append({"name": pair.name, "reason": str(exc)})
-                bar.update(1)
-                continue
-            real_t = preprocess(real, resolution, crop_size, suite.device)
-            gen_t = preprocess(gen, resolution, crop_size, suite.device)
-            loaded.append((pair.name, real_t, gen_t))
-        return loaded
+    def load_batch(batch: list[MediaPair]) -> list[_Decoded]:
+        return [_decode_pair(pair, num_frames, sample_rate, resolution, crop_size, suite.device, skip_bad)
+                for pair in batch]
 
     batches = [pairs[s : s + batch_size] for s in range(0, len(pairs), batch_size)]
     # Decoding the next batch overlaps the metrics of this one: decord and torch release the
@@ -254,13 +274,28 @@ def evaluate_dirs(
     with ThreadPoolExecutor(max_workers=1) as loader:
         upcoming = loader.submit(load_batch, batches[0]) if batches else None
         for k in range(len(batches)):
-            loaded = upcoming.result()
+            decoded = upcoming.result()
             upcoming = loader.submit(load_batch, batches[k + 1]) if k + 1 < len(batches) else None
-            _evaluate_batch(loaded, suite, acc, per_video, no_flow)
-            bar.update(len(loaded))
+            for item in decoded:
+                for note in item.notes:
+                    logger.warning(note)
+                notes.extend(item.notes)
+                if item.skipped is not None:
+                    logger.warning("skipping %s: %s", item.name, item.skipped)
+                    skipped.append({"name": item.name, "reason": item.skipped})
+            _evaluate_batch([item for item in decoded if item.skipped is None], suite, acc, per_video, no_flow)
+            bar.update(len(decoded))
     bar.close()
     if not per_video:
         raise EvalError(f"no pair could be evaluated ({len(skipped)} skipped)")
+    fps_mismatch = [name for name, entry in per_video.items() if entry["fps_mismatch"]]
+    if fps_mismatch:
+        fps = per_video[fps_mismatch[0]]["fps"]
+        note = (f"{len(fps_mismatch)} pair(s) at different frame rates, e.g. {fps_mismatch[0]}: real "
+                f"{fps['real']:g} fps, generated {fps['generated']:g} fps; frames are compared by index, so a "
+                f"temporally subsampled video is scored against other moments ({', '.join(fps_mismatch[:10])})")
+        logger.warning(note)
+        notes.append(note)
     if no_flow:
         note = f"flolpips skipped for {len(no_flow)} single-frame item(s) (needs >= 2 frames): {', '.join(no_flow[:10])}"
         logger.warning(note)
@@ -270,6 +305,7 @@ def evaluate_dirs(
         per_video=per_video,
         num_videos=len(per_video),
         num_frames_evaluated=sum(entry["num_frames"] for entry in per_video.values()),
+        num_fps_mismatch=len(fps_mismatch),
         skipped=skipped,
         num_skipped=len(skipped),
         warnings=notes,
@@ -280,34 +316,37 @@ def evaluate_dirs(
     return result
 
 
-def _evaluate_batch(loaded: list, suite: MetricSuite, acc: _Accumulator, per_video: dict, no_flow: list) -> None:
+def _evaluate_batch(decoded: list[_Decoded], suite: MetricSuite, acc: _Accumulator, per_video: dict,
+                    no_flow: list) -> None:
     # Videos of equal frame size share one batched call per metric.
-    groups: dict[tuple, list] = {}
-    for item in loaded:
-        groups.setdefault(tuple(item[1].shape[-2:]), []).append(item)
+    groups: dict[tuple, list[_Decoded]] = {}
+    for item in decoded:
+        groups.setdefault(tuple(item.real.shape[-2:]), []).append(item)
     for items in groups.values():
-        real = torch.cat([r for _, r, _ in items])
-        fake = torch.cat([g for _, _, g in items])
-        counts = [r.shape[0] for _, r, _ in items]
+        real = torch.cat([item.real for item in items])
+        fake = torch.cat([item.gen for item in items])
+        counts = [item.real.shape[0] for item in items]
         frame_values = {m: v.cpu().split(counts) for m, v in suite.per_frame(real, fake).items()}
         flow_values = None
         if suite.flolpips is not None:
             offsets = np.cumsum([0] + counts[:-1])
             starts = [int(o) + t for o, n in zip(offsets, counts) for t in range(n - 1)]
-            flow_values = suite.flolpips.video(real, fake, starts, batch_size=suite.flolpips_pairs_per_batch).cpu().split([max(n - 1, 0) for n in counts])
-        for k, (name, _, _) in enumerate(items):
+            flow_values = suite.flolpips.video(real, fake, starts, batch_size=suite.flolpips_pairs_per_batch)
+            flow_values = flow_values.cpu().split([max(n - 1, 0) for n in counts])
+        for k, item in enumerate(items):
             entry: dict = {"num_frames": counts[k]}
             for metric, values in frame_values.items():
                 acc.add(metric, values[k].tolist())
                 entry[metric] = float(values[k].double().mean())
             if flow_values is not None:
                 if counts[k] < 2:
-                    no_flow.append(name)
+                    no_flow.append(item.name)
                     entry["flolpips"] = None
                 else:
                     acc.add("flolpips", flow_values[k].tolist())
                     entry["flolpips"] = float(flow_values[k].double().mean())
-            per_video[name] = entry
+            entry.update(fps=item.fps, fps_mismatch=_fps_differ(item.fps))
+            per_video[item.name] = entry
 
 
 def _protocol(suite: MetricSuite, num_frames: int, sample_rate: int, resolution: int | None,

@@ -129,3 +129,17 @@ def test_results_file_of_unknown_origin_is_not_overwritten(tmp_path, frames):
     (res / RESULTS).write_text('{"psnr": 30.0}')  # e.g. the reference script's output
     assert run_entry(EVAL_ENTRY, _argv(real, gen, "--res_dir", res)) == 2
     assert (res / RESULTS).read_text() == '{"psnr": 30.0}'
+
+
+def test_generated_video_at_another_fps_is_flagged(tmp_path, frames):
+    real, gen = _folders(tmp_path, frames, gen_fps=12)  # e.g. temporally subsampled
+    res = tmp_path / "res"
+    assert run_entry(EVAL_ENTRY, _argv(real, gen, "--res_dir", res)) == 0
+    result = json.loads((res / RESULTS).read_text())
+    assert [v["fps_mismatch"] for v in result["per_video"].values()] == [True, True]
+    assert result["per_video"]["a"]["fps"] == {"real": 24.0, "generated": 12.0}
+    assert result["num_fps_mismatch"] == 2 and any("fps" in w for w in result["warnings"])
+    same, same_gen = _folders(tmp_path / "same", frames)
+    assert run_entry(EVAL_ENTRY, _argv(same, same_gen, "--res_dir", tmp_path / "res2")) == 0
+    result = json.loads((tmp_path / "res2" / RESULTS).read_text())
+    assert result["num_fps_mismatch"] == 0 and not result["per_video"]["a"]["fps_mismatch"]
