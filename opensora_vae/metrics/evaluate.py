@@ -12,7 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
 from ..errors import OutputExistsError
-from .flolpips import FloLPIPS
-from .lpips_metric import LPIPSMetric
 from .protocol import EvalError, MediaPair, frame_indices, pair_files, preprocess
-from .psnr import psnr
-from .ssim import ssim
+
+if TYPE_CHECKING:  # the metric modules are imported when a metric is asked for (lpips costs seconds)
+    from .flolpips import FloLPIPS
+    from .lpips_metric import LPIPSMetric
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def check_settings(**settings: int | None) -> None:
 
 
 class MetricSuite:
-    """The requested metrics with their networks, built once."""
+    """The requested metrics with their networks, built once. Each metric's module is imported
+    only when that metric is requested: an SSIM/PSNR eval never loads lpips or torchvision."""
 
     def __init__(self, metrics: Sequence[str] = EVAL_METRICS, device: str | torch.device | None = "cpu",
                  lpips_metric: LPIPSMetric | None = None, flolpips: FloLPIPS | None = None,
@@ -76,20 +77,33 @@ class MetricSuite:
         # Frames per network call. On CPU, batches beyond ~8 frames of 256x256 are slower per
         # frame (activations fall out of cache); on GPU larger batches keep the device busy.
         self.frames_per_batch = frames_per_batch or (8 if self.device.type == "cpu" else 32)
+        self._frame_fns = {}
+        if "ssim" in self.metrics:
+            from .ssim import ssim
+
+            self._frame_fns["ssim"] = ssim
+        if "psnr" in self.metrics:
+            from .psnr import psnr
+
+            self._frame_fns["psnr"] = psnr
         self.lpips = None
         if "lpips" in self.metrics:
-            self.lpips = (lpips_metric or LPIPSMetric("alex")).to(self.device)
+            if lpips_metric is None:
+                from .lpips_metric import LPIPSMetric
+
+                lpips_metric = LPIPSMetric("alex")
+            self.lpips = lpips_metric.to(self.device)
         self.flolpips = None
         if "flolpips" in self.metrics:
-            self.flolpips = (flolpips or FloLPIPS(pwc_weights=pwc_weights)).to(self.device)
+            if flolpips is None:
+                from .flolpips import FloLPIPS
+
+                flolpips = FloLPIPS(pwc_weights=pwc_weights)
+            self.flolpips = flolpips.to(self.device)
 
     def per_frame(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frame metrics of (N, 3, H, W) batches; FloLPIPS is separate (it needs pairs)."""
-        out = {}
-        if "ssim" in self.metrics:
-            out["ssim"] = ssim(real, fake)
-        if "psnr" in self.metrics:
-            out["psnr"] = psnr(real, fake)
+        out = {name: fn(real, fake) for name, fn in self._frame_fns.items()}
         if self.lpips is not None:
             out["lpips"] = self.lpips(real, fake, batch_size=self.frames_per_batch)
         return out
