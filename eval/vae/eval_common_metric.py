@@ -34,6 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--res_dir", default=None, help="write metric_{num_frames}f_{resolution}res.json here")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a results file of another comparison (the same two folders are always replaced)")
+    p.add_argument("--decode_workers", type=int, default=None,
+                   help="threads that decode videos and score SSIM/PSNR (default: one per core, at most 8)")
     p.add_argument("--skip_bad", action="store_true", help="skip unreadable media (listed in the JSON)")
     p.add_argument("--pwc_weights", default=None, help="PWC-Net network-default.pytorch for FloLPIPS")
     p.add_argument("--no_progress", action="store_true")
@@ -49,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sample_rate=args.sample_rate, resolution=args.resolution, crop_size=args.crop_size,
         device=args.device, batch_size=args.batch_size, subset_size=args.subset_size,
         skip_bad=args.skip_bad, pwc_weights=args.pwc_weights, progress=not args.no_progress,
-        results_file=path, overwrite=args.overwrite,
+        results_file=path, overwrite=args.overwrite, decode_workers=args.decode_workers,
     )
     print(f"{'metric':<10}{'value':>14}")
     for metric in result["protocol"]["metrics"]:

@@ -5,14 +5,17 @@ decoded once for all metrics.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,10 +56,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def check_settings(**settings: int | None) -> None:
-    """Each setting is an integer >= 1 (or None where None means "not used": resolution,
-    crop_size, subset_size). Checked before any file is read."""
+    """Each setting is an integer >= 1 (or None where None means "not used" or "automatic":
+    resolution, crop_size, subset_size, decode_workers). Checked before any file is read."""
     for name, value in settings.items():
-        if value is None and name in ("resolution", "crop_size", "subset_size"):
+        if value is None and name in ("resolution", "crop_size", "subset_size", "decode_workers"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EvalError(f"{name} must be an integer >= 1, got {value!r}")
@@ -101,16 +104,30 @@ class MetricSuite:
                 flolpips = FloLPIPS(pwc_weights=pwc_weights)
             self.flolpips = flolpips.to(self.device)
 
-    def per_frame(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Frame metrics of (N, 3, H, W) batches; FloLPIPS is separate (it needs pairs)."""
-        out = {name: fn(real, fake) for name, fn in self._frame_fns.items()}
-        if self.lpips is not None:
-            out["lpips"] = self.lpips(real, fake, batch_size=self.frames_per_batch)
-        return out
-
     @property
-    def flolpips_pairs_per_batch(self) -> int:
-        return max(1, self.frames_per_batch // 2)  # each pair runs PWC-Net on 4 frames
+    def network_metrics(self) -> bool:
+        return self.lpips is not None or self.flolpips is not None
+
+    def frame_metrics(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """SSIM/PSNR of each frame of (N, 3, H, W) batches. A frame's value depends on that frame
+        alone, bit for bit, whatever the batch: they are computed per pair, where it was decoded."""
+        return {name: fn(real, fake) for name, fn in self._frame_fns.items()}
+
+    def batch_metrics(self, real: torch.Tensor, fake: torch.Tensor, counts: list[int]) -> dict[str, list[torch.Tensor]]:
+        """LPIPS (per frame) and FloLPIPS (per consecutive frame pair) of videos of ``counts``
+        frames concatenated in (N, 3, H, W) batches, split per video. Network convolutions round
+        differently by batch size on CPU, so the batches (``batch_size`` videos of one frame size,
+        ``frames_per_batch`` frames per call) fix the values."""
+        out = {}
+        if self.lpips is not None:
+            out["lpips"] = list(self.lpips(real, fake, batch_size=self.frames_per_batch).cpu().split(counts))
+        if self.flolpips is not None:
+            offsets = np.cumsum([0] + counts[:-1])
+            starts = [int(o) + t for o, n in zip(offsets, counts) for t in range(n - 1)]
+            pairs_per_call = max(1, self.frames_per_batch // 2)  # each pair runs PWC-Net on 4 frames
+            values = self.flolpips.video(real, fake, starts, batch_size=pairs_per_call)
+            out["flolpips"] = list(values.cpu().split([max(n - 1, 0) for n in counts]))
+        return out
 
 
 @dataclass
@@ -129,9 +146,11 @@ class _Accumulator:
 class _Decoded:
     """One pair, decoded and preprocessed (or the reason it was skipped)."""
     name: str
-    real: torch.Tensor | None = None  # (T, 3, h, w) in [0, 1]
+    num_frames: int = 0
+    real: torch.Tensor | None = None  # (T, 3, h, w) in [0, 1]; kept for network metrics only
     gen: torch.Tensor | None = None
     fps: dict[str, float] | None = None  # videos only
+    frame_values: dict[str, torch.Tensor] = field(default_factory=dict)  # SSIM/PSNR of each frame
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
 
@@ -142,9 +161,10 @@ def _fps_differ(fps: dict[str, float] | None) -> bool:
     return not math.isclose(fps["real"], fps["generated"], rel_tol=1e-3)
 
 
-def _decode_pair(pair: MediaPair, num_frames: int, sample_rate: int, resolution: int | None,
-                 crop_size: int | None, device: torch.device, skip_bad: bool) -> _Decoded:
-    """Decode the pair's frames once and preprocess them; unreadable media raise
+def _decode_pair(pair: MediaPair, suite: MetricSuite, num_frames: int, sample_rate: int, resolution: int | None,
+                 crop_size: int | None, skip_bad: bool) -> _Decoded:
+    """The work of one pair in a decode thread: decode its frames once, preprocess them, score
+    the frame metrics; the frames are kept only for network metrics. Unreadable media raise
     :class:`MediaReadError`, or with ``skip_bad`` come back as a skip."""
     out = _Decoded(pair.name)
     try:
@@ -154,9 +174,36 @@ def _decode_pair(pair: MediaPair, num_frames: int, sample_rate: int, resolution:
             raise
         out.skipped = str(exc)
         return out
-    out.real = preprocess(real, resolution, crop_size, device)
-    out.gen = preprocess(gen, resolution, crop_size, device)
+    out.real = preprocess(real, resolution, crop_size, suite.device)
+    out.gen = preprocess(gen, resolution, crop_size, suite.device)
+    out.num_frames = out.real.shape[0]
+    out.frame_values = {m: v.cpu() for m, v in suite.frame_metrics(out.real, out.gen).items()}
+    if not suite.network_metrics:
+        out.real = out.gen = None  # nothing else needs the frames: free them now
     return out
+
+
+def default_decode_workers() -> int:
+    """One decode thread per available core, at most 8 (each holds a decoded pair)."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+
+
+def _in_order(fn, items: Sequence, workers: int, ahead: int) -> Iterator:
+    """``fn(item)`` for each item on ``workers`` threads, yielded in the order of ``items`` with at
+    most ``ahead`` submitted and not yet yielded (that bounds memory). An exception surfaces at
+    its item, as in a plain loop; what is still queued is cancelled when the caller stops."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval-decode") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _read_pair(pair: MediaPair, num_frames: int, sample_rate: int, out: _Decoded) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +299,7 @@ def evaluate_dirs(
     progress: bool = True,
     results_file: str | os.PathLike | None = None,
     overwrite: bool = False,
+    decode_workers: int | None = None,
 ) -> dict:
     """Mean metrics over all (video, frame) pairs (FloLPIPS: over consecutive frame pairs).
 
@@ -262,7 +310,7 @@ def evaluate_dirs(
     checked before any work).
     """
     check_settings(num_frames=num_frames, sample_rate=sample_rate, resolution=resolution, crop_size=crop_size,
-                   batch_size=batch_size, subset_size=subset_size)
+                   batch_size=batch_size, subset_size=subset_size, decode_workers=decode_workers)
     if suite is None:
         device = resolve_device(device)
     if results_file is not None:
@@ -278,27 +326,30 @@ def evaluate_dirs(
     per_video: dict[str, dict] = {}
     bar = tqdm(total=len(pairs), desc="eval", unit="video", disable=not progress)
 
-    def load_batch(batch: list[MediaPair]) -> list[_Decoded]:
-        return [_decode_pair(pair, num_frames, sample_rate, resolution, crop_size, suite.device, skip_bad)
-                for pair in batch]
-
-    batches = [pairs[s : s + batch_size] for s in range(0, len(pairs), batch_size)]
-    # Decoding the next batch overlaps the metrics of this one: decord and torch release the
-    # GIL, so one loader thread hides most of the decode time. Order and errors are unchanged.
-    with ThreadPoolExecutor(max_workers=1) as loader:
-        upcoming = loader.submit(load_batch, batches[0]) if batches else None
-        for k in range(len(batches)):
-            decoded = upcoming.result()
-            upcoming = loader.submit(load_batch, batches[k + 1]) if k + 1 < len(batches) else None
-            for item in decoded:
-                for note in item.notes:
-                    logger.warning(note)
-                notes.extend(item.notes)
-                if item.skipped is not None:
-                    logger.warning("skipping %s: %s", item.name, item.skipped)
-                    skipped.append({"name": item.name, "reason": item.skipped})
-            _evaluate_batch([item for item in decoded if item.skipped is None], suite, acc, per_video, no_flow)
-            bar.update(len(decoded))
+    decode = functools.partial(_decode_pair, suite=suite, num_frames=num_frames, sample_rate=sample_rate,
+                               resolution=resolution, crop_size=crop_size, skip_bad=skip_bad)
+    workers = decode_workers or default_decode_workers()
+    # Pairs are decoded and their frame metrics scored on all cores (decoding, torch and scipy
+    # release the GIL) while this thread runs the networks on batches of `batch_size` pairs.
+    # Results come back in pair order, so values, warnings and the first error are those of a
+    # plain loop, and the means are exact sums (fsum): the same on any number of threads.
+    with contextlib.closing(_in_order(decode, pairs, workers, ahead=workers + batch_size)) as decoded:
+        batch: list[_Decoded] = []
+        for item in decoded:
+            for note in item.notes:
+                logger.warning(note)
+            notes.extend(item.notes)
+            if item.skipped is not None:
+                logger.warning("skipping %s: %s", item.name, item.skipped)
+                skipped.append({"name": item.name, "reason": item.skipped})
+            else:
+                batch.append(item)
+            if len(batch) == batch_size:
+                _score_batch(batch, suite, acc, per_video, no_flow)
+                batch = []
+            bar.update(1)
+        if batch:
+            _score_batch(batch, suite, acc, per_video, no_flow)
     bar.close()
     if not per_video:
         raise EvalError(f"no pair could be evaluated ({len(skipped)} skipped)")
@@ -330,37 +381,32 @@ def evaluate_dirs(
     return result
 
 
-def _evaluate_batch(decoded: list[_Decoded], suite: MetricSuite, acc: _Accumulator, per_video: dict,
-                    no_flow: list) -> None:
-    # Videos of equal frame size share one batched call per metric.
-    groups: dict[tuple, list[_Decoded]] = {}
-    for item in decoded:
-        groups.setdefault(tuple(item.real.shape[-2:]), []).append(item)
-    for items in groups.values():
-        real = torch.cat([item.real for item in items])
-        fake = torch.cat([item.gen for item in items])
-        counts = [item.real.shape[0] for item in items]
-        frame_values = {m: v.cpu().split(counts) for m, v in suite.per_frame(real, fake).items()}
-        flow_values = None
-        if suite.flolpips is not None:
-            offsets = np.cumsum([0] + counts[:-1])
-            starts = [int(o) + t for o, n in zip(offsets, counts) for t in range(n - 1)]
-            flow_values = suite.flolpips.video(real, fake, starts, batch_size=suite.flolpips_pairs_per_batch)
-            flow_values = flow_values.cpu().split([max(n - 1, 0) for n in counts])
-        for k, item in enumerate(items):
-            entry: dict = {"num_frames": counts[k]}
-            for metric, values in frame_values.items():
-                acc.add(metric, values[k].tolist())
-                entry[metric] = float(values[k].double().mean())
-            if flow_values is not None:
-                if counts[k] < 2:
-                    no_flow.append(item.name)
-                    entry["flolpips"] = None
-                else:
-                    acc.add("flolpips", flow_values[k].tolist())
-                    entry["flolpips"] = float(flow_values[k].double().mean())
-            entry.update(fps=item.fps, fps_mismatch=_fps_differ(item.fps))
-            per_video[item.name] = entry
+def _score_batch(batch: list[_Decoded], suite: MetricSuite, acc: _Accumulator, per_video: dict,
+                 no_flow: list) -> None:
+    """Network metrics of the batch (videos of one frame size share a call), then each video's
+    entry and values in pair order."""
+    network: dict[str, dict[str, torch.Tensor]] = {item.name: {} for item in batch}
+    if suite.network_metrics:
+        groups: dict[tuple, list[_Decoded]] = {}
+        for item in batch:
+            groups.setdefault(tuple(item.real.shape[-2:]), []).append(item)
+        for items in groups.values():
+            counts = [item.real.shape[0] for item in items]
+            values = suite.batch_metrics(torch.cat([item.real for item in items]),
+                                         torch.cat([item.gen for item in items]), counts)
+            for k, item in enumerate(items):
+                network[item.name] = {metric: split[k] for metric, split in values.items()}
+    for item in batch:
+        entry: dict = {"num_frames": item.num_frames}
+        for metric, values in {**item.frame_values, **network[item.name]}.items():
+            if metric == "flolpips" and entry["num_frames"] < 2:
+                no_flow.append(item.name)
+                entry["flolpips"] = None
+                continue
+            acc.add(metric, values.tolist())
+            entry[metric] = float(values.double().mean())
+        entry.update(fps=item.fps, fps_mismatch=_fps_differ(item.fps))
+        per_video[item.name] = entry
 
 
 def _protocol(suite: MetricSuite, num_frames: int, sample_rate: int, resolution: int | None,

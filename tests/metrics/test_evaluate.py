@@ -129,3 +129,17 @@ def test_device_and_metric_validation():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown"):
         MetricSuite(["fvd"])
+
+
+def test_results_do_not_depend_on_decode_threads_or_batching(tmp_path, clip, suite):
+    """Pairs are decoded and scored by SSIM/PSNR in threads, networks run on batches in order:
+    every value, entry and warning is the same bit for bit whatever the thread count."""
+    real_dir, gen_dir = _folders(tmp_path, clip, names=("a", "b", "c", "d", "e"), frames=3)
+    runs = [evaluate_dirs(real_dir, gen_dir, num_frames=3, resolution=None, batch_size=2, suite=suite,
+                          progress=False, decode_workers=workers) for workers in (1, 3)]
+    assert runs[0] == runs[1]
+    frame_only = [evaluate_dirs(real_dir, gen_dir, metrics=["ssim", "psnr"], num_frames=3, resolution=None,
+                                batch_size=batch, progress=False, decode_workers=workers)
+                  for batch, workers in ((1, 1), (4, 2))]
+    assert frame_only[0] == frame_only[1]
+    assert all(frame_only[0]["per_video"][n][m] == runs[0]["per_video"][n][m] for n in "abcde" for m in ("ssim", "psnr"))
