@@ -52,9 +52,9 @@ def decodes(monkeypatch) -> list:
     calls = []
     original = VideoFile.read
 
-    def counting_read(self, indices):
+    def counting_read(self, indices, *args, **kwargs):
         calls.append(self.path)
-        return original(self, indices)
+        return original(self, indices, *args, **kwargs)
 
     monkeypatch.setattr(VideoFile, "read", counting_read)
     return calls
