@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -101,7 +101,8 @@ class VideoDataset(Dataset):
         image_size: int | tuple[int, int] = (256, 256),
         transform_name: str = "center",
         seed: int = 42,
-        max_retries: int = 10,
+        *,
+        max_retries: int,  # no default here: the config schema holds it (dataset.max_retries)
     ):
         if num_frames < 1 or frame_interval < 1 or max_retries < 1:
             raise ValueError("num_frames, frame_interval and max_retries must be >= 1")
@@ -201,6 +202,9 @@ class _WorkerSeeder:
         torch.manual_seed(worker_seed)
 
 
+LOADER_TIMEOUT_S = 600.0  # a stuck decode in a worker raises after this instead of hanging the run
+
+
 def build_dataloader(
     dataset: Dataset,
     batch_size: int,
@@ -209,15 +213,17 @@ def build_dataloader(
     seed: int = 42,
     rank: int = 0,
     drop_last: bool = True,
-    timeout_s: float = 600.0,
+    timeout_s: float = LOADER_TIMEOUT_S,
     persistent_workers: bool | None = None,
     pin_memory: bool | None = None,
     prefetch_factor: int | None = 2,
+    collate_fn: Callable[[list], Any] = collate_samples,
 ) -> DataLoader:
-    """DataLoader with per-(seed, rank, worker) seeding, a worker timeout (a stuck decode
-    raises instead of hanging), persistent workers by default when there are workers (the
-    dataset's epoch lives in shared memory, so set_epoch still reaches them), and pinned
-    memory only when CUDA is available."""
+    """The one DataLoader of training and inference: in-order (the sampler decides), with
+    per-(seed, rank, worker) seeding, a worker timeout (a stuck decode raises instead of
+    hanging), persistent workers by default when there are workers (the dataset's epoch lives
+    in shared memory, so set_epoch still reaches them), and pinned memory only when CUDA is
+    available."""
     workers = num_workers > 0
     return DataLoader(
         dataset,
@@ -225,7 +231,7 @@ def build_dataloader(
         sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate_samples,
+        collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         timeout=timeout_s if workers else 0,

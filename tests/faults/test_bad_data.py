@@ -59,7 +59,7 @@ def mixed_csv(bad_media) -> Path:
 
 
 def test_dataset_converts_usable_inputs_and_names_unusable_ones(bad_media, mixed_csv):
-    ds = VideoDataset(mixed_csv, num_frames=17, image_size=SIZE)
+    ds = VideoDataset(mixed_csv, num_frames=17, image_size=SIZE, max_retries=20)
     transform = VideoTransform("center", SIZE)
     for i, name in enumerate(ORDER):
         if name in bad_media.unusable:
