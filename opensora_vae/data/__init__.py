@@ -1,8 +1,10 @@
-"""Data pipeline: video/image IO, transforms, CSV dataset, resumable distributed sampler."""
+"""Data pipeline: video/image IO, transforms, the path table, dataset and its DataLoader, resumable
+distributed sampler."""
 
 from .csv_tools import CsvSummary, build_csv, find_media
-from .dataset import VideoDataset, build_dataloader, collate_samples, load_table
+from .dataset import LOADER_TIMEOUT_S, VideoDataset, build_dataloader, collate_samples
 from .sampler import StatefulDistributedSampler
+from .table import PathTable, TableError, load_table
 from .transforms import (
     VideoTransform,
     center_crop_resize,

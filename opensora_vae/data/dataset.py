@@ -21,25 +21,19 @@ import random
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .table import load_table
 from .transforms import VideoTransform, frames_to_clip, temporal_indices
 from .video_io import MediaReadError, VideoFile, is_image, read_image
 from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
-TABLE_EXTS = (".csv", ".parquet", ".pq")
-
 
 class SampleSkipped(Exception):
     """A readable sample that cannot be used (e.g. a video shorter than the clip)."""
-
-
-class TableError(UserError, ValueError):
-    """The CSV/parquet table itself is unusable: missing, unparsable, no 'path' column, no rows."""
 
 
 class UnreadableSamplesError(UserError, RuntimeError):
@@ -62,32 +56,6 @@ class UnreadableSamplesError(UserError, RuntimeError):
         return text.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
 
 
-def load_table(data_path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV or parquet table with a ``path`` column; TableError naming the file if not."""
-    data_path = str(data_path)
-    ext = os.path.splitext(data_path)[1].lower()
-    if ext not in TABLE_EXTS:
-        raise TableError(f"{data_path}: unsupported table type {ext!r} (use {', '.join(TABLE_EXTS)})")
-    if not os.path.isfile(data_path):
-        raise TableError(f"{data_path}: file not found")
-    try:
-        table = pd.read_csv(data_path) if ext == ".csv" else pd.read_parquet(data_path)
-    except ImportError as exc:
-        raise TableError(f"{data_path}: reading parquet needs pyarrow ({exc})") from exc
-    except Exception as exc:  # pandas raises many types (EmptyDataError, ParserError, ...)
-        raise TableError(f"{data_path}: cannot read table ({type(exc).__name__}: {exc})") from exc
-    if "path" not in table.columns:
-        raise TableError(f"{data_path}: no 'path' column (columns: {list(table.columns)})")
-    if len(table) == 0:
-        raise TableError(f"{data_path}: table has no rows")
-    empty = table.index[table["path"].isna() | (table["path"].astype(str).str.strip() == "")]
-    if len(empty):
-        rows = [int(r) + 2 if ext == ".csv" else int(r) for r in empty[:5]]
-        where = "lines" if ext == ".csv" else "rows"
-        raise TableError(f"{data_path}: {len(empty)} empty 'path' values ({where} {rows}...)")
-    return table
-
-
 class VideoDataset(Dataset):
     """Items: ``{"video": (3, T, H, W) float32 in [-1, 1], "index": int (the sample actually
     returned, which differs from the requested one after a replacement), "path": str,
@@ -107,13 +75,8 @@ class VideoDataset(Dataset):
         if num_frames < 1 or frame_interval < 1 or max_retries < 1:
             raise ValueError("num_frames, frame_interval and max_retries must be >= 1")
         self.data_path = str(data_path)
-        self.table = load_table(self.data_path)
-        root = os.path.dirname(os.path.abspath(self.data_path))
-        # Relative paths are relative to the table's folder, so a dataset folder can move.
-        self.paths = [
-            p if os.path.isabs(p) else os.path.normpath(os.path.join(root, p))
-            for p in (os.path.expanduser(str(p)) for p in self.table["path"])
-        ]
+        # Only the paths, in one buffer: no per-row objects to copy into each worker (table.py).
+        self.paths = load_table(self.data_path)
         self.num_frames = num_frames
         self.frame_interval = frame_interval
         self.transform = VideoTransform(transform_name, image_size)

@@ -1,6 +1,7 @@
 """Transforms (hand-computed), the CSV dataset, its DataLoader, and the CSV builder."""
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -136,8 +137,7 @@ def test_relative_paths_spaces_and_non_ascii(tmp_path):
     table_dir.mkdir()
     csv = write_csv(table_dir / "t.csv", ["../my clips/été 日本/vidé o 1.mp4"], caption=["kept"])
     ds = VideoDataset(csv, num_frames=17, image_size=(16, 16), max_retries=RETRIES)
-    assert ds.paths == [str(media / "vidé o 1.mp4")]
-    assert list(ds.table.columns) == ["path", "caption"]
+    assert list(ds.paths) == [str(media / "vidé o 1.mp4")]
     item = ds[0]
     want = T.VideoTransform("center", 16)(T.frames_to_clip(read_video_frames(CLIP_17, range(17))))
     torch.testing.assert_close(item["video"], want, rtol=0, atol=0)
@@ -214,15 +214,39 @@ def test_bad_tables_raise_naming_the_file(tmp_path):
 
 
 def test_parquet_table(tmp_path):
-    table = pd.DataFrame({"path": [CLIP_17]})
-    try:
-        table.to_parquet(tmp_path / "d.parquet")
-    except ImportError:
-        (tmp_path / "d.parquet").write_bytes(b"PAR1")
-        with pytest.raises(ValueError, match="pyarrow"):
-            load_table(tmp_path / "d.parquet")
-        return
-    assert load_table(tmp_path / "d.parquet")["path"].tolist() == [CLIP_17]
+    (tmp_path / "sub").mkdir()
+    pd.DataFrame({"path": ["sub/../a.mp4", CLIP_17], "num_frames": [1, 17]}).to_parquet(tmp_path / "d.parquet")
+    assert list(load_table(tmp_path / "d.parquet")) == [str(tmp_path / "a.mp4"), CLIP_17]
+
+
+def test_paths_resolve_relative_to_the_table_folder_as_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    t = tmp_path / "t"
+    t.mkdir()
+    # Text that looks numeric or like a missing value is a path like any other.
+    rows = ["a.mp4", "../up/b.mp4", "./x/./c.mp4", "/abs/d.mp4", "~/e.mp4", "007", "NA"]
+    csv = write_csv(t / "d.csv", rows)
+    want = [str(t / "a.mp4"), str(tmp_path / "up" / "b.mp4"), str(t / "x" / "c.mp4"), "/abs/d.mp4",
+            str(tmp_path / "home" / "e.mp4"), str(t / "007"), str(t / "NA")]
+    assert list(load_table(csv)) == want
+    (tmp_path / "up").mkdir()
+    monkeypatch.chdir(tmp_path / "up")
+    assert list(load_table(csv)) == want  # whatever the working directory
+
+
+def test_the_table_keeps_only_paths_in_two_arrays(tmp_path):
+    # Other columns are dropped and no row is a Python object (DataLoader workers share the
+    # pages of two arrays instead of copying millions of objects as they touch them).
+    n = 5000
+    rows = [f"clips/{i:05d}.mp4" for i in range(n)]
+    csv = write_csv(tmp_path / "d.csv", rows, caption=[f"a long caption number {i} " * 4 for i in range(n)])
+    ds = VideoDataset(csv, max_retries=RETRIES)
+    table = ds.paths
+    assert len(ds) == len(table) == n and table[4321] == str(tmp_path / "clips" / "04321.mp4")
+    assert table.data.dtype == np.uint8 and table.offsets.dtype == np.int64
+    assert table.nbytes == sum(len(r) for r in rows) + 8 * (n + 1)
+    assert not table.data.flags.writeable and not table.offsets.flags.writeable
+    assert len(pickle.dumps(ds)) < table.nbytes + 10_000  # the dataset holds nothing else per row
 
 
 def test_dataloader_collates_and_set_epoch_reaches_persistent_workers(tmp_path):

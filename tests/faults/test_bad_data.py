@@ -173,7 +173,7 @@ def test_too_many_skips_abort_with_examples_and_every_bad_row_aborts_fast(bad_me
 
 @pytest.mark.parametrize("content,message", [
     ("video\na.mp4\n", "no 'path' column (columns: ['video'])"),
-    ("", "cannot read table (EmptyDataError"),
+    ("", "cannot read table (the file is empty"),
     ("path\n", "table has no rows"),
     ("path\n\"\"\n", "1 empty 'path' values (lines [2]...)"),
 ])
