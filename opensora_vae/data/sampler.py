@@ -15,6 +15,8 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+ITER_CHUNK = 1 << 16  # indices converted to Python ints at a time
+
 
 class StatefulDistributedSampler(Sampler[int]):
     def __init__(
@@ -57,12 +59,16 @@ class StatefulDistributedSampler(Sampler[int]):
         return self._per_rank()
 
     def __iter__(self) -> Iterator[int]:
-        order = self.global_order()
-        count = self._per_rank()
-        positions = self.global_consumed + self.rank + self.num_replicas * np.arange(count)
-        # Without drop_last the tail is padded by wrapping around to the start of the order,
-        # so every rank yields the same number of samples (as torch's DistributedSampler).
-        return iter(order[positions % self.dataset_len].tolist())
+        # The order and the start are fixed now; indices are dealt lazily, a chunk at a time,
+        # so a 30M-row epoch is never 30M Python ints at once.
+        return self._deal(self.global_order(), self.global_consumed + self.rank, self._per_rank())
+
+    def _deal(self, order: np.ndarray, start: int, count: int) -> Iterator[int]:
+        for first in range(0, count, ITER_CHUNK):
+            positions = start + self.num_replicas * np.arange(first, min(count, first + ITER_CHUNK))
+            # Without drop_last the tail is padded by wrapping around to the start of the order,
+            # so every rank yields the same number of samples (as torch's DistributedSampler).
+            yield from order[positions % self.dataset_len].tolist()
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch``. Calling it with the current epoch keeps the position, so the usual

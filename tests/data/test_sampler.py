@@ -36,6 +36,33 @@ def test_ranks_partition_the_epoch_without_overlap():
     assert order.tolist() != list(range(n))  # actually shuffled
 
 
+def test_the_order_is_the_one_checkpoints_were_written_with():
+    # Literal values from the sampler as of the first release: a saved position means these
+    # indices, so any change to the order (or to how it is dealt) breaks resuming old runs.
+    s = StatefulDistributedSampler(20, 3, 1, seed=42)
+    assert list(s) == [9, 12, 19, 16, 18, 17]
+    s.advance(6)
+    assert list(s) == [19, 16, 18, 17]
+    s.set_epoch(1)
+    assert list(s) == [4, 3, 18, 12, 2, 15]
+    tail = StatefulDistributedSampler(7, 2, 1, seed=3, drop_last=False)
+    tail.advance(2)
+    assert list(tail) == [1, 3, 5]
+
+
+def test_a_large_epoch_is_yielded_lazily_in_the_same_order():
+    # 3M indices: dealt in chunks, never one Python int per index of the epoch at once.
+    s = StatefulDistributedSampler(3_000_000, 2, 1, seed=9)
+    s.advance(10)
+    it = iter(s)
+    order = s.global_order()
+    head = [next(it) for _ in range(5)]
+    assert head == order[11:21:2].tolist()
+    assert not isinstance(it, (list, type(iter([]))))
+    rest = np.fromiter(it, dtype=np.int64)
+    assert np.array_equal(rest, order[21::2][: len(s) - 5]) and len(rest) == len(s) - 5
+
+
 def test_order_is_a_function_of_seed_and_epoch_only():
     a = StatefulDistributedSampler(50, 4, 1, seed=7)
     b = StatefulDistributedSampler(50, 4, 1, seed=7)
