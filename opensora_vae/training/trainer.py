@@ -334,7 +334,7 @@ class Trainer:
                 self.ema.load_full_state(ckpt_io.read_weights(self.resume_dir / "ema"))
             else:
                 logger.warning("checkpoint has no EMA weights: the EMA starts from the loaded model")
-        self.sampler.load_state_dict(state["sampler"])
+        order_change = self.sampler.load_state_dict(state["sampler"])
         same_layout = state["world_size"] == env.world_size and state["batch_size"] == cfg.batch_size
         if same_layout:
             rng = state["rng"][env.rank]
@@ -352,12 +352,17 @@ class Trainer:
                                "data continues at global sample %d of epoch %d, but noise streams are "
                                "re-seeded, so the run is not bit-identical to an uninterrupted one",
                                env.world_size, cfg.batch_size, state["world_size"], state["batch_size"],
-                               state["sampler"]["global_consumed"], state["sampler"]["epoch"])
+                               self.sampler.global_consumed, self.sampler.epoch)
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
         self.nonfinite_streak = int(state["nonfinite_streak"])
         self.skipped_total = int(state["skipped_total"])
         self.attempts_total = int(state["attempts_total"])
+        if order_change is not None:
+            if "dataset_len" in order_change.changed:  # the saved counts judged the old table's rows
+                self.skipped_total = self.attempts_total = 0
+            if env.is_main:
+                logger.warning("resuming from %s: %s", self.resume_dir, order_change)
         if env.is_main:
             logger.info("resumed from %s at step %d (epoch %d)", self.resume_dir, self.global_step, self.epoch)
 
