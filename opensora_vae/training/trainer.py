@@ -46,6 +46,7 @@ logger = logging.getLogger("opensora_vae.training")
 
 # The unreadable-sample fraction is only judged after this many read attempts (all ranks).
 MIN_ATTEMPTS_FOR_SKIP_CHECK = 20
+MAX_SKIP_EXAMPLES = 5  # unreadable files named per rank, and in all, by the abort message
 HISTORY_LIMIT = 10_000  # per-step metrics kept in memory for callers (tests, notebooks)
 
 
@@ -439,11 +440,19 @@ class Trainer:
                 f"rate, check the data, or resume from an earlier checkpoint.")
         if (self.attempts_total >= MIN_ATTEMPTS_FOR_SKIP_CHECK
                 and self.skipped_total > cfg.max_skip_fraction * self.attempts_total):
-            examples = "; ".join(f"{p}: {r}" for p, r in list(self._seen_skips.items())[:5])
+            # Every rank is here at the same step (the counts are sums over ranks): gathering is safe.
+            seen: dict[str, str] = {}
+            for skips in all_gather_objects(list(self._seen_skips.items())[:MAX_SKIP_EXAMPLES]):
+                seen.update(skips)
+            examples = "; ".join(f"{p}: {r}" for p, r in list(seen.items())[:MAX_SKIP_EXAMPLES])
+            window = cfg.dataset.num_frames * cfg.dataset.frame_interval
             raise TrainingAborted(
                 f"aborting at step {step}: {self.skipped_total} of {self.attempts_total} sample reads "
-                f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Examples on rank "
-                f"{self.env.rank}: {examples or 'none on this rank'}")
+                f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Unreadable: "
+                f"{examples or 'none since this run started (the counts include reads before the resume)'}. "
+                f"Either remove or fix those rows (`python scripts/make_csv.py <folder> <csv> --min-frames "
+                f"{window}` leaves out clips shorter than a {window}-frame window) and resume with --load auto, "
+                f"or allow more with --cfg-options max_skip_fraction=<a higher fraction>")
 
     def _log_new_skips(self, skipped: list[tuple[str, str]]) -> None:
         for path, reason in skipped:

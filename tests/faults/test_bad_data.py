@@ -158,7 +158,7 @@ def test_too_many_skips_abort_with_examples_and_every_bad_row_aborts_fast(bad_me
 
     assert too_many.code == 2 and "Traceback" not in too_many.out, too_many.out
     match = re.search(r"error: aborting at step (\d+): (\d+) of (\d+) sample reads failed "
-                      r"\(> max_skip_fraction=0\.05\)\. Examples on rank 0: ([^\n]+)", too_many.out)
+                      r"\(> max_skip_fraction=0\.05\)\. Unreadable: ([^\n]+)", too_many.out)
     assert match, too_many.out
     skipped, attempts = int(match.group(2)), int(match.group(3))
     assert attempts >= 20 and skipped > 0.05 * attempts
