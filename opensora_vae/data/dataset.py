@@ -6,8 +6,8 @@ Design choices (differences from the Open-Sora 1.2 reference are deliberate):
   temporal VAE that motion stops; a 1-frame video is treated as an image.
 - Images are read as one frame and tiled to ``num_frames`` (static clips, as in the
   reference), so they batch with videos; the training loop decides how frames are used.
-- An unreadable sample is never fatal: it is recorded in the item's ``skipped`` list, logged,
-  and replaced by the next index (wrapping). ``max_retries`` consecutive failures raise, so a
+- An unreadable sample is never fatal: it is recorded in the item's ``skipped`` list (which the
+  caller reports), and replaced by the next index (wrapping). ``max_retries`` consecutive failures raise, so a
   CSV of bad rows fails fast instead of looping forever.
 - The temporal crop is drawn from ``np.random.default_rng([seed, epoch, index])``: an item is a
   pure function of (seed, epoch, index), whatever the worker that loads it or when.
@@ -129,7 +129,8 @@ class VideoDataset(Dataset):
             except (MediaReadError, SampleSkipped, OSError) as exc:
                 reason = exc.reason if isinstance(exc, MediaReadError) else str(exc)
                 skipped.append((self.paths[i], reason))
-                logger.warning("skipping sample %d %s: %s", i, self.paths[i], reason)
+                # The caller reports skips (the trainer once per file, with its rank): debug here.
+                logger.debug("skipping sample %d %s: %s", i, self.paths[i], reason)
                 continue
             return {"video": video, "index": i, "path": self.paths[i], "is_image": image,
                     "skipped": skipped}

@@ -67,7 +67,7 @@ def test_too_many_unreadable_rows_abort_naming_the_files_once(short_table, abort
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = EventAccumulator(str(outputs / "tensorboard")).Reload().Tags()["scalars"]
-    assert "data/skipped_samples_per_step" in tags and "data/skipped_step" not in tags
+    assert "data/skipped_samples_step" in tags and "data/skipped_step" not in tags
 
 
 @pytest.mark.timeout(400)
