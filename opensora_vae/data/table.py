@@ -8,8 +8,9 @@ between them, so each worker's private memory grows towards the size of the tabl
 int64 offsets (row ``i`` is ``data[offsets[i]:offsets[i + 1]]``): two objects whatever the number
 of rows, never written after loading, so forked workers keep sharing their pages.
 
-Only the ``path`` column is read (pyarrow, streamed in batches into a buffer that grows in place,
-so the peak stays near the final size); other columns are never parsed into memory. A relative
+Only the ``path`` column is read (pyarrow, streamed in batches, then copied batch by batch into
+arrays of the exact size, so the peak stays near one copy of the column); other columns are never
+converted. A relative
 path is relative to the table's folder, so a dataset folder can move: rows are stored as written
 and resolved when read (``~`` expanded, relative ones joined to the folder and normalised).
 """
@@ -32,27 +33,6 @@ MAX_EMPTY_REPORTED = 5
 
 class TableError(UserError, ValueError):
     """The CSV/parquet table itself is unusable: missing, unparsable, no 'path' column, no rows."""
-
-
-class _Growing:
-    """A 1-D numpy array appended to in place: ``ndarray.resize`` reallocates (large blocks are
-    remapped, not copied), so the peak is the final size plus one batch, not twice the data."""
-
-    def __init__(self, dtype, capacity: int = 1 << 16):
-        self.array = np.empty(max(1, capacity), dtype=dtype)
-        self.size = 0
-
-    def extend(self, values: np.ndarray) -> None:
-        end = self.size + len(values)
-        if end > len(self.array):
-            self.array.resize(max(end, 2 * len(self.array)), refcheck=False)
-        self.array[self.size:end] = values
-        self.size = end
-
-    def finish(self) -> np.ndarray:
-        self.array.resize(self.size, refcheck=False)
-        self.array.flags.writeable = False
-        return self.array
 
 
 class PathTable:
@@ -151,14 +131,18 @@ def _parquet_batches(data_path: str):
 
 
 def _concatenate(columns) -> tuple[np.ndarray, np.ndarray, list[int], int]:
-    """(data, offsets, first empty rows, number of empty rows) of a stream of arrow string arrays."""
+    """(data, offsets, first empty rows, number of empty rows) of a stream of arrow string arrays.
+
+    The batches are kept (as read, zero-copy) until their total size is known; then each is
+    copied into arrays of exactly that size and released at once, so the peak stays near one
+    copy of the column (growing an array instead would hold up to twice its final size).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    data, offsets = _Growing(np.uint8), _Growing(np.int64)
-    offsets.extend(np.zeros(1, dtype=np.int64))
+    parts: list[tuple[np.ndarray, np.ndarray]] = []  # per batch: (lengths, bytes)
     empty: list[int] = []
-    num_empty = rows = 0
+    num_empty = rows = num_bytes = 0
     for column in columns:
         n = len(column)
         width = np.dtype(np.int64 if pa.types.is_large_string(column.type) else np.int32)
@@ -171,9 +155,22 @@ def _concatenate(columns) -> tuple[np.ndarray, np.ndarray, list[int], int]:
             hits = np.flatnonzero(blank)
             empty.extend((hits[: MAX_EMPTY_REPORTED - len(empty)] + rows).tolist())
             num_empty += len(hits)
-        base = data.size
-        if n and local[-1] > local[0]:
-            data.extend(np.frombuffer(data_buf, dtype=np.uint8)[local[0]:local[-1]])
-        offsets.extend(base + np.cumsum(lengths, dtype=np.int64))
-        rows += n
-    return data.finish(), offsets.finish(), empty, num_empty
+        chars = np.frombuffer(data_buf, dtype=np.uint8)[local[0]:local[-1]] if n and local[-1] > local[0] \
+            else np.zeros(0, np.uint8)
+        parts.append((lengths, chars))
+        rows, num_bytes = rows + n, num_bytes + len(chars)
+    data, offsets = np.empty(num_bytes, dtype=np.uint8), np.empty(rows + 1, dtype=np.int64)
+    offsets[0] = row = pos = 0
+    pool = pa.default_memory_pool()
+    parts.reverse()  # pop() from the end: the first batch first
+    while parts:
+        lengths, chars = parts.pop()
+        data[pos:pos + len(chars)] = chars
+        np.cumsum(lengths, out=offsets[row + 1:row + 1 + len(lengths)])
+        offsets[row + 1:row + 1 + len(lengths)] += pos
+        row, pos = row + len(lengths), pos + len(chars)
+        del lengths, chars  # the batch's arrow buffers go with the last view of them
+        if len(parts) % 64 == 0:
+            pool.release_unused()
+    data.flags.writeable = offsets.flags.writeable = False
+    return data, offsets, empty, num_empty
