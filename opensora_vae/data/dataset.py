@@ -15,6 +15,7 @@ Design choices (differences from the Open-Sora 1.2 reference are deliberate):
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
@@ -151,14 +152,34 @@ def collate_samples(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class _WorkerSeeder:
-    """Seeds global RNGs per (seed, rank, worker) for any code that still uses them; the
-    dataset itself never does. A class, not a closure, so it pickles for spawn workers."""
+# glibc's own default for both thresholds. Setting them at all turns off glibc's habit of raising
+# the mmap threshold after a large block is freed: after that, every decoded frame buffer of a
+# worker came from its heap, whose pages (shared with the main process until touched) were then
+# copied and never returned, so a worker's private memory grew by ~100-200 MB over a few hundred
+# reads whatever the table size. Fixed, large buffers are mmapped and unmapped when freed.
+MALLOC_THRESHOLD_BYTES = 128 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt options (malloc.h)
+
+
+def _fix_malloc_thresholds() -> None:
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to fix
+        return
+    for option in (_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD):
+        mallopt(option, MALLOC_THRESHOLD_BYTES)
+
+
+class _WorkerInit:
+    """In each DataLoader worker: fixed malloc thresholds (above), and global RNGs seeded per
+    (seed, rank, worker) for any code that still uses them (the dataset itself never does).
+    A class, not a closure, so it pickles for spawn workers."""
 
     def __init__(self, seed: int, rank: int):
         self.seed, self.rank = seed, rank
 
     def __call__(self, worker_id: int) -> None:
+        _fix_malloc_thresholds()
         seq = np.random.SeedSequence([self.seed, self.rank, worker_id])
         worker_seed = int(seq.generate_state(1)[0])
         random.seed(worker_seed)
@@ -183,11 +204,11 @@ def build_dataloader(
     prefetch_factor: int | None = 2,
     collate_fn: Callable[[list], Any] = collate_samples,
 ) -> DataLoader:
-    """The one DataLoader of training and inference: in-order (the sampler decides), with
-    per-(seed, rank, worker) seeding, a worker timeout (a stuck decode raises instead of
-    hanging), persistent workers by default when there are workers (the dataset's epoch lives
-    in shared memory, so set_epoch still reaches them), and pinned memory only when CUDA is
-    available."""
+    """The one DataLoader of training and inference: in-order (the sampler decides); in each
+    worker, fixed malloc thresholds and per-(seed, rank, worker) seeding (`_WorkerInit`); a worker
+    timeout (a stuck decode raises instead of hanging); persistent workers by default when there
+    are workers (the dataset's epoch lives in shared memory, so set_epoch still reaches them); and
+    pinned memory only when CUDA is available."""
     workers = num_workers > 0
     return DataLoader(
         dataset,
@@ -199,7 +220,7 @@ def build_dataloader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         timeout=timeout_s if workers else 0,
-        worker_init_fn=_WorkerSeeder(seed, rank) if workers else None,
+        worker_init_fn=_WorkerInit(seed, rank) if workers else None,
         persistent_workers=workers if persistent_workers is None else (persistent_workers and workers),
         prefetch_factor=prefetch_factor if workers else None,
     )
