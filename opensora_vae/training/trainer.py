@@ -46,6 +46,7 @@ logger = logging.getLogger("opensora_vae.training")
 
 # The unreadable-sample fraction is only judged after this many read attempts (all ranks).
 MIN_ATTEMPTS_FOR_SKIP_CHECK = 20
+MAX_SKIP_EXAMPLES = 5  # unreadable files named per rank, and in all, by the abort message
 HISTORY_LIMIT = 10_000  # per-step metrics kept in memory for callers (tests, notebooks)
 
 
@@ -334,7 +335,7 @@ class Trainer:
                 self.ema.load_full_state(ckpt_io.read_weights(self.resume_dir / "ema"))
             else:
                 logger.warning("checkpoint has no EMA weights: the EMA starts from the loaded model")
-        self.sampler.load_state_dict(state["sampler"])
+        order_change = self.sampler.load_state_dict(state["sampler"])
         same_layout = state["world_size"] == env.world_size and state["batch_size"] == cfg.batch_size
         if same_layout:
             rng = state["rng"][env.rank]
@@ -352,12 +353,17 @@ class Trainer:
                                "data continues at global sample %d of epoch %d, but noise streams are "
                                "re-seeded, so the run is not bit-identical to an uninterrupted one",
                                env.world_size, cfg.batch_size, state["world_size"], state["batch_size"],
-                               state["sampler"]["global_consumed"], state["sampler"]["epoch"])
+                               self.sampler.global_consumed, self.sampler.epoch)
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
         self.nonfinite_streak = int(state["nonfinite_streak"])
         self.skipped_total = int(state["skipped_total"])
         self.attempts_total = int(state["attempts_total"])
+        if order_change is not None:
+            if "dataset_len" in order_change.changed:  # the saved counts judged the old table's rows
+                self.skipped_total = self.attempts_total = 0
+            if env.is_main:
+                logger.warning("resuming from %s: %s", self.resume_dir, order_change)
         if env.is_main:
             logger.info("resumed from %s at step %d (epoch %d)", self.resume_dir, self.global_step, self.epoch)
 
@@ -434,11 +440,19 @@ class Trainer:
                 f"rate, check the data, or resume from an earlier checkpoint.")
         if (self.attempts_total >= MIN_ATTEMPTS_FOR_SKIP_CHECK
                 and self.skipped_total > cfg.max_skip_fraction * self.attempts_total):
-            examples = "; ".join(f"{p}: {r}" for p, r in list(self._seen_skips.items())[:5])
+            # Every rank is here at the same step (the counts are sums over ranks): gathering is safe.
+            seen: dict[str, str] = {}
+            for skips in all_gather_objects(list(self._seen_skips.items())[:MAX_SKIP_EXAMPLES]):
+                seen.update(skips)
+            examples = "; ".join(f"{p}: {r}" for p, r in list(seen.items())[:MAX_SKIP_EXAMPLES])
+            window = cfg.dataset.num_frames * cfg.dataset.frame_interval
             raise TrainingAborted(
                 f"aborting at step {step}: {self.skipped_total} of {self.attempts_total} sample reads "
-                f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Examples on rank "
-                f"{self.env.rank}: {examples or 'none on this rank'}")
+                f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Unreadable: "
+                f"{examples or 'none since this run started (the counts include reads before the resume)'}. "
+                f"Either remove or fix those rows (`python scripts/make_csv.py <folder> <csv> --min-frames "
+                f"{window}` leaves out clips shorter than a {window}-frame window) and resume with --load auto, "
+                f"or allow more with --cfg-options max_skip_fraction=<a higher fraction>")
 
     def _log_new_skips(self, skipped: list[tuple[str, str]]) -> None:
         for path, reason in skipped:
