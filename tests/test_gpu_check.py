@@ -5,9 +5,12 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from tests.helpers import REPO
 
 
+@pytest.mark.slow  # five real processes (two torchrun trainings, inference, eval, one throughput run)
 def test_gpu_check_cpu_path_writes_one_json(tmp_path):
     out = tmp_path / "check.json"
     # One throughput run keeps the suite fast; the others are recorded as skipped.
