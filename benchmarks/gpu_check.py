@@ -41,6 +41,7 @@ INSTALL_LPIPS = REPO / "tools" / "install_lpips_backbones.py"
 MEDIA = REPO / "assets" / "media"
 CLIP = MEDIA / "city_cc0_0-99.mp4"  # 100 frames: long enough for 33-frame clips
 SHORT_CLIP = MEDIA / "city_cc0_256_17f.mp4"  # 17 frames, 256²: the eval's clip
+MARKER = ".gpu_check"  # marks a work folder this script may delete and remake
 
 # What differs between the two devices; everything else is the same code path.
 PROFILES = {
@@ -170,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     prof = PROFILES[args.device]
     work = (args.work or REPO / "outputs" / f"gpu_check_{args.device}").resolve()
-    if work.exists():
-        shutil.rmtree(work)  # fresh run folders: the trainer refuses runs into used outputs
-    work.mkdir(parents=True)
+    marker = work / MARKER
+    if work.exists() and any(work.iterdir()):
+        if not marker.is_file():
+            print(f"gpu_check: --work {work} is not empty and was not made by gpu_check; pass a new folder",
+                  file=sys.stderr)
+            return 2
+        shutil.rmtree(work)  # an earlier check's folder: fresh run folders (used outputs are refused)
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by benchmarks/gpu_check.py: deleted and remade by the next check\n")
     out_json = (args.out or work / "gpu_check.json").resolve()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
