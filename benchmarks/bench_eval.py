@@ -187,7 +187,8 @@ def reference_process(real_dir: str, gen_dir: str, out: str, metrics: list[str])
 
 
 def _child_env() -> dict:
-    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": path}
 
 
 def _timed(cmd: list[str]) -> float:

@@ -228,22 +228,28 @@ def _read_pair(pair: MediaPair, num_frames: int, sample_rate: int, out: _Decoded
     if is_image(pair.real):
         real, gen = read_image(pair.real)[None], read_image(pair.generated)[None]
     else:
-        real_file, gen_file = VideoFile(pair.real), VideoFile(pair.generated)
-        n_real, n_gen = real_file.num_frames, gen_file.num_frames
-        indices = frame_indices(num_frames, sample_rate, min(n_real, n_gen))
-        if len(indices) != len(frame_indices(num_frames, sample_rate, max(n_real, n_gen))):
-            # A reconstruction that lost frames would be scored on the frames it kept only.
-            raise EvalError(f"{pair.name}: frame counts differ within the {num_frames} frames requested at "
-                            f"stride {sample_rate}: {pair.real} has {n_real}, {pair.generated} has {n_gen}")
-        if len(indices) < num_frames:
-            out.notes.append(f"{pair.name}: shorter than requested ({num_frames} frames at stride {sample_rate}): "
-                             f"real has {n_real}, generated has {n_gen} frames; using {len(indices)} frames "
-                             f"(indices 0..{indices[-1]})")
-        real, gen = real_file.read(indices), gen_file.read(indices)
-        out.fps = {"real": real_file.info.fps, "generated": gen_file.info.fps}
+        with VideoFile(pair.real) as real_file, VideoFile(pair.generated) as gen_file:
+            real, gen = _read_videos(pair, real_file, gen_file, num_frames, sample_rate, out)
     if real.shape != gen.shape:
         raise EvalError(f"{pair.name}: frame sizes differ: {pair.real} is {real.shape[1]}x{real.shape[2]}, "
                         f"{pair.generated} is {gen.shape[1]}x{gen.shape[2]}")
+    return real, gen
+
+
+def _read_videos(pair: MediaPair, real_file: VideoFile, gen_file: VideoFile, num_frames: int, sample_rate: int,
+                 out: _Decoded) -> tuple[np.ndarray, np.ndarray]:
+    n_real, n_gen = real_file.num_frames, gen_file.num_frames
+    indices = frame_indices(num_frames, sample_rate, min(n_real, n_gen))
+    if len(indices) != len(frame_indices(num_frames, sample_rate, max(n_real, n_gen))):
+        # A reconstruction that lost frames would be scored on the frames it kept only.
+        raise EvalError(f"{pair.name}: frame counts differ within the {num_frames} frames requested at "
+                        f"stride {sample_rate}: {pair.real} has {n_real}, {pair.generated} has {n_gen}")
+    if len(indices) < num_frames:
+        out.notes.append(f"{pair.name}: shorter than requested ({num_frames} frames at stride {sample_rate}): "
+                         f"real has {n_real}, generated has {n_gen} frames; using {len(indices)} frames "
+                         f"(indices 0..{indices[-1]})")
+    real, gen = real_file.read(indices), gen_file.read(indices)
+    out.fps = {"real": real_file.fps, "generated": gen_file.fps}
     return real, gen
 
 
