@@ -10,6 +10,10 @@ class UserError(Exception):
     """Bad input (settings, paths, data): exit 2 with the message, no traceback."""
 
     exit_code = 2
+    # Most user errors come from input every rank sees the same way (settings, the table, a
+    # checkpoint rank 0 resolved for all): under torchrun only rank 0 prints them. Errors about
+    # what one rank alone read (its samples) set this False, and that rank prints them.
+    same_on_all_ranks = True
 
     def one_line(self) -> str:
         """What the CLI prints after `error: ` (subclasses drop e.g. a worker's traceback)."""

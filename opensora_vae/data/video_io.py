@@ -162,6 +162,11 @@ class VideoFile:
         return self._num_frames
 
     @property
+    def fps(self) -> float:
+        """The stream's average frame rate, from the container (nothing is decoded)."""
+        return self._fps
+
+    @property
     def info(self) -> VideoInfo:
         """Frame count, fps and the (upright) size of the frames ``read`` returns."""
         if self._info is None:

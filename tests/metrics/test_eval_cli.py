@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from opensora_vae.data.video_io import read_video_frames, write_video
-from opensora_vae.lpips_backbone import find_backbone
+from opensora_vae.lpips import find_backbone
 from opensora_vae.metrics import LPIPSMetric, psnr, ssim
 from opensora_vae.metrics.pwcnet import PWC_WEIGHTS_ENV
-from opensora_vae.metrics.runner import preprocess
+from opensora_vae.metrics.protocol import preprocess
 from tests.helpers import CLIP_17, EVAL_ENTRY
 
 SCRIPT = EVAL_ENTRY
