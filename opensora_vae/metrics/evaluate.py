@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
-from ..errors import OutputExistsError
+from ..errors import OutputExistsError, check_folder_location
 from .protocol import EvalError, MediaPair, frame_indices, pair_files, preprocess
 
 if TYPE_CHECKING:  # the metric modules are imported when a metric is asked for (lpips costs seconds)
@@ -271,13 +271,7 @@ def check_results_file(path: Path, real_dir: str | os.PathLike, gen_dir: str | o
     path = Path(path)
     if path.is_dir():
         raise EvalError(f"cannot write results to {path}: it is a folder")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EvalError(f"cannot write results under {path.parent}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise EvalError(f"cannot write results under {path.parent}: {parent} is not writable")
-            break
+    check_folder_location(path.parent, "cannot write results under", EvalError)
     if not path.exists() or overwrite:
         return
     try:

@@ -29,7 +29,7 @@ from ..cli import setup_logging
 from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader
 from ..distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, broadcast_object,
                            init_distributed)
-from ..errors import UserError
+from ..errors import UserError, check_folder_location
 from ..losses import LossSettings, VAELoss, build_perceptual, freeze_unreached_params
 from ..models.checkpoint_io import CheckpointError
 from ..models.pipeline import VideoVAEPipeline
@@ -95,16 +95,6 @@ def _configure_determinism(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _check_outputs_location(outputs: Path) -> None:
-    for parent in (outputs, *outputs.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--outputs {outputs}: '{parent}' is a file, not a folder; pass a folder path")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(f"--outputs {outputs}: '{parent}' is not writable")
-            return
-
-
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
@@ -144,7 +134,7 @@ class Trainer:
             raise UserError("no training data: pass --data-path (a CSV/parquet with a 'path' column)")
         if cfg.wandb:
             check_wandb_available()
-        _check_outputs_location(self.outputs)
+        check_folder_location(self.outputs, "--outputs")
         self.settings = LossSettings.from_config(cfg)
         self.fsdp = cfg.parallel == "fsdp"
         self._build_data()  # reads and sizes the table: a bad one fails before any output exists
