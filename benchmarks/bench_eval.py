@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_write:
         from results_md import write_section  # the one RESULTS.md section writer
 
-        write_section(section, name=SECTION)
+        write_section(SECTION, section)
         print("\nwritten to benchmarks/RESULTS.md")
 
 
