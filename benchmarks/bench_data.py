@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import av
 import numpy as np
 
-from bench_decode_memory import write_section  # noqa: E402 - also puts this checkout first on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's opensora_vae
 from opensora_vae.data.transforms import center_crop_resize, frames_to_clip  # noqa: E402
 from opensora_vae.data.video_io import VideoFile, read_video_frames, write_video  # noqa: E402
 
@@ -103,7 +105,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        write_section(table, name="bench_data")
+        from results_md import write_section
+
+        write_section("bench_data", table)
 
 
 if __name__ == "__main__":

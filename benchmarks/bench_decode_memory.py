@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 SOURCES = {"1080p": (1920, 1080), "4K": (3840, 2160)}
 METHODS = {"full": "full read, then transform (before)", "from_video": "`VideoTransform.from_video` (now)"}
 SAMPLE = dict(start=4, num_frames=17, size=256)  # frames 4..20: a seek, as a random window makes
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "bench_decode_memory"
 
 
@@ -97,19 +96,6 @@ def run_child(path: Path, method: str, **sample) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def write_section(markdown: str, results: Path = RESULTS, name: str = SECTION) -> None:
-    """Replace this script's section of RESULTS.md (between its markers), or append it."""
-    begin, end = f"<!-- {name}: begin (generated, do not edit) -->", f"<!-- {name}: end -->"
-    block = f"{begin}\n{markdown.strip()}\n{end}"
-    text = results.read_text() if results.exists() else ""
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    results.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-write", action="store_true", help="print the table only, leave RESULTS.md")
@@ -159,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     table = "\n".join(lines)
     print("\n" + table)
     if not args.no_write:
-        write_section(table)
+        from results_md import RESULTS, write_section  # benchmarks/ is on sys.path: this script's folder
+
+        write_section(SECTION, table)
         print(f"\nwritten to {RESULTS}")
 
 

@@ -336,9 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     section = render(args, whole, inproc, (load_before, os.getloadavg()[0]), _ssim_filter()[0])
     print(section)
     if not args.no_write:
-        from bench_decode_memory import write_section  # the one RESULTS.md section writer
+        from results_md import write_section  # the one RESULTS.md section writer
 
-        write_section(section, name=SECTION)
+        write_section(SECTION, section)
         print("\nwritten to benchmarks/RESULTS.md")
 
 

@@ -52,7 +52,7 @@ def main() -> None:
                         ("temporal + spatial tiled", lambda: pipe.enable_tiling(args.tile, args.overlap, spatial=True))):
         setup()
         t0 = time.perf_counter()
-        rec = pipe.reconstruct(x)
+        rec = pipe.reconstruct(x).rec
         results[name] = (rec, time.perf_counter() - t0)
     pipe.disable_tiling()
     ref = results["untiled"][0]

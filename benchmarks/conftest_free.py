@@ -1,16 +1,21 @@
-"""Builds benchmark models without pytest fixtures."""
+"""Builds benchmark models without pytest fixtures, from the repository's configs."""
+
+from pathlib import Path
 
 import torch
+from mmengine.config import Config
 
-from opensora_vae.models import SpatialVAE, TemporalVAE, VideoVAEPipeline
+from opensora_vae.config import load_config
+from opensora_vae.models import VideoVAEPipeline
 
-TINY_SPATIAL = dict(_class_name="AutoencoderKL", in_channels=3, out_channels=3,
-                    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                    block_out_channels=[16, 32, 32, 32], layers_per_block=1, latent_channels=4,
-                    norm_num_groups=8, sample_size=64)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "vae"
 
 
 def tiny_pipeline_for_bench(filters: int = 64) -> VideoVAEPipeline:
+    """The tiny spatial VAE of configs/vae/train/tiny/stage1.py with the released temporal VAE's
+    depth at `filters` channels (the released model has 128)."""
+    model = Config.fromfile(str(CONFIGS / "_base_" / "model_v1_2.py")).model.to_dict()
+    model["spatial"] = load_config(CONFIGS / "train" / "tiny" / "stage1.py").model.to_dict()["spatial"]
+    model["temporal"]["filters"] = filters
     torch.manual_seed(0)
-    spatial = SpatialVAE.from_config(TINY_SPATIAL, micro_batch_size=4)
-    return VideoVAEPipeline(spatial, TemporalVAE(filters=filters), micro_frame_size=17).eval()
+    return VideoVAEPipeline.from_train_config(model).eval()

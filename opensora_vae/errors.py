@@ -27,3 +27,19 @@ class MissingWeightsError(UserError, FileNotFoundError):
 
 class OutputExistsError(UserError, FileExistsError):
     """An output location that already holds results a run would mix with or overwrite."""
+
+
+def check_folder_location(folder, what: str, error: type[UserError] = UserError) -> None:
+    """`folder` can be created (or is) a writable folder: its nearest existing ancestor (or itself)
+    is a writable directory. Checked before any work, so results are never lost at the end."""
+    import os
+    from pathlib import Path
+
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise error(f"{what} {folder}: '{parent}' is a file, not a folder; pass a folder path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise error(f"{what} {folder}: '{parent}' is not writable")
+            return

@@ -21,7 +21,7 @@ import torch.nn as nn
 from .models.distributions import DiagonalGaussian
 
 if TYPE_CHECKING:
-    from .models.pipeline import VideoVAEPipeline
+    from .models.pipeline import PipelineOutput, VideoVAEPipeline
 
 
 def frames_l1(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -102,25 +102,25 @@ class VAELoss(nn.Module):
         if self.perceptual is not None:
             self.perceptual.eval().requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, x_rec: torch.Tensor | None, x_z_rec: torch.Tensor,
-                z: torch.Tensor, posterior: DiagonalGaussian, x_z: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, out: PipelineOutput) -> dict[str, torch.Tensor]:
+        """`x`: the input clip; `out`: the pipeline's training pass on it."""
         s = self.settings
         terms: dict[str, torch.Tensor] = {}
         if s.use_real_rec_loss:
-            if x_rec is None:
+            if out.x_rec is None:
                 raise ValueError("the pixel loss needs x_rec: run the pipeline with decode_pixels=True")
-            terms["pixel_l1"] = frames_l1(x, x_rec)
+            terms["pixel_l1"] = frames_l1(x, out.x_rec)
             if self.perceptual is not None:
-                terms["perceptual"] = s.perceptual_loss_weight * frames_perceptual(self.perceptual, x, x_rec)
-            terms["kl"] = s.kl_loss_weight * kl_per_sample(posterior)
+                terms["perceptual"] = s.perceptual_loss_weight * frames_perceptual(self.perceptual, x, out.x_rec)
+            terms["kl"] = s.kl_loss_weight * kl_per_sample(out.posterior)
         identity = s.use_image_identity_loss and x.shape[2] == 1
         if s.use_z_rec_loss or identity:
-            target = x_z.detach() if s.detach_z_target else x_z
+            target = out.x_z.detach() if s.detach_z_target else out.x_z
             if s.use_z_rec_loss:
-                terms["z_rec"] = frames_l1(target, x_z_rec)
+                terms["z_rec"] = frames_l1(target, out.x_z_rec)
             if identity:
                 # One frame gives one latent frame: the temporal VAE should pass the image through.
-                terms["identity"] = frames_l1(target, z)
+                terms["identity"] = frames_l1(target, out.z)
         terms["loss"] = torch.stack(list(terms.values())).sum()
         return terms
 

@@ -1,4 +1,4 @@
-"""Reconstruct a CSV's videos/images with a VAE pipeline checkpoint.
+r"""Reconstruct a CSV's videos/images with a VAE pipeline checkpoint.
 
     python scripts/inference_vae.py configs/vae/inference/video.py \
         --ckpt-path CKPT --data-path data.csv --save-dir samples/run1 [--num-samples N]

@@ -45,13 +45,13 @@ def run_entry(path: Path, argv) -> int:
 def build_tiny_pipeline(seed: int = 0, **model_overrides):
     """The tiny-config pipeline with deterministic random weights."""
     from opensora_vae.config import load_config
-    from opensora_vae.models import build_pipeline
+    from opensora_vae.models import VideoVAEPipeline
 
     cfg = load_config(TINY_STAGE1)
     model_cfg = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
     model_cfg.update(model_overrides)
     torch.manual_seed(seed)
-    return build_pipeline(model_cfg)
+    return VideoVAEPipeline.from_train_config(model_cfg)
 
 
 def make_media_csv(folder: Path, num_images: int = 2, videos=(CLIP_17,), extra_rows=()) -> Path:

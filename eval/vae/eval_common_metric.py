@@ -1,4 +1,4 @@
-"""Evaluate reconstructed videos against the originals (SSIM, PSNR, LPIPS, FloLPIPS).
+"""Evaluate reconstructed videos against the originals (SSIM, PSNR, LPIPS, FloLPIPS, FVD).
 
 Same flags as the Open-Sora 1.2 reference script. Example:
   python eval/vae/eval_common_metric.py --real_video_dir samples/real \
@@ -15,7 +15,7 @@ import argparse
 from typing import Sequence
 
 from opensora_vae.cli import run_cli, setup_logging  # first: sets the CPU thread policy before torch loads
-from opensora_vae.metrics.evaluate import EVAL_METRICS, evaluate_dirs, results_path
+from opensora_vae.metrics.evaluate import DEFAULT_EVAL_METRICS, EVAL_METRICS, evaluate_dirs, results_path
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -30,7 +30,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_frames", type=int, default=100)
     p.add_argument("--sample_rate", type=int, default=1, help="frame stride")
     p.add_argument("--subset_size", type=int, default=None, help="evaluate only the first N pairs")
-    p.add_argument("--metric", nargs="+", default=list(EVAL_METRICS), choices=list(EVAL_METRICS))
+    p.add_argument("--metric", nargs="+", default=list(DEFAULT_EVAL_METRICS), choices=list(EVAL_METRICS),
+                   help="fvd: reconstruction FVD (I3D, Kinetics-400) over all videos; needs --num_frames >= 16")
     p.add_argument("--res_dir", default=None, help="write metric_{num_frames}f_{resolution}res.json here")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a results file of another comparison (the same two folders are always replaced)")

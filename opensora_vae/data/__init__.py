@@ -1,4 +1,5 @@
-"""Data pipeline: video/image IO, transforms, CSV dataset, resumable distributed sampler.
+"""Data pipeline: video/image IO, transforms, the path table, dataset and its DataLoader, resumable
+distributed sampler.
 
 Names are imported on first use (PEP 562), so `from opensora_vae.data.video_io import ...` (the
 eval, inference) does not load pandas with the table tools.
@@ -10,7 +11,8 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "CsvSummary": "csv_tools", "build_csv": "csv_tools", "find_media": "csv_tools",
-    "VideoDataset": "dataset", "build_dataloader": "dataset", "collate_samples": "dataset", "load_table": "dataset",
+    "LOADER_TIMEOUT_S": "dataset", "VideoDataset": "dataset", "build_dataloader": "dataset", "collate_samples": "dataset",
+    "PathTable": "table", "TableError": "table", "load_table": "table",
     "StatefulDistributedSampler": "sampler",
     "VideoTransform": "transforms", "center_crop_resize": "transforms", "frames_to_clip": "transforms",
     "resize_crop_to_fill": "transforms", "temporal_indices": "transforms",

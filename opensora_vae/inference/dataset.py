@@ -31,6 +31,10 @@ class InferenceDataset(VideoDataset):
     """Items: `{"index", "path", "video": (3, T, H, W) in [-1, 1] or None, "is_image",
     "error": None or the reason the row was skipped}`; T is 1 for images."""
 
+    def __init__(self, data_path, **kwargs):
+        # A failing row is reported, never replaced by the next one: nothing is retried.
+        super().__init__(data_path, max_retries=1, **kwargs)
+
     def load(self, index: int, epoch: int | None = None) -> tuple[torch.Tensor, bool]:
         path = self.paths[index]
         if is_image(path):

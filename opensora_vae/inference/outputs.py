@@ -9,11 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data.video_io import write_image, write_video
 from ..errors import OutputExistsError
 
 SAMPLE_FILE = re.compile(r"^\d+\.(mp4|png)$")
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """(3, T, H, W) in [-1, 1] → uint8 (T, H, W, 3), rounding as the reference's `save_sample`
+    (`(x + 1) / 2`, clamp to [0, 1], `* 255 + 0.5`, truncate)."""
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"expected a (3, T, H, W) video, got {tuple(video.shape)}")
+    x = video.detach().float().add(1).div(2).clamp(0, 1).mul(255).add(0.5).clamp(0, 255)
+    return x.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
 @dataclass

@@ -5,19 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..metrics.psnr import psnr
+from ..metrics.ssim import ssim
 from .latent_stats import LatentStats
 
-METRICS = ("psnr", "ssim")
+FRAME_METRICS = ("psnr", "ssim")  # per-frame metrics of every sample (the eval has more)
 KINDS = ("rec", "spatial")
 
 
+def frame_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, list[float]]:
+    """Per-frame PSNR and SSIM (eval protocol) of uint8 (T, H, W, 3) frames."""
+    def as_unit(frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+
+    a, b = as_unit(real), as_unit(fake)
+    return {"psnr": psnr(a, b).tolist(), "ssim": ssim(a, b).tolist()}
+
+
 def _sample_entry(record: dict) -> dict:
-    entry = {k: record[k] for k in ("name", "index", "path", "is_image", "num_frames")}
+    entry = {k: record[k] for k in ("name", "index", "path", "is_image", "num_frames", "nonfinite")}
     for kind in KINDS:
         frames = record[kind]
-        entry[kind] = {m: float(np.mean(frames[m])) for m in METRICS}
-        entry[kind].update({f"{m}_frames": frames[m] for m in METRICS})
+        entry[kind] = {m: float(np.mean(frames[m])) for m in FRAME_METRICS}
+        entry[kind].update({f"{m}_frames": frames[m] for m in FRAME_METRICS})
     return entry
 
 
@@ -26,8 +38,10 @@ def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentS
     """Means are over all (sample, frame) pairs, the eval protocol's reported value; metrics are
     on the uint8 frames as written, before video compression (with `lossless=True` the eval of
     the files reproduces them)."""
-    means = {kind: {m: float(np.mean([v for r in records for v in r[kind][m]])) for m in METRICS}
+    means = {kind: {m: float(np.mean([v for r in records for v in r[kind][m]])) for m in FRAME_METRICS}
              for kind in KINDS}
+    nonfinite = [{"index": r["index"], "path": r["path"], **r["nonfinite"]} for r in records
+                 if any(r["nonfinite"].values())]
     report = {
         "checkpoint": str(ckpt_path),
         "checkpoint_resolved": str(resolved_ckpt),
@@ -38,6 +52,9 @@ def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentS
         "num_frames": sum(r["num_frames"] for r in records),
         "num_skipped": len(skipped),
         "skipped": skipped,
+        # Samples whose reconstruction held NaN/inf (counts of such values per output).
+        "num_nonfinite": len(nonfinite),
+        "nonfinite_samples": nonfinite,
         "mean": means,
         "mean_over": "all (sample, frame) pairs, on uint8 frames before video compression",
         "dirs": {"ori": str(layout.ori), "rec": str(layout.rec), "spatial": str(layout.spatial),
@@ -46,7 +63,11 @@ def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentS
         "world_size": world_size,
         "seconds": round(seconds, 2),
         "samples": [_sample_entry(r) for r in records],
-        "config": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+        # The architecture as loaded from the checkpoint (with the config's chunk sizes); the
+        # config's own model section is only the full-size default and is left out.
+        "model": pipe.export_config(),
+        "config": {k: v for k, v in (cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)).items()
+                   if k != "model"},
     }
     if stats is not None:
         report["latent_stats"] = stats.summary()
@@ -63,6 +84,9 @@ def format_summary(report: dict) -> str:
         lines.append(f"{kind:<10}{report['mean'][kind]['psnr']:>10.4f}{report['mean'][kind]['ssim']:>10.4f}")
     for s in report["skipped"]:
         lines.append(f"skipped {s['index']} {s['path']}: {s['reason']}")
+    for s in report["nonfinite_samples"]:
+        lines.append(f"NON-FINITE reconstruction {s['index']} {s['path']}: "
+                     + ", ".join(f"{k} {s[k]} values" for k in KINDS if s[k]))
     stats = report.get("latent_stats")
     if stats:
         lines.append(f"latent stats over {stats['count_per_channel']} values per channel "

@@ -10,25 +10,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 import torch.distributed as dist
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..data import build_dataloader
 from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed
 from ..models import VideoVAEPipeline
+from ..models.checkpoint_io import resolve_pipeline_dir
 from ..precision import DTYPES, autocast
-from .checkpoint import load_inference_pipeline
 from .dataset import InferenceDataset, collate_items, sample_name
 from .latent_stats import LatentStats
-from .outputs import OutputLayout
-from .reconstruct import frame_metrics, reconstruct_clip, to_uint8_frames
-from .report import format_summary, summarize
+from .outputs import OutputLayout, to_uint8_frames
+from .report import KINDS, format_summary, frame_metrics, summarize
 from ..errors import OutputExistsError, UserError
 
 logger = logging.getLogger(__name__)
-
-LOADER_TIMEOUT_S = 600.0  # a stuck decode in a worker raises instead of hanging the run
 
 
 class InferenceError(UserError, RuntimeError):
@@ -79,17 +77,24 @@ def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info
     x = torch.stack([item["video"] for item in items]).to(info.device)
     generator = sample_generator(cfg.seed, items[0]["index"], info.device) if cfg.sample else None
     with autocast(info.device, cfg.dtype):
-        out = reconstruct_clip(pipe, x, sample=cfg.sample, generator=generator)
+        out = pipe.reconstruct(x, sample=cfg.sample, generator=generator, rec=True, spatial=True, z=True)
     if stats is not None:
         stats.update(out.z)
     records = []
     for i, item in enumerate(items):
         name = sample_name(item["index"], num_rows)
+        # NaN/inf would be written as black or saturated frames and scored like any others.
+        nonfinite = {kind: int((~torch.isfinite(getattr(out, kind)[i])).sum()) for kind in KINDS}
+        if any(nonfinite.values()):
+            logger.warning("sample %d %s: the reconstruction holds non-finite values (NaN/inf: %s); its "
+                           "frames and metrics are meaningless: check the checkpoint", item["index"],
+                           item["path"], ", ".join(f"{k} {n}" for k, n in nonfinite.items() if n))
         ori, spatial, rec = (to_uint8_frames(v[i]) for v in (x, out.spatial, out.rec))
         layout.write(name, ori, spatial, rec, fps=cfg.fps, lossless=cfg.lossless)
         records.append({"name": name, "index": item["index"], "path": item["path"],
                         "is_image": bool(item["is_image"]), "num_frames": int(ori.shape[0]),
-                        "rec": frame_metrics(ori, rec), "spatial": frame_metrics(ori, spatial)})
+                        "rec": frame_metrics(ori, rec), "spatial": frame_metrics(ori, spatial),
+                        "nonfinite": nonfinite})
     return records
 
 
@@ -112,9 +117,11 @@ def run_inference(cfg: Any, verbose: bool = True) -> dict:
 def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     start = time.time()
     model_cfg = cfg.model
-    pipe, resolved = load_inference_pipeline(
-        cfg.ckpt_path, micro_frame_size=model_cfg.micro_frame_size,
-        micro_batch_size=model_cfg.spatial.micro_batch_size, device=info.device)
+    # Architecture and weights from the checkpoint; chunk sizes from the inference config.
+    resolved = resolve_pipeline_dir(cfg.ckpt_path)
+    pipe = VideoVAEPipeline.from_pretrained(resolved, micro_frame_size=model_cfg.micro_frame_size,
+                                            micro_batch_size=model_cfg.spatial.micro_batch_size)
+    pipe = pipe.to(info.device).eval()
     if cfg.tiling:
         pipe.enable_tiling()
     ds_cfg = cfg.dataset
@@ -137,9 +144,10 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
         raise OutputExistsError(problem)
 
     my_rows = rows[info.rank::info.world_size]  # every world_size-th row: balanced, no overlap
-    loader = DataLoader(Subset(dataset, my_rows), batch_size=cfg.batch_size, shuffle=False,
-                        num_workers=cfg.num_workers, collate_fn=collate_items,
-                        timeout=LOADER_TIMEOUT_S if cfg.num_workers > 0 else 0)
+    # One pass in row order: no persistent workers, and items stay unpinned lists.
+    loader = build_dataloader(Subset(dataset, my_rows), cfg.batch_size, num_workers=cfg.num_workers,
+                              seed=cfg.seed, rank=info.rank, drop_last=False, persistent_workers=False,
+                              pin_memory=False, collate_fn=collate_items)
     stats = LatentStats(pipe.shift.numel()) if cfg.cal_stats else None
     records, skipped = [], []
     progress = tqdm(total=len(my_rows), unit="sample", desc="inference", disable=not (verbose and info.is_main))
@@ -169,6 +177,10 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     report = summarize(cfg, records, skipped, stats, pipe, layout, ckpt_path=cfg.ckpt_path,
                        resolved_ckpt=resolved, device=info.device, world_size=info.world_size,
                        seconds=time.time() - start)
+    if report["num_nonfinite"]:
+        logger.warning("%d of %d samples have non-finite reconstructions (listed as nonfinite_samples in "
+                       "%s): the checkpoint is broken or the inputs overflow it", report["num_nonfinite"],
+                       len(records), layout.metrics_json)
     if info.is_main:
         layout.metrics_json.parent.mkdir(parents=True, exist_ok=True)
         layout.metrics_json.write_text(json.dumps(report, indent=1, default=str) + "\n")

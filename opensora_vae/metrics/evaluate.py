@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import math
+import warnings
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
-from ..errors import OutputExistsError
+from ..errors import OutputExistsError, check_folder_location
 from .protocol import EvalError, MediaPair, frame_indices, pair_files, preprocess
 
 if TYPE_CHECKING:  # the metric modules are imported when a metric is asked for (lpips costs seconds)
@@ -33,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 
 # What `evaluate_dirs` can compute, in the order it reports them.
-EVAL_METRICS = ("ssim", "psnr", "lpips", "flolpips")
+EVAL_METRICS = ("ssim", "psnr", "lpips", "flolpips", "fvd")
+# The reference's metrics, the default: FVD needs the I3D weights, 16+ frames and many videos.
+DEFAULT_EVAL_METRICS = ("ssim", "psnr", "lpips", "flolpips")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -69,7 +72,7 @@ class MetricSuite:
     """The requested metrics with their networks, built once. Each metric's module is imported
     only when that metric is requested: an SSIM/PSNR eval never loads lpips or torchvision."""
 
-    def __init__(self, metrics: Sequence[str] = EVAL_METRICS, device: str | torch.device | None = "cpu",
+    def __init__(self, metrics: Sequence[str] = DEFAULT_EVAL_METRICS, device: str | torch.device | None = "cpu",
                  lpips_metric: LPIPSMetric | None = None, flolpips: FloLPIPS | None = None,
                  pwc_weights: str | os.PathLike | None = None, frames_per_batch: int | None = None):
         unknown = sorted(set(metrics) - set(EVAL_METRICS))
@@ -103,10 +106,21 @@ class MetricSuite:
 
                 flolpips = FloLPIPS(pwc_weights=pwc_weights)
             self.flolpips = flolpips.to(self.device)
+        self.i3d = None
+        if "fvd" in self.metrics:
+            from .fvd import load_i3d
+
+            self.i3d = load_i3d().to(self.device)
 
     @property
     def network_metrics(self) -> bool:
-        return self.lpips is not None or self.flolpips is not None
+        return self.lpips is not None or self.flolpips is not None or self.i3d is not None
+
+    def video_features(self, videos: list[torch.Tensor]) -> torch.Tensor:
+        """I3D features (N, 400) of (T, 3, h, w) videos in [0, 1], for FVD (a set statistic)."""
+        from .fvd import i3d_features
+
+        return i3d_features(self.i3d, videos, batch_size=max(1, self.frames_per_batch // 2))
 
     def frame_metrics(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """SSIM/PSNR of each frame of (N, 3, H, W) batches. A frame's value depends on that frame
@@ -257,13 +271,7 @@ def check_results_file(path: Path, real_dir: str | os.PathLike, gen_dir: str | o
     path = Path(path)
     if path.is_dir():
         raise EvalError(f"cannot write results to {path}: it is a folder")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EvalError(f"cannot write results under {path.parent}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise EvalError(f"cannot write results under {path.parent}: {parent} is not writable")
-            break
+    check_folder_location(path.parent, "cannot write results under", EvalError)
     if not path.exists() or overwrite:
         return
     try:
@@ -291,7 +299,7 @@ def write_results(path: Path, result: dict) -> None:
 def evaluate_dirs(
     real_dir: str | os.PathLike,
     gen_dir: str | os.PathLike,
-    metrics: Sequence[str] = EVAL_METRICS,
+    metrics: Sequence[str] = DEFAULT_EVAL_METRICS,
     num_frames: int = 17,
     sample_rate: int = 1,
     resolution: int | None = 256,
@@ -317,6 +325,13 @@ def evaluate_dirs(
     """
     check_settings(num_frames=num_frames, sample_rate=sample_rate, resolution=resolution, crop_size=crop_size,
                    batch_size=batch_size, subset_size=subset_size, decode_workers=decode_workers)
+    wanted = suite.metrics if suite is not None else metrics
+    if "fvd" in wanted:
+        from .fvd import FVD_NUM_FRAMES
+
+        if num_frames < FVD_NUM_FRAMES:
+            raise EvalError(f"fvd uses the first {FVD_NUM_FRAMES} evaluated frames of each video: pass "
+                            f"--num_frames >= {FVD_NUM_FRAMES} (got {num_frames})")
     if suite is None:
         device = resolve_device(device)
     if results_file is not None:
@@ -330,6 +345,7 @@ def evaluate_dirs(
     no_flow: list[str] = []
     acc = _Accumulator()
     per_video: dict[str, dict] = {}
+    features: dict[str, list[torch.Tensor]] = {"real": [], "generated": []}  # FVD's, in pair order
     bar = tqdm(total=len(pairs), desc="eval", unit="video", disable=not progress)
 
     decode = functools.partial(_decode_pair, suite=suite, num_frames=num_frames, sample_rate=sample_rate,
@@ -351,11 +367,11 @@ def evaluate_dirs(
             else:
                 batch.append(item)
             if len(batch) == batch_size:
-                _score_batch(batch, suite, acc, per_video, no_flow)
+                _score_batch(batch, suite, acc, per_video, no_flow, features)
                 batch = []
             bar.update(1)
         if batch:
-            _score_batch(batch, suite, acc, per_video, no_flow)
+            _score_batch(batch, suite, acc, per_video, no_flow, features)
     bar.close()
     if not per_video:
         raise EvalError(f"no pair could be evaluated ({len(skipped)} skipped)")
@@ -372,6 +388,15 @@ def evaluate_dirs(
         logger.warning(note)
         notes.append(note)
     result: dict = {**_compared_dirs(real_dir, gen_dir), **{m: acc.mean(m) for m in suite.metrics}}
+    if suite.i3d is not None:
+        from .fvd import FewVideosWarning, fvd
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FewVideosWarning)
+            result.update(fvd(torch.cat(features["real"]), torch.cat(features["generated"])))
+        for warning in caught:
+            logger.warning(str(warning.message))
+            notes.append(str(warning.message))
     result.update(
         per_video=per_video,
         num_videos=len(per_video),
@@ -388,11 +413,14 @@ def evaluate_dirs(
 
 
 def _score_batch(batch: list[_Decoded], suite: MetricSuite, acc: _Accumulator, per_video: dict,
-                 no_flow: list) -> None:
+                 no_flow: list, features: dict[str, list[torch.Tensor]]) -> None:
     """Network metrics of the batch (videos of one frame size share a call), then each video's
-    entry and values in pair order."""
+    entry and values in pair order; FVD's I3D features are collected for the set statistic."""
     network: dict[str, dict[str, torch.Tensor]] = {item.name: {} for item in batch}
-    if suite.network_metrics:
+    if suite.i3d is not None:
+        features["real"].append(suite.video_features([item.real for item in batch]))
+        features["generated"].append(suite.video_features([item.gen for item in batch]))
+    if suite.lpips is not None or suite.flolpips is not None:
         groups: dict[tuple, list[_Decoded]] = {}
         for item in batch:
             groups.setdefault(tuple(item.real.shape[-2:]), []).append(item)
@@ -431,5 +459,8 @@ def _protocol(suite: MetricSuite, num_frames: int, sample_rate: int, resolution:
         "lpips": "lpips AlexNet v0.1, inputs in [-1,1], mean of the spatial distance map",
         "flolpips": "AlexNet v0.1 layer maps pooled by |flow(real_t,real_t+1) - flow(gen_t,gen_t+1)| (PWC-Net); "
                     "uniform weights where the flows agree exactly",
+        "fvd": "Kinetics-400 RGB I3D logits (400) of the first 16 evaluated frames resized to 224x224 "
+               "(bilinear, no antialias) in [-1,1]; Frechet distance of the real vs generated sets "
+               "(np.cov ddof 1, scipy sqrtm real part, float64); a set statistic over all videos",
         "device": str(suite.device),
     }

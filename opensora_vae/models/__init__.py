@@ -1,11 +1,10 @@
 """Models: spatial SD-VAE, causal temporal VAE, their pipeline and checkpoint I/O."""
 
-from .builder import build_pipeline
-from .checkpoint_io import CheckpointError
+from .checkpoint_io import RELEASED_REPO, CheckpointError
 from .distributions import DiagonalGaussian
-from .pipeline import RELEASED_REPO, SCALE, SHIFT, VideoVAEPipeline
+from .pipeline import SCALE, SHIFT, PipelineOutput, Reconstruction, VideoVAEPipeline
 from .spatial import SpatialVAE
 from .temporal import CausalConv3d, TemporalVAE
 
-__all__ = ["build_pipeline", "CheckpointError", "DiagonalGaussian", "RELEASED_REPO", "SCALE",
-           "SHIFT", "VideoVAEPipeline", "SpatialVAE", "CausalConv3d", "TemporalVAE"]
+__all__ = ["CheckpointError", "DiagonalGaussian", "PipelineOutput", "RELEASED_REPO", "Reconstruction",
+           "SCALE", "SHIFT", "VideoVAEPipeline", "SpatialVAE", "CausalConv3d", "TemporalVAE"]

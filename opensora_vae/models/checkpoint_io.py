@@ -1,89 +1,47 @@
-"""Reading pipeline checkpoints: our `save_pretrained` dirs and the released HF checkpoint.
+"""Pipeline checkpoint files: finding, reading and writing `config.json` + `model.safetensors`.
 
-The released `hpcai-tech/OpenSora-VAE-v1.2` `config.json` only names its parts
-(`VideoAutoencoderKL` + `VAE_Temporal_SD`); the SDXL VAE architecture ships with this package,
-so loading it needs no second download: all weights are in `model.safetensors`.
+File I/O only: which files a path or hub id names, reading them (with the checks that make a
+damaged or poisoned file an error rather than a silently broken model), and writing them.
+Turning a `config.json` into a model is `VideoVAEPipeline.from_config` (models/pipeline.py).
+
+The released `hpcai-tech/OpenSora-VAE-v1.2` holds all weights (spatial and temporal) in its
+`model.safetensors`, so loading it needs no second download.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
 
-from .spatial import SCALING_FACTOR, SpatialVAE, sdxl_vae_config
-from .temporal import TemporalVAE
 from ..errors import UserError
 
+RELEASED_REPO = "hpcai-tech/OpenSora-VAE-v1.2"
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-TEMPORAL_KEYS = ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks",
-                 "channel_multipliers", "temporal_downsample", "num_groups")
+MODEL_SUBDIR = "model"  # <outputs>/step_XXXXXXXXX/model holds a training step's save_pretrained files
+MAX_LISTED = 5  # tensors named in an error message
 
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
-def _temporal_kwargs(cfg: dict) -> dict:
-    kind = cfg.get("type", "VAE_Temporal_SD")
-    if kind not in ("VAE_Temporal_SD", "VAE_Temporal"):
-        raise CheckpointError(f"unsupported temporal VAE type '{kind}' in config.json "
-                              "(expected VAE_Temporal_SD or VAE_Temporal)")
-    kwargs = {k: cfg[k] for k in TEMPORAL_KEYS if k in cfg}
-    # VAE_Temporal_SD is the reference factory: the released sizes are our TemporalVAE defaults.
-    return kwargs
+def _listed(items: list[str]) -> str:
+    return "; ".join(items[:MAX_LISTED]) + (" ..." if len(items) > MAX_LISTED else "")
 
 
-def _spatial_module(cfg: dict) -> AutoencoderKL:
-    kind = cfg.get("type", "VideoAutoencoderKL")
-    if kind != "VideoAutoencoderKL":
-        raise CheckpointError(f"unsupported spatial VAE type '{kind}' in config.json")
-    return AutoencoderKL.from_config(dict(cfg.get("config") or sdxl_vae_config()))
-
-
-OVERRIDE_KEYS = ("micro_frame_size", "micro_batch_size", "shift", "scale", "freeze_spatial")
-
-
-def _check_overrides(overrides: dict) -> None:
-    unknown = set(overrides) - set(OVERRIDE_KEYS)
-    if unknown:
-        raise TypeError(f"unknown pipeline overrides: {sorted(unknown)}")
-
-
-def pipeline_from_config(cls, config: dict, device=None, **overrides):
-    """Builds a pipeline with random weights (or on `meta`) from a config.json dict."""
-    _check_overrides(overrides)
-    spatial_cfg = config.get("vae_2d", {}) or {}
-    micro_batch_size = overrides.pop("micro_batch_size", spatial_cfg.get("micro_batch_size", 4))
-    settings = dict(micro_frame_size=config.get("micro_frame_size", 17),
-                    shift=config.get("shift"), scale=config.get("scale"), freeze_spatial=False)
-    settings.update(overrides)
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        spatial = SpatialVAE(_spatial_module(spatial_cfg), micro_batch_size=micro_batch_size,
-                             scaling_factor=spatial_cfg.get("scaling_factor", SCALING_FACTOR))
-        temporal = TemporalVAE(**_temporal_kwargs(config.get("vae_temporal", {}) or {}))
-        freeze = settings.pop("freeze_spatial")
-        settings = {k: v for k, v in settings.items() if v is not None or k == "micro_frame_size"}
-        pipe = cls(spatial, temporal, freeze_spatial=False, **settings)
-    if freeze:
-        pipe.freeze_spatial = True
-        pipe.spatial_vae.requires_grad_(False)
-    return pipe
-
-
-MODEL_SUBDIR = "model"  # <outputs>/step_XXXXXXXXX/model holds a training step's save_pretrained files
-
-
-def resolve_pipeline_dir(path_or_repo: str | Path) -> str:
+def resolve_pipeline_dir(path_or_repo: str | Path | None) -> str:
     """The save_pretrained dir (or hub id) that `path_or_repo` names.
 
     A training step dir (`step_000001000/` with `model/` inside) resolves to its `model/`; a run
     dir holding several step dirs is refused with the latest one as a suggestion, because picking
     one silently could load the wrong weights. Anything else is returned unchanged.
     """
+    if path_or_repo is None or str(path_or_repo).strip() == "":
+        raise CheckpointError("no checkpoint given: pass --ckpt-path (a save_pretrained dir, a training "
+                              f"step dir, or the released {RELEASED_REPO})")
     path = Path(path_or_repo).expanduser()
     if not path.is_dir() or (path / CONFIG_NAME).is_file():
         return str(path_or_repo)
@@ -96,6 +54,12 @@ def resolve_pipeline_dir(path_or_repo: str | Path) -> str:
     return str(path_or_repo)
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading it needs setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def write_pipeline_dir(save_dir: str | Path, config: dict, state: dict[str, torch.Tensor]) -> None:
     """Writes the save_pretrained format (config.json + model.safetensors) from a state dict."""
     from safetensors.torch import save_file
@@ -104,7 +68,10 @@ def write_pipeline_dir(save_dir: str | Path, config: dict, state: dict[str, torc
     save_dir.mkdir(parents=True, exist_ok=True)
     (save_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(tensors, str(save_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+    weights = save_dir / WEIGHTS_NAME
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    # safetensors creates the file 0600 whatever the umask; give it the mode of every other file.
+    os.chmod(weights, 0o666 & ~_umask())
 
 
 def resolve_checkpoint_files(path_or_repo: str | Path) -> tuple[Path, Path]:
@@ -139,29 +106,47 @@ def resolve_checkpoint_files(path_or_repo: str | Path) -> tuple[Path, Path]:
 
 
 def load_state_dict_file(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; CheckpointError when it is unreadable or holds NaN/inf
+    (the weights of a diverged run give black videos with plausible-looking metrics)."""
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(weights))
+        state = load_file(str(weights))
     except Exception as err:
         raise CheckpointError(f"cannot read weights '{weights}': {err} (corrupt or incomplete file?)") from err
+    bad = []
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            count = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()} values)")
+    if bad:
+        raise CheckpointError(f"weights '{weights}' hold non-finite values (NaN/inf) in {len(bad)} "
+                              f"tensor(s): {_listed(bad)}; the checkpoint is unusable (a diverged run?): "
+                              "load an earlier one")
+    return state
 
 
 def load_weights_into(pipe: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
                       assign: bool = False) -> None:
-    """Strict load with a readable report of missing / unexpected / mis-shaped keys."""
+    """Strict load with a readable report of missing / unexpected / mis-shaped / mis-typed keys.
+
+    Float tensors of another precision are cast to the model's; an integer or bool tensor where
+    the model has a float one is refused (casting it would load truncated garbage silently).
+    """
     own = pipe.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+    dtypes = [f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}"
+              for k in own if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
+    if missing or unexpected or shapes or dtypes:
         lines = [f"checkpoint '{source}' does not fit this model architecture:"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", shapes)):
+                             ("shape mismatches", shapes), ("non-float tensors for float weights", dtypes)):
             if items:
-                lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:5])
-                             + (" ..." if len(items) > 5 else ""))
+                lines.append(f"  {title} ({len(items)}): {_listed(items)}")
         raise CheckpointError("\n".join(lines))
     state = {k: v.to(own[k].dtype) for k, v in state.items()}
     pipe.load_state_dict(state, strict=True, assign=assign)
@@ -177,17 +162,3 @@ def read_pipeline_config(config_path: Path) -> dict:
         raise CheckpointError(f"'{config_path}' is not a JSON object (got {type(config).__name__}): "
                               "not a pipeline config.json")
     return config
-
-
-def load_pipeline(cls, path_or_repo, **overrides):
-    config_path, weights_path = resolve_checkpoint_files(path_or_repo)
-    config = read_pipeline_config(config_path)
-    _check_overrides(overrides)  # a caller's mistake, not the checkpoint's
-    # Built on `meta`, then the weights are assigned: no time spent on random init of 393 M params.
-    try:
-        pipe = pipeline_from_config(cls, config, device="meta", **overrides)
-    except (TypeError, ValueError, KeyError, AttributeError) as err:  # values of the wrong type or range
-        raise CheckpointError(f"'{config_path}' does not describe a pipeline this code can build "
-                              f"({type(err).__name__}: {err})") from err
-    load_weights_into(pipe, load_state_dict_file(weights_path), str(path_or_repo), assign=True)
-    return pipe

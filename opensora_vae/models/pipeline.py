@@ -1,36 +1,66 @@
-"""Spatial SD-VAE → causal temporal VAE pipeline, with the released checkpoint's layout."""
+"""Spatial SD-VAE → causal temporal VAE pipeline, with the released checkpoint's layout.
+
+One way to build it for each source: `from_pretrained` (a checkpoint dir or hub id),
+`from_config` (a `config.json` dict, random weights) and `from_train_config` (the `model`
+section of a training config, optionally with a checkpoint's weights).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
-from .checkpoint_io import write_pipeline_dir
+from .checkpoint_io import (RELEASED_REPO, CheckpointError, load_state_dict_file, load_weights_into,
+                            read_pipeline_config, resolve_checkpoint_files, write_pipeline_dir)
 from .distributions import DiagonalGaussian
 from .spatial import SpatialVAE
 from .temporal import TemporalVAE
 from .tiling import tiled_spatial_apply
 
+logger = logging.getLogger(__name__)
+
 # Per-channel latent statistics of the released model, used to normalise z for diffusion.
 SHIFT = (-0.10, 0.34, 0.27, 0.98)
 SCALE = (3.85, 2.32, 2.33, 3.06)
-RELEASED_REPO = "hpcai-tech/OpenSora-VAE-v1.2"
+
+# config.json keys of the temporal VAE's architecture; absent ones take the TemporalVAE defaults,
+# which are the released model (the reference's VAE_Temporal_SD factory names no sizes).
+TEMPORAL_KEYS = ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks",
+                 "channel_multipliers", "temporal_downsample", "num_groups")
+# Runtime settings a caller may override when building from a config.json.
+OVERRIDE_KEYS = ("micro_frame_size", "micro_batch_size", "shift", "scale", "freeze_spatial")
 
 
 @dataclass
-class ChunkReconstruction:
-    """Reconstructions of frames `[start, end)`; fields not asked for stay None."""
+class PipelineOutput:
+    """What `forward` returns: the training pass on un-normalised latents (diffusers style)."""
 
-    start: int
-    end: int
-    rec: torch.Tensor | None = None  # full pipeline
-    spatial: torch.Tensor | None = None  # spatial VAE only
-    z: torch.Tensor | None = None  # un-normalised temporal latents
+    x_rec: torch.Tensor | None  # (B, 3, T, H, W) pixels; None with decode_pixels=False
+    x_z_rec: torch.Tensor  # (B, 4, T, h, w) temporal VAE reconstruction of the spatial latents
+    z: torch.Tensor  # (B, 4, T', h, w) temporal latents (sampled or mode)
+    posterior: DiagonalGaussian  # the temporal posterior z was drawn from
+    x_z: torch.Tensor  # (B, 4, T, h, w) spatial latents
+
+
+# FSDP2 and DDP find the output tensors (to hook their backward) by flattening the output as a
+# pytree: registered, the fields are visited like the items of a tuple.
+pytree.register_dataclass(PipelineOutput)
+
+
+@dataclass
+class Reconstruction:
+    """What `reconstruct` returns; outputs not asked for stay None."""
+
+    rec: torch.Tensor | None = None  # (B, 3, T, H, W) spatial → temporal encode/decode → spatial
+    spatial: torch.Tensor | None = None  # (B, 3, T, H, W) spatial encode → spatial decode
+    z: torch.Tensor | None = None  # (B, 4, T', h, w) un-normalised temporal latents
 
 
 class VideoVAEPipeline(nn.Module):
@@ -49,12 +79,15 @@ class VideoVAEPipeline(nn.Module):
         self.micro_frame_size = micro_frame_size
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1, 1))
         self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1, 1))
-        self.freeze_spatial = freeze_spatial
         self.temporal_tile: int | None = None  # latent pixels per temporal-VAE tile (None = off)
         self.temporal_tile_overlap = 0
-        if freeze_spatial:
-            self.spatial_vae.requires_grad_(False)
-            self.spatial_vae.eval()
+        self.set_freeze_spatial(freeze_spatial)
+
+    def set_freeze_spatial(self, frozen: bool) -> None:
+        """A frozen spatial VAE gets no gradients and always runs in eval mode (see `train`)."""
+        self.freeze_spatial = bool(frozen)
+        self.spatial_vae.requires_grad_(not self.freeze_spatial)
+        self.spatial_vae.train(self.training and not self.freeze_spatial)
 
     # ------------------------------------------------------------------ sizes and chunks
     @property
@@ -164,8 +197,8 @@ class VideoVAEPipeline(nn.Module):
         return self.spatial_vae.decode(self.decode_temporal(self.denormalize(z), num_frames))
 
     def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
-                decode_pixels: bool = True):
-        """Training pass on un-normalised latents: `(x_rec, x_z_rec, z, posterior, x_z)`.
+                decode_pixels: bool = True) -> PipelineOutput:
+        """Training pass on un-normalised latents.
 
         `decode_pixels=False` skips the spatial decoder (x_rec is None) for stages whose
         loss lives in latent space.
@@ -175,34 +208,36 @@ class VideoVAEPipeline(nn.Module):
         z = posterior.sample(generator) if sample else posterior.mode()
         x_z_rec = self.decode_temporal(z, x_z.shape[2])
         x_rec = self.spatial_vae.decode(x_z_rec) if decode_pixels else None
-        return x_rec, x_z_rec, z, posterior, x_z
+        return PipelineOutput(x_rec=x_rec, x_z_rec=x_z_rec, z=z, posterior=posterior, x_z=x_z)
 
     @torch.no_grad()
-    def reconstruct_chunks(self, x: torch.Tensor, sample: bool = False,
-                           generator: torch.Generator | None = None, full: bool = True,
-                           spatial: bool = False) -> Iterator[ChunkReconstruction]:
-        """Reconstructs one micro-frame chunk at a time, so peak memory is one chunk's.
+    def reconstruct(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+                    *, rec: bool = True, spatial: bool = False, z: bool = False) -> Reconstruction:
+        """The outputs asked for, computed one micro-frame chunk at a time (peak memory is one
+        chunk's activations).
 
-        Chunks are independent in the temporal VAE, so `full` equals `decode(encode(x))`
-        exactly; `spatial` adds the spatial-only reconstruction from the same spatial latents.
+        Chunks are independent in the temporal VAE, so `rec` equals `decode(encode(x))` exactly;
+        `spatial` (spatial VAE only) comes from the same spatial latents, which halves the
+        spatial encoder's cost as the reference's inference did; with `sample=False`, `z` equals
+        `denormalize(encode(x, sample=False))`.
         """
+        if not (rec or spatial or z):
+            raise ValueError("reconstruct: ask for at least one of rec, spatial, z")
+        out = Reconstruction(rec=torch.empty_like(x) if rec else None,
+                             spatial=torch.empty_like(x) if spatial else None)
+        latents = []
         for s, e in self.frame_chunks(x.shape[2]):
             x_z = self.spatial_vae.encode(x[:, :, s:e], sample=sample, generator=generator)
-            chunk = ChunkReconstruction(s, e)
             if spatial:
-                chunk.spatial = self.spatial_vae.decode(x_z)
-            if full:
+                out.spatial[:, :, s:e] = self.spatial_vae.decode(x_z).to(x.dtype)
+            if rec or z:
                 posterior = self.encode_temporal(x_z)
-                chunk.z = posterior.sample(generator) if sample else posterior.mode()
-                chunk.rec = self.spatial_vae.decode(self.decode_temporal(chunk.z, e - s))
-            yield chunk
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, sample: bool = False, spatial_only: bool = False,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        out = torch.empty_like(x)
-        for c in self.reconstruct_chunks(x, sample, generator, full=not spatial_only, spatial=spatial_only):
-            out[:, :, c.start:c.end] = (c.spatial if spatial_only else c.rec).to(out.dtype)
+                chunk_z = posterior.sample(generator) if sample else posterior.mode()
+                latents.append(chunk_z)
+                if rec:
+                    out.rec[:, :, s:e] = self.spatial_vae.decode(self.decode_temporal(chunk_z, e - s)).to(x.dtype)
+        if z:
+            out.z = torch.cat(latents, dim=2)
         return out
 
     # ------------------------------------------------------------------ checkpoint format
@@ -233,18 +268,95 @@ class VideoVAEPipeline(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path = RELEASED_REPO, **overrides) -> "VideoVAEPipeline":
-        """Loads our `save_pretrained` dirs and the released HF checkpoint (dir or hub id).
+        """Loads our `save_pretrained` dirs (or a training step dir) and the released HF
+        checkpoint (dir or hub id); architecture and weights both come from the checkpoint.
 
-        `overrides` replace runtime settings: micro_frame_size, micro_batch_size, freeze_spatial.
+        `overrides` replace runtime settings: micro_frame_size, micro_batch_size, shift, scale,
+        freeze_spatial.
         """
-        from .checkpoint_io import load_pipeline
-
-        return load_pipeline(cls, path_or_repo, **overrides)
+        config_path, weights_path = resolve_checkpoint_files(path_or_repo)
+        config = read_pipeline_config(config_path)
+        _check_overrides(overrides)  # a caller's mistake, not the checkpoint's
+        # Built on `meta`, then the weights are assigned: no time spent on random init of 393 M params.
+        try:
+            pipe = cls.from_config(config, device="meta", **overrides)
+        except (TypeError, ValueError, KeyError, AttributeError) as err:  # values of the wrong type or range
+            raise CheckpointError(f"'{config_path}' does not describe a pipeline this code can build "
+                                  f"({type(err).__name__}: {err})") from err
+        load_weights_into(pipe, load_state_dict_file(weights_path), str(path_or_repo), assign=True)
+        return pipe
 
     @classmethod
-    def from_config_dict(cls, config: dict, device: str | torch.device | None = None,
-                         **overrides) -> "VideoVAEPipeline":
-        """Builds (random weights) from a config.json dict, reference or ours."""
-        from .checkpoint_io import pipeline_from_config
+    def from_config(cls, config: dict, device: str | torch.device | None = None,
+                    **overrides) -> "VideoVAEPipeline":
+        """Random weights (or `meta` tensors) from a config.json dict, the released one or ours
+        (`export_config`); keys it lacks take the constructors' defaults (the released model)."""
+        _check_overrides(overrides)
+        spatial_cfg = config.get("vae_2d", {}) or {}
+        spatial_kwargs = {k: spatial_cfg[k] for k in ("micro_batch_size", "scaling_factor") if k in spatial_cfg}
+        if "micro_batch_size" in overrides:
+            spatial_kwargs["micro_batch_size"] = overrides.pop("micro_batch_size")
+        settings = {k: config[k] for k in ("shift", "scale") if config.get(k) is not None}
+        if "micro_frame_size" in config:
+            settings["micro_frame_size"] = config["micro_frame_size"]  # None = the whole clip
+        settings.update({k: v for k, v in overrides.items() if v is not None or k == "micro_frame_size"})
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            spatial = SpatialVAE.from_config(_spatial_architecture(spatial_cfg), **spatial_kwargs)
+            temporal = TemporalVAE(**_temporal_kwargs(config.get("vae_temporal", {}) or {}))
+            return cls(spatial, temporal, **settings)
 
-        return pipeline_from_config(cls, config, device=device, **overrides)
+    @classmethod
+    def from_train_config(cls, model_cfg: dict, ckpt_path: str | Path | None = None) -> "VideoVAEPipeline":
+        """From the `model = dict(...)` section of a training config; weights from `ckpt_path`
+        (or `model.from_pretrained`).
+
+        The architecture always comes from the config. With a pipeline checkpoint the spatial VAE
+        is built from its config without downloading its separate weights (the checkpoint holds
+        them). Without one, the spatial VAE comes from `model.spatial.from_pretrained` (hub id or
+        local dir) or, if that is None, random weights with `model.spatial.config` (tiny
+        test/demo models).
+        """
+        spatial_cfg = dict(model_cfg["spatial"])
+        ckpt_path = ckpt_path or model_cfg.get("from_pretrained")
+        common = dict(micro_batch_size=spatial_cfg["micro_batch_size"],
+                      scaling_factor=spatial_cfg["scaling_factor"])
+        if ckpt_path is None and spatial_cfg.get("from_pretrained"):
+            spatial = SpatialVAE.from_pretrained(
+                spatial_cfg["from_pretrained"], subfolder=spatial_cfg.get("subfolder"),
+                local_files_only=spatial_cfg.get("local_files_only", False), **common)
+        else:
+            spatial = SpatialVAE.from_config(spatial_cfg.get("config"), **common)
+        temporal = TemporalVAE(**dict(model_cfg["temporal"]))
+        pipe = cls(spatial, temporal, micro_frame_size=model_cfg["micro_frame_size"],
+                   shift=model_cfg["shift"], scale=model_cfg["scale"],
+                   freeze_spatial=model_cfg["freeze_spatial"])
+        if ckpt_path is not None:
+            config, weights = resolve_checkpoint_files(ckpt_path)
+            # The architecture comes from the train config, but a damaged config.json means a
+            # damaged checkpoint: refuse it rather than train on from it.
+            read_pipeline_config(config)
+            load_weights_into(pipe, load_state_dict_file(weights), str(ckpt_path))
+            logger.info("loaded pipeline weights from %s", ckpt_path)
+        return pipe
+
+
+def _check_overrides(overrides: dict) -> None:
+    unknown = set(overrides) - set(OVERRIDE_KEYS)
+    if unknown:
+        raise TypeError(f"unknown pipeline overrides: {sorted(unknown)}")
+
+
+def _spatial_architecture(cfg: dict) -> dict | None:
+    """The AutoencoderKL config of a config.json's `vae_2d`; None = the SDXL VAE (released)."""
+    kind = cfg.get("type", "VideoAutoencoderKL")
+    if kind != "VideoAutoencoderKL":
+        raise CheckpointError(f"unsupported spatial VAE type '{kind}' in config.json")
+    return cfg.get("config") or None
+
+
+def _temporal_kwargs(cfg: dict) -> dict:
+    kind = cfg.get("type", "VAE_Temporal_SD")
+    if kind not in ("VAE_Temporal_SD", "VAE_Temporal"):
+        raise CheckpointError(f"unsupported temporal VAE type '{kind}' in config.json "
+                              "(expected VAE_Temporal_SD or VAE_Temporal)")
+    return {k: cfg[k] for k in TEMPORAL_KEYS if k in cfg}

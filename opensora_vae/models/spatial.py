@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from diffusers import AutoencoderKL
+
+from .checkpoint_io import RELEASED_REPO
 from ..errors import MissingWeightsError
 
 # The released Open-Sora 1.2 weights were trained with SD's 0.18215, not the SDXL config's 0.13025.
@@ -62,7 +64,7 @@ class SpatialVAE(nn.Module):
                 f"  * offline: on a connected machine run `huggingface-cli download {DEFAULT_SPATIAL_REPO} "
                 "--include 'vae/*' --local-dir pretrained_models/sdxl_vae`, copy that folder here and "
                 "set model.spatial.from_pretrained='pretrained_models/sdxl_vae' (subfolder 'vae');\n"
-                "  * or start from a full pipeline checkpoint (`--ckpt-path`, e.g. hpcai-tech/OpenSora-VAE-v1.2), "
+                f"  * or start from a full pipeline checkpoint (`--ckpt-path`, e.g. {RELEASED_REPO}), "
                 "which already contains the spatial weights."
             ) from err
         return cls(module, micro_batch_size=micro_batch_size, scaling_factor=scaling_factor)

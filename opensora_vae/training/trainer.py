@@ -29,9 +29,8 @@ from ..cli import setup_logging
 from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader
 from ..distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, broadcast_object,
                            init_distributed)
-from ..errors import UserError
+from ..errors import UserError, check_folder_location
 from ..losses import LossSettings, VAELoss, build_perceptual, freeze_unreached_params
-from ..models import build_pipeline
 from ..models.checkpoint_io import CheckpointError
 from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
@@ -46,7 +45,10 @@ logger = logging.getLogger("opensora_vae.training")
 
 # The unreadable-sample fraction is only judged after this many read attempts (all ranks).
 MIN_ATTEMPTS_FOR_SKIP_CHECK = 20
+MAX_SKIP_EXAMPLES = 5  # unreadable files named per rank, and in all, by the abort message
 HISTORY_LIMIT = 10_000  # per-step metrics kept in memory for callers (tests, notebooks)
+# torch.compile backend for `compile=True`; tests use "aot_eager" (same graphs, no C++ build).
+COMPILE_BACKEND = "inductor"
 
 
 class TrainingAborted(UserError, RuntimeError):
@@ -93,16 +95,6 @@ def _configure_determinism(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _check_outputs_location(outputs: Path) -> None:
-    for parent in (outputs, *outputs.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--outputs {outputs}: '{parent}' is a file, not a folder; pass a folder path")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(f"--outputs {outputs}: '{parent}' is not writable")
-            return
-
-
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
@@ -142,7 +134,7 @@ class Trainer:
             raise UserError("no training data: pass --data-path (a CSV/parquet with a 'path' column)")
         if cfg.wandb:
             check_wandb_available()
-        _check_outputs_location(self.outputs)
+        check_folder_location(self.outputs, "--outputs")
         self.settings = LossSettings.from_config(cfg)
         self.fsdp = cfg.parallel == "fsdp"
         self._build_data()  # reads and sizes the table: a bad one fails before any output exists
@@ -165,11 +157,17 @@ class Trainer:
         _configure_determinism(cfg.deterministic)
         self.pipe = self._build_model()
         self.model = self._parallelize(self.pipe)
+        if cfg.compile:
+            # In place (nn.Module.compile): parameter names and checkpoints stay those of eager.
+            self.pipe.temporal_vae.compile(backend=COMPILE_BACKEND)
         self.params = [p for p in self.pipe.parameters() if p.requires_grad]
         if not self.params:
             raise UserError("nothing to train: every parameter is frozen")
+        # Fused AdamW on CUDA (one kernel for all parameters). The CPU keeps the default foreach
+        # implementation, so CPU runs keep their exact numerics (fused differs by ~1e-7 relative).
+        fused = True if env.device.type == "cuda" else None
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=fused)
         self.ema = EMA(self.pipe, cfg.ema_decay) if cfg.ema_decay else None
         self.generator = torch.Generator(env.device)
         self.generator.manual_seed(rank_generator_seed(cfg.seed, env.rank))
@@ -177,6 +175,8 @@ class Trainer:
         if self.settings.needs_perceptual:
             perceptual = build_perceptual(cfg.perceptual_backbone_path,
                                           cfg.perceptual_random_backbone).to(env.device)
+            if cfg.compile:
+                perceptual.compile(backend=COMPILE_BACKEND)
         self.loss_fn = VAELoss(self.settings, perceptual)
         self.global_step = 0
         self.epoch = 0
@@ -193,7 +193,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         weights = str(self.resume_dir / "model") if self.resume_dir else cfg.ckpt_path
         model_cfg = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
-        pipe = build_pipeline(model_cfg, ckpt_path=weights)
+        pipe = VideoVAEPipeline.from_train_config(model_cfg, ckpt_path=weights)
         frozen = freeze_unreached_params(pipe, self.settings)
         if frozen and self.env.is_main:
             logger.info("frozen (no active loss reaches them): %s", ", ".join(frozen))
@@ -334,7 +334,7 @@ class Trainer:
                 self.ema.load_full_state(ckpt_io.read_weights(self.resume_dir / "ema"))
             else:
                 logger.warning("checkpoint has no EMA weights: the EMA starts from the loaded model")
-        self.sampler.load_state_dict(state["sampler"])
+        order_change = self.sampler.load_state_dict(state["sampler"])
         same_layout = state["world_size"] == env.world_size and state["batch_size"] == cfg.batch_size
         if same_layout:
             rng = state["rng"][env.rank]
@@ -352,12 +352,17 @@ class Trainer:
                                "data continues at global sample %d of epoch %d, but noise streams are "
                                "re-seeded, so the run is not bit-identical to an uninterrupted one",
                                env.world_size, cfg.batch_size, state["world_size"], state["batch_size"],
-                               state["sampler"]["global_consumed"], state["sampler"]["epoch"])
+                               self.sampler.global_consumed, self.sampler.epoch)
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
         self.nonfinite_streak = int(state["nonfinite_streak"])
         self.skipped_total = int(state["skipped_total"])
         self.attempts_total = int(state["attempts_total"])
+        if order_change is not None:
+            if "dataset_len" in order_change.changed:  # the saved counts judged the old table's rows
+                self.skipped_total = self.attempts_total = 0
+            if env.is_main:
+                logger.warning("resuming from %s: %s", self.resume_dir, order_change)
         if env.is_main:
             logger.info("resumed from %s at step %d (epoch %d)", self.resume_dir, self.global_step, self.epoch)
 
@@ -371,11 +376,11 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.env.device, cfg.dtype):
-            x_rec, x_z_rec, z, posterior, x_z = self.model(
-                video, sample=True, generator=self.generator, decode_pixels=self.settings.needs_pixels)
+            out = self.model(video, sample=True, generator=self.generator,
+                             decode_pixels=self.settings.needs_pixels)
         # Losses in fp32, outside autocast: sums over C*H*W are large.
-        terms = self.loss_fn(video, x_rec, x_z_rec, z, posterior, x_z)
-        x_z_rec = x_z_rec.detach()
+        terms = self.loss_fn(video, out)
+        x_z_rec = out.x_z_rec.detach()
         names = sorted(terms)
         local = torch.stack([terms[n].detach().float() for n in names])
         finite = bool(torch.isfinite(local).all())
@@ -434,11 +439,19 @@ class Trainer:
                 f"rate, check the data, or resume from an earlier checkpoint.")
         if (self.attempts_total >= MIN_ATTEMPTS_FOR_SKIP_CHECK
                 and self.skipped_total > cfg.max_skip_fraction * self.attempts_total):
-            examples = "; ".join(f"{p}: {r}" for p, r in list(self._seen_skips.items())[:5])
+            # Every rank is here at the same step (the counts are sums over ranks): gathering is safe.
+            seen: dict[str, str] = {}
+            for skips in all_gather_objects(list(self._seen_skips.items())[:MAX_SKIP_EXAMPLES]):
+                seen.update(skips)
+            examples = "; ".join(f"{p}: {r}" for p, r in list(seen.items())[:MAX_SKIP_EXAMPLES])
+            window = cfg.dataset.num_frames * cfg.dataset.frame_interval
             raise TrainingAborted(
                 f"aborting at step {step}: {self.skipped_total} of {self.attempts_total} sample reads "
-                f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Examples on rank "
-                f"{self.env.rank}: {examples or 'none on this rank'}")
+                f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Unreadable: "
+                f"{examples or 'none since this run started (the counts include reads before the resume)'}. "
+                f"Either remove or fix those rows (`python scripts/make_csv.py <folder> <csv> --min-frames "
+                f"{window}` leaves out clips shorter than a {window}-frame window) and resume with --load auto, "
+                f"or allow more with --cfg-options max_skip_fraction=<a higher fraction>")
 
     def _log_new_skips(self, skipped: list[tuple[str, str]]) -> None:
         for path, reason in skipped:
@@ -523,6 +536,8 @@ class Trainer:
             "speed/samples_per_s": self.cfg.batch_size * self.env.world_size / max(seconds, 1e-9),
             "data/skipped_total": self.skipped_total, "data/skipped_samples_step": out.skipped_samples,
         })
+        if self.env.device.type == "cuda":
+            metrics["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.env.device) / 2**20
         return metrics
 
     def close(self) -> None:

@@ -73,4 +73,4 @@ def test_out_of_memory_while_decoding_is_raised_as_memory_error_not_a_bad_file(t
     csv = tmp_path / "d.csv"
     csv.write_text(f"path\n{CLIP_17}\n{CLIP_17}\n")
     with pytest.raises(MemoryError):
-        VideoDataset(csv, num_frames=17, image_size=(16, 16))[0]
+        VideoDataset(csv, num_frames=17, image_size=(16, 16), max_retries=20)[0]

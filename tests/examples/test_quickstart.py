@@ -1,20 +1,22 @@
-"""Quickstart demo parts: the sample-data builder, stage 0, and the result readers.
+"""Quickstart demo parts (examples/quickstart/): the sample-data builder, stage 0, the
+pretrained-spatial start, and the result readers.
 
 The whole demo (minutes of training) is run by `bash scripts/quickstart.sh`, not here.
 """
 
 import math
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import CLIP_100, REPO, build_tiny_pipeline
+from tests.helpers import CLIP_100, REPO, TINY_TRAIN, build_tiny_pipeline
 from opensora_vae.data.video_io import read_image, read_video_frames, video_info
-from opensora_vae.demo.results import format_results_table, loss_trend, read_tensorboard_scalars, ResultRow
-from opensora_vae.demo.sample_data import build_sample_data, crop_windows, resize_short_side, window_starts
-from opensora_vae.demo.stage0 import load_frames, run_stage0, spatial_psnr, train_spatial_vae
+from examples.quickstart.results import format_results_table, loss_trend, read_tensorboard_scalars, ResultRow
+from examples.quickstart.sample_data import build_sample_data, crop_windows, resize_short_side, window_starts
+from examples.quickstart.stage0 import load_frames, run_stage0, spatial_psnr, train_spatial_vae
 
 SOURCE = CLIP_100
 
@@ -118,7 +120,7 @@ def test_spatial_psnr_matches_definition():
 
 def test_stage0_loss_falls_and_checkpoint_loads_in_stage1(sample, tmp_path):
     from opensora_vae.config import load_config
-    from opensora_vae.models import VideoVAEPipeline, build_pipeline
+    from opensora_vae.models import VideoVAEPipeline
 
     cfg = load_config(REPO / "configs/vae/train/tiny/stage1.py").model.to_dict()
     result = run_stage0(cfg, sample.train_csv, sample.heldout_csv, tmp_path / "s0", steps=30, batch_size=4,
@@ -129,7 +131,7 @@ def test_stage0_loss_falls_and_checkpoint_loads_in_stage1(sample, tmp_path):
     assert result.heldout_psnr > result.heldout_psnr_before + 1.0
     assert result.num_heldout_frames == 8 * 20
     # stage 1 builds the tiny config and loads this checkpoint: spatial weights are the trained ones
-    pipe = build_pipeline(cfg, ckpt_path=str(result.checkpoint))
+    pipe = VideoVAEPipeline.from_train_config(cfg, ckpt_path=str(result.checkpoint))
     loaded = VideoVAEPipeline.from_pretrained(result.checkpoint)
     heldout = load_frames(sample.heldout_csv)[:16]
     assert spatial_psnr(pipe.spatial_vae.module, heldout) == pytest.approx(
@@ -138,16 +140,60 @@ def test_stage0_loss_falls_and_checkpoint_loads_in_stage1(sample, tmp_path):
     assert spatial_psnr(pipe.spatial_vae.module, heldout) > spatial_psnr(random_spatial, heldout) + 1.0
 
 
-def test_train_spatial_vae_trains_a_frozen_module_and_rejects_zero_steps():
-    vae = build_tiny_pipeline().spatial_vae.module  # the stage-1 tiny config builds it frozen
-    assert not any(p.requires_grad for p in vae.parameters())
-    before = [p.detach().clone() for p in vae.parameters()]
+def test_train_spatial_vae_trains_and_rejects_zero_steps_or_a_frozen_module():
+    pipe = build_tiny_pipeline()  # the stage-1 tiny config builds the spatial VAE frozen
     frames = torch.rand(4, 3, 64, 64) * 2 - 1
+    with pytest.raises(ValueError, match="frozen"):
+        train_spatial_vae(pipe.spatial_vae.module, frames, steps=2)
+    pipe.set_freeze_spatial(False)
+    vae = pipe.spatial_vae.module
+    before = [p.detach().clone() for p in vae.parameters()]
     losses = train_spatial_vae(vae, frames, steps=2, batch_size=2, progress=False)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert any(not torch.equal(a, b) for a, b in zip(before, vae.parameters()))
     with pytest.raises(ValueError, match="steps"):
         train_spatial_vae(vae, frames, steps=0)
+
+
+def test_stage0_progress_is_plain_lines_with_an_eta(capsys):
+    """Readable in a log file: ten whole lines per run (no carriage-return redraws), each with the
+    step, the loss and an ETA."""
+    pipe = build_tiny_pipeline(freeze_spatial=False)
+    frames = torch.rand(4, 3, 32, 32) * 2 - 1
+    train_spatial_vae(pipe.spatial_vae.module, frames, steps=20, batch_size=2, progress=True)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    lines = captured.out.splitlines()
+    assert len(lines) == 10
+    assert [int(line.split("step ")[1].split("/")[0]) for line in lines] == list(range(2, 21, 2))
+    assert all("/20," in line and "ETA" in line for line in lines)
+    from examples.quickstart.stage0 import progress_line
+
+    line = progress_line(5, 20, [4.0, 3.0, 2.0, 1.0, 5.0], since=time.perf_counter() - 10.0)
+    assert "step 5/20" in line and "ETA 30 s" in line and "last 2: 3" in line
+
+
+def test_pretrained_spatial_start_keeps_its_weights_and_writes_loadable_configs(tmp_path):
+    """`--spatial-vae DIR`: the pipeline saved for stage 1 holds that AutoencoderKL's weights,
+    and the stage configs written for it build the same architecture."""
+    from diffusers import AutoencoderKL
+
+    from examples.quickstart.pretrained_spatial import save_pipeline_with_spatial, write_stage_configs
+    from opensora_vae.config import load_config
+    from opensora_vae.models import VideoVAEPipeline
+
+    model_cfg = load_config(TINY_TRAIN[1]).model.to_dict()
+    torch.manual_seed(7)
+    vae = AutoencoderKL.from_config(model_cfg["spatial"]["config"])
+    vae.save_pretrained(tmp_path / "sd" / "vae")  # diffusers pipeline layout: found in vae/
+    ckpt, spatial_config = save_pipeline_with_spatial(model_cfg, str(tmp_path / "sd"), tmp_path / "stage0")
+    loaded = VideoVAEPipeline.from_pretrained(ckpt)
+    for name, value in vae.state_dict().items():
+        assert torch.equal(loaded.spatial_vae.module.state_dict()[name], value), name
+    configs = write_stage_configs(TINY_TRAIN, spatial_config, tmp_path / "configs")
+    stage1 = load_config(configs[1]).model.to_dict()
+    assert stage1["spatial"]["config"] == spatial_config
+    VideoVAEPipeline.from_train_config(stage1, ckpt_path=str(ckpt))  # the architecture fits
 
 
 def test_loss_trend_windows():
@@ -173,7 +219,7 @@ def test_loss_trend_terms_use_the_run_windows():
 
 
 def test_epoch_window():
-    from opensora_vae.demo.run import epoch_window
+    from examples.quickstart.run import epoch_window
 
     assert epoch_window(484, 22) == 110  # 22 epochs: 5 whole epochs per window
     assert epoch_window(88, 22) == 22
@@ -204,3 +250,18 @@ def test_results_table_marks_missing_metrics():
     assert lines[0].split() == ["reconstruction", "PSNR", "SSIM"]
     assert lines[1].split() == ["a", "20.0000", "0.5000"]
     assert lines[2].split() == ["bb", "21.2500", "-"]
+
+
+def test_entry_runs_from_the_checkout_and_the_package_never_imports_it():
+    """`scripts/quickstart.sh` runs `python -m examples.quickstart`; the installed package must
+    work without examples/ (it is not installed)."""
+    from examples.quickstart.__main__ import main
+    from opensora_vae.cli import run_main
+
+    assert "python -m examples.quickstart" in (REPO / "scripts" / "quickstart.sh").read_text()
+    assert run_main(main, ["--help"]) == 0
+    assert run_main(main, ["--stage0-steps", "x"]) == 2  # argparse: bad flag
+    offenders = [str(p) for p in (REPO / "opensora_vae").rglob("*.py")
+                 if any(line.lstrip().startswith(("import examples", "from examples"))
+                        for line in p.read_text().splitlines())]
+    assert offenders == []

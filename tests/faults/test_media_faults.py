@@ -45,7 +45,7 @@ def test_non_regular_files_say_what_they_are(special_paths):
 @pytest.mark.timeout(60)
 def test_dataset_skips_non_regular_files_naming_their_type(special_paths, tmp_path):
     rows = [*special_paths.values(), CLIP_17]
-    ds = VideoDataset(write_csv(tmp_path / "special.csv", rows), num_frames=17, image_size=(16, 16))
+    ds = VideoDataset(write_csv(tmp_path / "special.csv", rows), num_frames=17, image_size=(16, 16), max_retries=20)
     item = ds[0]
     assert item["index"] == len(rows) - 1  # every special path skipped, then the clip
     assert [p for p, _ in item["skipped"]] == [str(p) for p in special_paths.values()]
@@ -86,6 +86,6 @@ def test_a_huge_gif_of_a_few_kilobytes_is_refused_before_decoding(tmp_path):
     with pytest.raises(FrameTooLargeError) as err:
         VideoFile(huge)
     assert (err.value.width, err.value.height) == (8192, 8192) and err.value.limit < 8192 * 8192
-    ds = VideoDataset(write_csv(tmp_path / "huge.csv", [huge, CLIP_17]), num_frames=17, image_size=(16, 16))
+    ds = VideoDataset(write_csv(tmp_path / "huge.csv", [huge, CLIP_17]), num_frames=17, image_size=(16, 16), max_retries=20)
     item = ds[0]
     assert item["index"] == 1 and [p for p, _ in item["skipped"]] == [str(huge)]

@@ -13,8 +13,9 @@ from tests.helpers import CLIP_17, CLIP_100, REPO, build_tiny_pipeline
 from opensora_vae.config import load_config
 from opensora_vae.data.transforms import center_crop_resize, frames_to_clip
 from opensora_vae.data.video_io import read_image, read_video_frames, video_info
-from opensora_vae.inference import (InferenceDataset, InferenceError, LatentStats, reconstruct_clip,
-                                    resolve_pipeline_path, run_inference, sample_name, to_uint8_frames)
+from opensora_vae.inference import (InferenceDataset, InferenceError, LatentStats, run_inference, sample_name,
+                                    to_uint8_frames)
+from opensora_vae.models.checkpoint_io import resolve_pipeline_dir
 from opensora_vae.precision import autocast
 from opensora_vae.models import CheckpointError, VideoVAEPipeline
 
@@ -107,8 +108,9 @@ def test_rec_and_spatial_equal_the_pipeline(run, pipe, name, source):
         x = (clip * 2 - 1).permute(1, 0, 2, 3)
     else:
         x = expected_clip(source, range(17))
-    for kind, spatial_only in (("rec", False), ("spatial", True)):
-        want = reference_uint8(pipe.reconstruct(x[None], sample=False, spatial_only=spatial_only)[0])
+    out = pipe.reconstruct(x[None], sample=False, rec=True, spatial=True)
+    for kind in ("rec", "spatial"):
+        want = reference_uint8(getattr(out, kind)[0])
         got = read_frames(root / "out" / f"s_{kind}" / name).astype(int)
         assert np.abs(got - want).max() <= 1, kind  # float rounding at a .5 boundary at most
         assert (got == want).mean() > 0.999, kind
@@ -134,6 +136,15 @@ def test_metrics_json_equals_direct_computation(run):
     assert saved["config"]["dataset"]["image_size"] == [SIZE, SIZE]
 
 
+def test_metrics_json_shows_the_architecture_loaded_from_the_checkpoint(run, pipe):
+    """Not the inference config's model section (the full-size default, never built here)."""
+    root, report = run
+    saved = json.loads((root / "out/s_metrics.json").read_text())
+    assert saved["model"] == json.loads(json.dumps(pipe.export_config()))
+    assert saved["model"]["vae_temporal"]["filters"] == 16  # the tiny checkpoint, not 128
+    assert "model" not in saved["config"]
+
+
 def test_latent_stats_equal_direct_computation(run, pipe):
     root, report = run
     image = center_crop_resize(frames_to_clip(read_image(root / "still.png")[None]), SIZE)
@@ -148,24 +159,32 @@ def test_latent_stats_equal_direct_computation(run, pipe):
     assert stats["count_per_channel"] == values.shape[1]
 
 
-def test_reconstruct_clip_matches_pipeline_across_chunks(pipe):
+def test_reconstruct_outputs_from_shared_latents_equal_separate_passes(pipe):
+    """Inference asks for all three outputs at once; each equals the pass that computes it alone."""
     x = torch.rand(1, 3, 19, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1  # 17 + 2 frames
-    out = reconstruct_clip(pipe, x)
+    out = pipe.reconstruct(x, rec=True, spatial=True, z=True)
     with torch.no_grad():
-        torch.testing.assert_close(out.rec, pipe.reconstruct(x), rtol=0, atol=1e-5)
-        torch.testing.assert_close(out.spatial, pipe.reconstruct(x, spatial_only=True), rtol=0, atol=1e-5)
+        assert torch.equal(out.rec, pipe.reconstruct(x).rec)
+        assert torch.equal(out.spatial, pipe.reconstruct(x, rec=False, spatial=True).spatial)
+        torch.testing.assert_close(out.rec, pipe.decode(pipe.encode(x, sample=False), 19), rtol=0, atol=1e-4)
+        torch.testing.assert_close(out.spatial, pipe.spatial_vae.decode(pipe.spatial_vae.encode(x, sample=False)),
+                                   rtol=0, atol=1e-4)
         torch.testing.assert_close(out.z, pipe.denormalize(pipe.encode(x, sample=False)), rtol=0, atol=1e-5)
     assert out.z.shape[2] == 5 + 1
+    assert pipe.reconstruct(x, rec=False, z=True).rec is None
+    with pytest.raises(ValueError, match="at least one"):
+        pipe.reconstruct(x, rec=False)
 
 
-def test_reconstruct_clip_honours_pipeline_tiling(workspace):
+def test_reconstruct_honours_pipeline_tiling(workspace):
     pipe = VideoVAEPipeline.from_pretrained(workspace / "run" / "step_000000010" / "model").eval()
     x = torch.rand(1, 3, 5, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    untiled = reconstruct_clip(pipe, x).rec
+    untiled = pipe.reconstruct(x).rec
     pipe.enable_tiling(temporal_tile=4, temporal_overlap=2, spatial=False)  # 8x8 latents in 4x4 tiles
-    tiled = reconstruct_clip(pipe, x)
-    torch.testing.assert_close(tiled.rec, pipe.reconstruct(x), rtol=0, atol=1e-5)
-    assert (tiled.rec - untiled).abs().max() > 1e-4
+    tiled = pipe.reconstruct(x, spatial=True).rec
+    with torch.no_grad():
+        torch.testing.assert_close(tiled, pipe.decode(pipe.encode(x, sample=False), 5), rtol=0, atol=1e-4)
+    assert (tiled - untiled).abs().max() > 1e-4
 
 
 def test_uint8_rounding_and_latent_stats_units():
@@ -195,11 +214,11 @@ def test_dataset_frame_interval_starts_at_zero_and_skips_short(tmp_path):
 
 def test_checkpoint_path_forms_and_errors(workspace, tmp_path):
     step = workspace / "run" / "step_000000010"
-    assert resolve_pipeline_path(step) == str(step / "model")
-    assert resolve_pipeline_path(step / "model") == str(step / "model")
+    assert resolve_pipeline_dir(step) == str(step / "model")
+    assert resolve_pipeline_dir(step / "model") == str(step / "model")
     (workspace / "run" / "step_000000020" / "model").mkdir(parents=True, exist_ok=True)
     with pytest.raises(CheckpointError, match="step_000000020"):
-        resolve_pipeline_path(workspace / "run")
+        resolve_pipeline_dir(workspace / "run")
     # A missing or corrupt checkpoint fails before any data is read (this CSV does not exist).
     with pytest.raises(CheckpointError, match="does not exist"):
         run_inference(tiny_config(tmp_path / "nope", tmp_path / "no.csv", tmp_path / "o"), verbose=False)

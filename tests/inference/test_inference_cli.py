@@ -69,3 +69,14 @@ def test_entry_errors_exit_2_with_a_message(setup, tmp_path):
     proc = run_script(["--ckpt-path", tmp_path / "nothing", "--data-path", csv, "--save-dir", tmp_path / "x"])
     assert proc.returncode == 2 and "error:" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_help_shows_the_usage_example_as_written(capsys):
+    from tests.helpers import load_script
+
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(SCRIPT).parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    # The continuation line stays a line: no backslash-newline joined into a run of spaces.
+    assert "configs/vae/inference/video.py \\\n        --ckpt-path CKPT" in out

@@ -1,13 +1,18 @@
 """Pipeline: released key layout, chunk arithmetic, save/load round trip, clear load errors."""
 
+import inspect
 import json
 import math
+import os
 
 import pytest
 import torch
+from mmengine.config import Config
 
 from tests.helpers import build_tiny_pipeline
-from opensora_vae.models import CheckpointError, SpatialVAE, VideoVAEPipeline
+from opensora_vae.models import (RELEASED_REPO, SCALE, SHIFT, CheckpointError, PipelineOutput, SpatialVAE,
+                                 TemporalVAE, VideoVAEPipeline)
+from opensora_vae.models.spatial import DEFAULT_SPATIAL_REPO, SCALING_FACTOR
 
 RELEASED_CONFIG = {  # the structure of hpcai-tech/OpenSora-VAE-v1.2's config.json
     "architectures": ["VideoAutoencoderPipeline"],
@@ -25,20 +30,58 @@ RELEASED_CONFIG = {  # the structure of hpcai-tech/OpenSora-VAE-v1.2's config.js
 
 def test_full_size_state_dict_equals_released_layout(assets_dir):
     ref = json.loads((assets_dir / "opensora_vae_v1_2_state_dict.json").read_text())
-    pipe = VideoVAEPipeline.from_config_dict(RELEASED_CONFIG, device="meta")
+    pipe = VideoVAEPipeline.from_config(RELEASED_CONFIG, device="meta")
     ours = [[k, list(v.shape)] for k, v in pipe.state_dict().items()]
     assert ours == ref["keys"]  # same keys, same shapes, same order
     assert sum(v.numel() for v in pipe.state_dict().values()) == ref["total_params"]
     assert sum(p.numel() for p in pipe.temporal_vae.parameters()) == ref["temporal_params"]
     assert sum(p.numel() for p in pipe.spatial_vae.parameters()) == ref["spatial_params"]
     assert pipe.spatial_vae.scaling_factor == 0.18215
-    torch.testing.assert_close(pipe.shift.flatten(), torch.tensor(RELEASED_CONFIG["shift"]), rtol=0, atol=0) \
-        if pipe.shift.device.type != "meta" else None
+
+
+def test_released_config_values_reach_the_model(tiny_pipeline):
+    """The released config.json's format (VAE_Temporal_SD, vae_2d without sizes) built for real on
+    the CPU: only the architecture is swapped for the tiny one, so buffers hold actual values."""
+    tiny = tiny_pipeline.export_config()
+    sizes = {k: v for k, v in tiny["vae_temporal"].items() if k != "type"}
+    config = {**RELEASED_CONFIG, "vae_2d": {**RELEASED_CONFIG["vae_2d"], "config": tiny["vae_2d"]["config"]},
+              "vae_temporal": {**RELEASED_CONFIG["vae_temporal"], **sizes}}
+    pipe = VideoVAEPipeline.from_config(config)
+    assert pipe.shift.device.type == "cpu"
+    assert torch.equal(pipe.shift.flatten(), torch.tensor(RELEASED_CONFIG["shift"]))
+    assert torch.equal(pipe.scale.flatten(), torch.tensor(RELEASED_CONFIG["scale"]))
+    assert pipe.micro_frame_size == 17 and pipe.spatial_vae.micro_batch_size == 4
+    assert pipe.temporal_vae.config == tiny_pipeline.temporal_vae.config
+    # a config.json without them takes the released statistics, the code's one copy
+    del config["shift"], config["scale"]
+    pipe = VideoVAEPipeline.from_config(config, freeze_spatial=True)
+    assert torch.equal(pipe.shift.flatten(), torch.tensor(SHIFT)) and torch.equal(pipe.scale.flatten(), torch.tensor(SCALE))
+    assert pipe.freeze_spatial and not any(p.requires_grad for p in pipe.spatial_vae.parameters())
+
+
+def test_code_constants_agree_with_the_model_config(repo_dir):
+    """The config files are the source of the defaults; the few values code needs to load the
+    released checkpoint exist once there, and must say the same."""
+    model = Config.fromfile(str(repo_dir / "configs/vae/_base_/model_v1_2.py")).model.to_dict()
+    defaults = lambda fn: {k: p.default for k, p in inspect.signature(fn).parameters.items()  # noqa: E731
+                           if p.default is not inspect.Parameter.empty}
+    assert tuple(model["shift"]) == SHIFT and tuple(model["scale"]) == SCALE
+    pipe_defaults = defaults(VideoVAEPipeline.__init__)
+    assert model["micro_frame_size"] == pipe_defaults["micro_frame_size"]
+    assert (pipe_defaults["shift"], pipe_defaults["scale"]) == (SHIFT, SCALE)
+    spatial = model["spatial"]
+    assert spatial["scaling_factor"] == SCALING_FACTOR == defaults(SpatialVAE.__init__)["scaling_factor"]
+    assert spatial["micro_batch_size"] == defaults(SpatialVAE.__init__)["micro_batch_size"]
+    assert spatial["from_pretrained"] == DEFAULT_SPATIAL_REPO
+    temporal = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults(TemporalVAE.__init__).items()}
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in model["temporal"].items()} == temporal
+    for name in ("video", "image"):
+        assert Config.fromfile(str(repo_dir / f"configs/vae/inference/{name}.py")).ckpt_path == RELEASED_REPO
 
 
 @pytest.mark.parametrize("T", list(range(1, 40)) + [51, 68, 100])
 def test_latent_length_formula(T):
-    pipe = VideoVAEPipeline.from_config_dict(RELEASED_CONFIG, device="meta")
+    pipe = VideoVAEPipeline.from_config(RELEASED_CONFIG, device="meta")
     expected = 5 * (T // 17) + math.ceil((T % 17) / 4)
     assert pipe.get_latent_size([T, 256, 256]) == [expected, 32, 32]
     pipe.micro_frame_size = None
@@ -64,15 +107,18 @@ def test_micro_frame_chunks_are_independent(tiny_pipeline, T):
 def test_forward_returns_unnormalised_training_outputs(tiny_pipeline):
     x = torch.rand(2, 3, 9, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
-        x_rec, x_z_rec, z, posterior, x_z = tiny_pipeline(x, sample=False)
+        out = tiny_pipeline(x, sample=False)
         z_norm = tiny_pipeline.encode(x, sample=False)
         x_dec = tiny_pipeline.decode(z_norm, num_frames=9)
-    assert x_z.shape == (2, 4, 9, 8, 8) and x_z_rec.shape == x_z.shape and z.shape == (2, 4, 3, 8, 8)
-    torch.testing.assert_close(tiny_pipeline.normalize(z), z_norm, rtol=0, atol=1e-6)
-    torch.testing.assert_close(x_rec, x_dec, rtol=0, atol=1e-4)
-    assert torch.equal(posterior.mode(), z)
-    _, _, _, _, x_z_mode = tiny_pipeline(x, sample=False, decode_pixels=False)
-    torch.testing.assert_close(x_z_mode, x_z)
+        latent_only = tiny_pipeline(x, sample=False, decode_pixels=False)
+    assert isinstance(out, PipelineOutput)
+    assert out.x_z.shape == (2, 4, 9, 8, 8) and out.x_z_rec.shape == out.x_z.shape
+    assert out.z.shape == (2, 4, 3, 8, 8)
+    torch.testing.assert_close(tiny_pipeline.normalize(out.z), z_norm, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.x_rec, x_dec, rtol=0, atol=1e-4)
+    assert torch.equal(out.posterior.mode(), out.z)
+    assert latent_only.x_rec is None
+    torch.testing.assert_close(latent_only.x_z, out.x_z)
 
 
 def test_sampling_is_seeded_and_mode_is_deterministic(tiny_pipeline):
@@ -89,8 +135,8 @@ def test_reconstruct_equals_decode_of_encode(tiny_pipeline):
     x = torch.rand(1, 3, 20, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
     with torch.no_grad():
         full = tiny_pipeline.decode(tiny_pipeline.encode(x, sample=False), num_frames=20)
-        chunked = tiny_pipeline.reconstruct(x)
-        spatial = tiny_pipeline.reconstruct(x, spatial_only=True)
+        chunked = tiny_pipeline.reconstruct(x).rec
+        spatial = tiny_pipeline.reconstruct(x, rec=False, spatial=True).spatial
         spatial_ref = tiny_pipeline.spatial_vae.decode(tiny_pipeline.spatial_vae.encode(x, sample=False))
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-4)
     torch.testing.assert_close(spatial, spatial_ref, rtol=0, atol=1e-4)
@@ -111,8 +157,20 @@ def test_save_pretrained_round_trip_is_bit_exact(tiny_pipeline, tmp_path):
     assert overridden.micro_frame_size is None and overridden.spatial_vae.micro_batch_size == 2
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_follow_the_umask(tiny_pipeline, tmp_path, umask):
+    """model.safetensors gets the mode of every other file (safetensors itself writes 0600)."""
+    old = os.umask(umask)
+    try:
+        tiny_pipeline.save_pretrained(tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ckpt").iterdir()}
+    assert modes == {"config.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask}
+
+
 def test_released_format_config_builds_sdxl_architecture():
-    pipe = VideoVAEPipeline.from_config_dict(RELEASED_CONFIG, device="meta")
+    pipe = VideoVAEPipeline.from_config(RELEASED_CONFIG, device="meta")
     cfg = pipe.spatial_vae.module.config
     assert list(cfg.block_out_channels) == [128, 256, 512, 512] and cfg.layers_per_block == 2
     assert pipe.temporal_vae.config["filters"] == 128 and pipe.micro_frame_size == 17
@@ -132,7 +190,7 @@ def test_load_errors_are_clear(tmp_path, tiny_pipeline):
     # a tiny checkpoint does not fit the full-size architecture
     tiny_pipeline.save_pretrained(tmp_path / "tiny")
     from opensora_vae.models.checkpoint_io import load_state_dict_file, load_weights_into
-    big = VideoVAEPipeline.from_config_dict(RELEASED_CONFIG, device="meta")
+    big = VideoVAEPipeline.from_config(RELEASED_CONFIG, device="meta")
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_weights_into(big, load_state_dict_file(tmp_path / "tiny" / "model.safetensors"), "tiny", assign=True)
 
@@ -146,10 +204,14 @@ def test_frozen_spatial_gets_no_gradient():
     pipe = build_tiny_pipeline(freeze_spatial=True).train()
     assert not pipe.spatial_vae.training and pipe.temporal_vae.training
     x = torch.rand(1, 3, 5, 64, 64) * 2 - 1
-    x_rec, x_z_rec, z, post, x_z = pipe(x)
-    (x_rec.abs().mean() + x_z_rec.abs().mean()).backward()
+    out = pipe(x)
+    (out.x_rec.abs().mean() + out.x_z_rec.abs().mean()).backward()
     assert all(p.grad is None for p in pipe.spatial_vae.parameters())
     assert pipe.temporal_vae.encoder.conv_in.conv.weight.grad.abs().sum() > 0
+    pipe.set_freeze_spatial(False)  # stage 0 of the quickstart trains it
+    assert pipe.spatial_vae.training and all(p.requires_grad for p in pipe.spatial_vae.parameters())
+    pipe.set_freeze_spatial(True)
+    assert not pipe.spatial_vae.training and not any(p.requires_grad for p in pipe.spatial_vae.parameters())
 
 
 def test_training_step_dirs_load_and_run_dirs_are_refused(tiny_pipeline, tmp_path):

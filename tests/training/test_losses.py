@@ -8,7 +8,7 @@ from tests.helpers import build_tiny_pipeline
 from opensora_vae.config import ConfigError, load_config
 from opensora_vae.losses import LossSettings, VAELoss, frames_l1, frames_perceptual, kl_per_sample
 from opensora_vae.lpips import build_lpips
-from opensora_vae.models import DiagonalGaussian
+from opensora_vae.models import DiagonalGaussian, PipelineOutput
 from tests.helpers import REPO
 
 TRAIN = REPO / "configs/vae/train"
@@ -59,7 +59,8 @@ def test_perceptual_term_is_lpips_broadcast_to_every_pixel(vgg_lpips):
     loss = VAELoss(settings_of(use_real_rec_loss=True, use_z_rec_loss=False, use_image_identity_loss=False,
                                 perceptual_loss_weight=0.1, kl_loss_weight=0.0), vgg_lpips)
     moments = torch.zeros(2, 8, 1, 4, 4)
-    terms = loss(x, x_rec, None, None, DiagonalGaussian(moments), None)
+    terms = loss(x, PipelineOutput(x_rec=x_rec, x_z_rec=None, z=None, posterior=DiagonalGaussian(moments),
+                                   x_z=None))
     assert torch.allclose(terms["pixel_l1"] + terms["perceptual"],
                           reference_nll(x, x_rec, vgg_lpips, 0.1), rtol=1e-5)
 
@@ -74,7 +75,7 @@ def test_kl_is_summed_per_sample_and_averaged_over_batch():
     loss = VAELoss(settings_of(use_real_rec_loss=True, use_z_rec_loss=False, use_image_identity_loss=False,
                                 perceptual_loss_weight=0.0, kl_loss_weight=1e-6))
     x = torch.zeros(3, 3, 2, 8, 8)
-    terms = loss(x, x, None, None, posterior, None)
+    terms = loss(x, PipelineOutput(x_rec=x, x_z_rec=None, z=None, posterior=posterior, x_z=None))
     assert set(terms) == {"pixel_l1", "kl", "loss"}  # weight 0: no perceptual term at all
     assert terms["pixel_l1"] == 0 and torch.allclose(terms["kl"], 1e-6 * per_sample.mean())
 
@@ -85,12 +86,13 @@ def _stage_terms(stage: int, num_frames: int, lpips_model):
     pipe = build_tiny_pipeline(freeze_spatial=cfg.model.freeze_spatial).train()
     x = torch.rand(1, 3, num_frames, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
     out = pipe(x, generator=torch.Generator().manual_seed(4), decode_pixels=settings.needs_pixels)
-    return settings, x, out, VAELoss(settings, lpips_model)(x, *out)
+    return settings, x, out, VAELoss(settings, lpips_model)(x, out)
 
 
 @pytest.mark.parametrize("num_frames", [1, 5])
 def test_stage1_trains_on_latent_reconstruction_plus_identity_on_images(num_frames):
-    settings, x, (x_rec, x_z_rec, z, posterior, x_z), terms = _stage_terms(1, num_frames, None)
+    settings, x, out, terms = _stage_terms(1, num_frames, None)
+    x_rec, x_z_rec, z, x_z = out.x_rec, out.x_z_rec, out.z, out.x_z
     assert x_rec is None  # no pixel loss: the spatial decoder is skipped
     expected = {"z_rec", "loss"} | ({"identity"} if num_frames == 1 else set())
     assert set(terms) == expected
@@ -105,14 +107,15 @@ def test_stage1_trains_on_latent_reconstruction_plus_identity_on_images(num_fram
 
 @pytest.mark.parametrize("num_frames", [1, 5])
 def test_stage2_has_no_identity_loss(num_frames):
-    _, _, (x_rec, x_z_rec, _, _, x_z), terms = _stage_terms(2, num_frames, None)
-    assert set(terms) == {"z_rec", "loss"} and x_rec is None
-    assert torch.allclose(terms["loss"], reference_nll(x_z, x_z_rec))
+    _, _, out, terms = _stage_terms(2, num_frames, None)
+    assert set(terms) == {"z_rec", "loss"} and out.x_rec is None
+    assert torch.allclose(terms["loss"], reference_nll(out.x_z, out.x_z_rec))
 
 
 @pytest.mark.parametrize("num_frames", [1, 5])
 def test_stage3_is_pixel_l1_plus_perceptual_plus_kl(num_frames, vgg_lpips):
-    settings, x, (x_rec, _, _, posterior, _), terms = _stage_terms(3, num_frames, vgg_lpips)
+    settings, x, out, terms = _stage_terms(3, num_frames, vgg_lpips)
+    x_rec, posterior = out.x_rec, out.posterior
     assert set(terms) == {"pixel_l1", "perceptual", "kl", "loss"}
     assert (settings.perceptual_loss_weight, settings.kl_loss_weight) == (0.1, 1e-6)
     nll = reference_nll(x, x_rec, vgg_lpips, 0.1)
@@ -128,7 +131,8 @@ def test_detach_flag_decides_whether_the_latent_target_gets_gradient(detach):
     x_z = torch.randn(1, 4, 1, 4, 4, generator=g).requires_grad_()
     x_z_rec = torch.randn(1, 4, 1, 4, 4, generator=g).requires_grad_()
     z = torch.randn(1, 4, 1, 4, 4, generator=g).requires_grad_()
-    terms = VAELoss(settings)(torch.zeros(1, 3, 1, 32, 32), None, x_z_rec, z, None, x_z)
+    terms = VAELoss(settings)(torch.zeros(1, 3, 1, 32, 32),
+                              PipelineOutput(x_rec=None, x_z_rec=x_z_rec, z=z, posterior=None, x_z=x_z))
     terms["loss"].backward()
     assert torch.equal(x_z_rec.grad, torch.sign(x_z_rec - x_z).detach())  # d|a-b|/da, one frame
     if detach:
@@ -145,4 +149,5 @@ def test_invalid_loss_settings_fail_clearly():
         VAELoss(settings_of(use_real_rec_loss=True, use_z_rec_loss=False))
     with pytest.raises(ValueError, match="decode_pixels=True"):
         VAELoss(settings_of(use_real_rec_loss=True, perceptual_loss_weight=0.0))(
-            torch.zeros(1, 3, 1, 8, 8), None, torch.zeros(1, 4, 1, 1, 1), None, None, torch.zeros(1, 4, 1, 1, 1))
+            torch.zeros(1, 3, 1, 8, 8), PipelineOutput(x_rec=None, x_z_rec=torch.zeros(1, 4, 1, 1, 1), z=None,
+                                                       posterior=None, x_z=torch.zeros(1, 4, 1, 1, 1)))

@@ -41,6 +41,9 @@ dtype = "bf16"  # autocast dtype on CUDA ("bf16" or "fp32"; fp16 would need loss
 grad_checkpoint = True  # recompute each ResBlock in backward: less memory, ~30% more time
 parallel = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard)
 max_nonfinite_steps = 5  # consecutive non-finite losses before aborting
+# torch.compile the temporal VAE and the LPIPS network (opt-in: on a small CPU compiling costs more
+# than it saves, see benchmarks/RESULTS.md; clips of changing length trigger recompiles).
+compile = False
 deterministic = False  # torch.use_deterministic_algorithms for exact CPU resume checks
 
 # Length and bookkeeping

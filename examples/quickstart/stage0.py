@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ..data.dataset import load_table
-from ..data.video_io import VideoFile, is_image, read_image
-from ..metrics.psnr import psnr
-from ..models import VideoVAEPipeline, build_pipeline
+from opensora_vae.data.table import load_table
+from opensora_vae.data.video_io import VideoFile, is_image, read_image
+from opensora_vae.metrics.psnr import psnr
+from opensora_vae.models import VideoVAEPipeline
 
 
 @dataclass
@@ -35,15 +34,13 @@ class Stage0Result:
     seconds: float
     num_train_frames: int = 0
     num_heldout_frames: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def load_frames(csv_path: str | Path, frames_per_video: int | None = None) -> torch.Tensor:
     """Every image and (up to ``frames_per_video`` evenly spaced) video frames of a CSV's
     files, as float (N, 3, H, W) in [-1, 1]. All files must share one frame size."""
-    table = load_table(csv_path)
     chunks = []
-    for path in table["path"].astype(str):
+    for path in load_table(csv_path):
         if is_image(path):
             chunks.append(read_image(path)[None])
             continue
@@ -79,30 +76,45 @@ def spatial_psnr(vae, frames: torch.Tensor, batch_size: int = 64) -> float:
     return float(torch.cat(values).mean())
 
 
+PROGRESS_LINES = 10  # progress lines per run
+
+
+def progress_line(step: int, steps: int, losses: list[float], since: float) -> str:
+    """One plain line, readable in a log file (a redrawn progress bar is not): the step, the loss
+    now and its mean over the steps since the previous line, elapsed time, and the ETA at the
+    mean step time so far."""
+    elapsed = time.perf_counter() - since
+    window = losses[-max(1, steps // PROGRESS_LINES):]
+    eta = elapsed / step * (steps - step)
+    return (f"stage 0: step {step}/{steps}, loss {losses[-1]:.4g} (mean of the last {len(window)}: "
+            f"{sum(window) / len(window):.4g}), {elapsed:.0f} s elapsed, ETA {eta:.0f} s")
+
+
 def train_spatial_vae(vae, frames: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 1e-3,
                       kl_weight: float = 1e-6, grad_clip: float = 1.0, seed: int = 42,
                       progress: bool = True) -> list[float]:
     """AdamW on random frame batches; returns the loss of every step."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not any(p.requires_grad for p in vae.parameters()):
+        raise ValueError("the spatial VAE is frozen: unfreeze it (pipe.set_freeze_spatial(False)) to train it")
     generator = torch.Generator().manual_seed(seed)
-    # A stage-1 config builds the spatial VAE frozen; here it is the one thing that trains.
-    vae.requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
     losses = []
-    bar = tqdm(range(steps), desc="stage 0 (spatial VAE)", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
+    every, start = max(1, steps // PROGRESS_LINES), time.perf_counter()
+    for step in range(1, steps + 1):
         idx = torch.randint(len(frames), (min(batch_size, len(frames)),), generator=generator)
         loss = spatial_vae_loss(vae, frames[idx], kl_weight, generator)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"stage 0: non-finite loss at step {len(losses) + 1}; lower the lr")
+            raise FloatingPointError(f"stage 0: non-finite loss at step {step}; lower the lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), grad_clip)
         optimizer.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4g}")
+        if progress and (step % every == 0 or step == steps):
+            print(progress_line(step, steps, losses, start), flush=True)
     vae.eval()
     return losses
 
@@ -115,7 +127,8 @@ def run_stage0(model_cfg: dict, train_csv: str | Path, heldout_csv: str | Path, 
     ``out_dir/model`` (temporal VAE: random weights from the same seed)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
-    pipe: VideoVAEPipeline = build_pipeline(dict(model_cfg))
+    pipe = VideoVAEPipeline.from_train_config(dict(model_cfg))
+    pipe.set_freeze_spatial(False)  # a stage-1 config freezes the spatial VAE; here it is what trains
     vae = pipe.spatial_vae.module
     train_frames = load_frames(train_csv, frames_per_video)
     heldout_frames = load_frames(heldout_csv)

@@ -16,9 +16,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import load_config
-from ..lpips import find_backbone
-from ..metrics.pwcnet import PWC_FILENAME, PWC_URL, PWC_WEIGHTS_ENV, default_pwc_weights_path
+from opensora_vae.config import load_config
+from opensora_vae.lpips import find_backbone
+from opensora_vae.metrics.pwcnet import PWC_FILENAME, PWC_URL, PWC_WEIGHTS_ENV, default_pwc_weights_path
 from .results import (LossTrend, ResultRow, format_loss_trends, format_results_table, loss_trend,
                       read_metrics_json, read_tensorboard_scalars)
 from .sample_data import build_sample_data
@@ -87,7 +87,7 @@ def prepare_out_dir(out_dir: Path) -> None:
             raise DemoError(f"{out_dir} exists and is not a quickstart run folder: choose another --out-dir")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).write_text("written by scripts/quickstart.py; the next run deletes this folder\n")
+    (out_dir / MARKER).write_text("written by the quickstart (examples/quickstart); the next run deletes this folder\n")
 
 
 def latest_step_dir(outputs: Path) -> Path:

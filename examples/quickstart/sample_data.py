@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..data.csv_tools import CSV_COLUMNS
-from ..data.video_io import read_video_frames, video_info, write_image, write_video
+from opensora_vae.data.csv_tools import CSV_COLUMNS
+from opensora_vae.data.video_io import read_video_frames, video_info, write_image, write_video
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = REPO_DIR / "assets" / "media" / "city_cc0_0-99.mp4"

@@ -7,12 +7,13 @@ configs that inherit the tiny ones and replace only ``model.spatial.config``.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 import torch
 
-from ..models import SpatialVAE, TemporalVAE, VideoVAEPipeline
+from opensora_vae.models import VideoVAEPipeline
 
 
 def _subfolder_for(path_or_id: str) -> str | None:
@@ -24,33 +25,27 @@ def _subfolder_for(path_or_id: str) -> str | None:
     return None
 
 
-def load_spatial(path_or_id: str, micro_batch_size: int | None, scaling_factor: float) -> SpatialVAE:
-    subfolder = _subfolder_for(path_or_id)
-    try:
-        return SpatialVAE.from_pretrained(path_or_id, subfolder=subfolder, micro_batch_size=micro_batch_size,
-                                          scaling_factor=scaling_factor)
-    except FileNotFoundError:
-        if subfolder is not None or Path(path_or_id).expanduser().is_dir():
-            raise
-        # A hub id of a diffusers pipeline repo keeps its VAE in 'vae/'.
-        return SpatialVAE.from_pretrained(path_or_id, subfolder="vae", micro_batch_size=micro_batch_size,
-                                          scaling_factor=scaling_factor)
-
-
 def save_pipeline_with_spatial(model_cfg: dict, spatial_vae: str, out_dir: str | Path,
                                seed: int = 42) -> tuple[Path, dict]:
     """Pretrained spatial + random tiny temporal, saved to ``out_dir/model``.
     Returns the checkpoint dir and the spatial AutoencoderKL config (for the stage configs)."""
-    spatial_cfg = model_cfg["spatial"]
-    spatial = load_spatial(spatial_vae, spatial_cfg["micro_batch_size"], spatial_cfg["scaling_factor"])
+    subfolder = _subfolder_for(spatial_vae)
+    cfg = copy.deepcopy(dict(model_cfg))
+    cfg["spatial"] = {**cfg["spatial"], "from_pretrained": spatial_vae, "subfolder": subfolder, "config": None}
+    cfg["freeze_spatial"] = True
     torch.manual_seed(seed)
-    pipe = VideoVAEPipeline(spatial, TemporalVAE(**dict(model_cfg["temporal"])),
-                            micro_frame_size=model_cfg["micro_frame_size"], shift=model_cfg["shift"],
-                            scale=model_cfg["scale"], freeze_spatial=True)
+    try:
+        pipe = VideoVAEPipeline.from_train_config(cfg)
+    except FileNotFoundError:
+        if subfolder is not None or Path(spatial_vae).expanduser().is_dir():
+            raise
+        # A hub id of a diffusers pipeline repo keeps its VAE in 'vae/'.
+        cfg["spatial"]["subfolder"] = "vae"
+        torch.manual_seed(seed)
+        pipe = VideoVAEPipeline.from_train_config(cfg)
     checkpoint = Path(out_dir) / "model"
     pipe.save_pretrained(checkpoint)
-    config = {k: v for k, v in dict(spatial.module.config).items() if not k.startswith("_") or k == "_class_name"}
-    return checkpoint, config
+    return checkpoint, pipe.export_config()["vae_2d"]["config"]
 
 
 def write_stage_configs(base_configs: dict[int, Path], spatial_config: dict, out_dir: str | Path) -> dict[int, Path]:

@@ -1,1 +1,0 @@
-"""The quickstart demo: sample data from the bundled clip, stage 0 (tiny spatial VAE), orchestration."""
