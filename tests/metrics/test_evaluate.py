@@ -128,7 +128,7 @@ def test_device_and_metric_validation():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown"):
-        MetricSuite(["fvd"])
+        MetricSuite(["vmaf"])  # not a metric of this eval
 
 
 def test_results_do_not_depend_on_decode_threads_or_batching(tmp_path, clip, suite):
