@@ -111,12 +111,14 @@ def report_user_error(err: BaseException) -> None:
     message = err.one_line() if isinstance(err, UserError) else str(err)
     rank = current_rank()
     prefix = f"error (rank {rank}): " if rank not in (None, 0) else "error: "
+    _record_for_torchrun(message, err)
+    if rank not in (None, 0) and getattr(err, "same_on_all_ranks", True):
+        return  # rank 0 says it; torchrun's summary has every rank's error file
     print(prefix + message, file=sys.stderr, flush=True)
     for handler in logging.getLogger().handlers:  # the log file keeps the abort too
         if isinstance(handler, logging.FileHandler):
             handler.handle(logging.LogRecord("opensora_vae", logging.ERROR, __file__, 0,
                                              prefix + message, None, None))
-    _record_for_torchrun(message, err)
 
 
 def _flush_everything() -> None:

@@ -1,15 +1,15 @@
 """Config loading: mmengine Python configs, CLI overrides, and rejection of unknown keys.
 
 Every key a config may set is defined, with its default, in `configs/vae/_base_/default_*.py`
-(the schema). A key outside the schema, or a value of the wrong type, is an error before any
-work starts: a typo must never be silently ignored.
+(the schema). A key outside the schema, a value of the wrong type, or one outside its choices or
+range (`_rules`) is an error before any work starts: a typo must never be silently ignored.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from mmengine.config import Config, DictAction
 from .errors import UserError
@@ -32,7 +32,7 @@ CLI_KEYS = {
 
 
 class ConfigError(UserError, ValueError):
-    """A config that names unknown keys or holds values of the wrong type."""
+    """A config that names unknown keys, or holds values of the wrong type or out of range."""
 
 
 def schema_path(kind: str) -> Path:
@@ -97,6 +97,130 @@ def _validate(cfg: dict, schema: dict, prefix: str, errors: list[str], when_set:
             _validate(value, default, name + ".", errors, when_set)
 
 
+# ----------------------------------------------------------------------------- value rules
+# What the type check cannot see: choices and ranges. Each rule returns None when the value is
+# fine, else what it should be. Checked for every key, before any file is written.
+Rule = Callable[[Any], "str | None"]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def at_least(low: float) -> Rule:
+    return lambda v: None if _number(v) and v >= low else f"a number >= {low}"
+
+
+def above(low: float) -> Rule:
+    return lambda v: None if _number(v) and v > low else f"a number > {low}"
+
+
+def within(low: float, high: float, high_open: bool = False) -> Rule:
+    def rule(v):
+        ok = _number(v) and low <= v and (v < high if high_open else v <= high)
+        return None if ok else f"a number in [{low}, {high}{')' if high_open else ']'}"
+    return rule
+
+
+def one_of(*choices: Any) -> Rule:
+    return lambda v: None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+
+def optional(rule: Rule) -> Rule:
+    return lambda v: None if v is None else (None if rule(v) is None else f"None or {rule(v)}")
+
+
+def each(rule: Rule, length: int | None = None) -> Rule:
+    def check(v):
+        if not isinstance(v, (list, tuple)) or (length is not None and len(v) != length) or not v:
+            return f"a list of {length or 'one or more'} values, each {rule(None) or 'valid'}"
+        bad = [x for x in v if rule(x) is not None]
+        return f"a list whose values are each {rule(bad[0])}" if bad else None
+    return check
+
+
+def _non_empty_path(v: Any) -> str | None:
+    return None if isinstance(v, (str, os.PathLike)) and str(v).strip() else "a non-empty path"
+
+
+def _rules(kind: str) -> dict[str, Rule]:
+    from .data.transforms import TRANSFORM_NAMES
+    from .precision import DTYPES
+
+    shared = {
+        "dataset.num_frames": at_least(1),
+        "dataset.frame_interval": at_least(1),
+        "dataset.image_size": each(at_least(1), length=2),
+        "dataset.transform_name": one_of(*TRANSFORM_NAMES),
+        "dataset.max_retries": at_least(1),
+        "num_workers": at_least(0),
+        "batch_size": at_least(1),
+        "dtype": one_of(*DTYPES),
+        "seed": at_least(0),
+        "model.micro_frame_size": optional(at_least(1)),
+        "model.shift": each(at_least(float("-inf"))),
+        "model.scale": each(above(0)),
+        "model.spatial.micro_batch_size": optional(at_least(1)),
+        "model.spatial.scaling_factor": above(0),
+    }
+    for key in ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks", "num_groups"):
+        shared[f"model.temporal.{key}"] = at_least(1)
+    shared["model.temporal.channel_multipliers"] = each(at_least(1))
+    if kind == "inference":
+        return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
+    from .training.mixing import MIXED_STRATEGIES
+
+    return {
+        **shared,
+        "max_skip_fraction": within(0, 1),
+        "mixed_strategy": one_of(*MIXED_STRATEGIES),
+        "mixed_image_ratio": within(0, 1),
+        "perceptual_loss_weight": at_least(0),
+        "kl_loss_weight": at_least(0),
+        "lr": above(0),
+        "weight_decay": at_least(0),
+        "adam_betas": each(within(0, 1, high_open=True), length=2),
+        "adam_eps": above(0),
+        # clip_grad_norm_ with max_norm < 0 flips the gradients: the run trains backwards.
+        "grad_clip": optional(above(0)),
+        "ema_decay": optional(within(0, 1, high_open=True)),
+        "parallel": one_of("ddp", "fsdp"),
+        "max_nonfinite_steps": at_least(1),
+        "epochs": at_least(1),
+        "max_steps": optional(at_least(1)),
+        "outputs": _non_empty_path,
+        "log_every": at_least(1),
+        "ckpt_every": at_least(1),
+        "keep_last_ckpts": optional(at_least(1)),
+        "preview_every": at_least(0),
+    }
+
+
+def _lookup(data: dict, dotted: str) -> tuple[bool, Any]:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _check_values(data: dict, kind: str, errors: list[str]) -> None:
+    for key, rule in _rules(kind).items():
+        present, value = _lookup(data, key)
+        if present:
+            want = rule(value)
+            if want is not None:
+                errors.append(f"'{key}' = {value!r}: must be {want}")
+    if kind == "train":
+        if not (data.get("use_real_rec_loss") or data.get("use_z_rec_loss")):
+            # The identity loss alone would leave every multi-frame step without a loss.
+            errors.append("enable use_real_rec_loss and/or use_z_rec_loss; use_image_identity_loss only "
+                          "adds a term on 1-frame steps")
+        if data.get("ema_decay") == 0:
+            errors.append("'ema_decay' = 0: must be None (no EMA) or in (0, 1)")
+
+
 def _similar(a: str, b: str) -> bool:
     import difflib
 
@@ -108,6 +232,8 @@ def validate(cfg: Config | dict, kind: str) -> None:
     data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     errors: list[str] = []
     _validate(data, schema, "", errors, TYPES_WHEN_SET.get(kind, {}))
+    if not errors:  # ranges only make sense for values of the right type
+        _check_values(data, kind, errors)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors)
                           + f"\nevery valid key is listed in {schema_path(kind)}")

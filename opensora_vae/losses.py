@@ -21,7 +21,7 @@ import torch.nn as nn
 from .models.distributions import DiagonalGaussian
 
 if TYPE_CHECKING:
-    from .models.pipeline import PipelineOutput
+    from .models.pipeline import PipelineOutput, VideoVAEPipeline
 
 
 def frames_l1(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -55,21 +55,18 @@ def kl_per_sample(posterior: DiagonalGaussian) -> torch.Tensor:
 class LossSettings:
     """Which terms a stage trains on, and their weights (the config's loss keys)."""
 
-    use_real_rec_loss: bool = False
-    use_z_rec_loss: bool = True
-    use_image_identity_loss: bool = True
-    perceptual_loss_weight: float = 0.1
-    kl_loss_weight: float = 1e-6
-    detach_z_target: bool = True
+    # No defaults here: the config schema (configs/vae/_base_/default_train.py) holds them.
+    use_real_rec_loss: bool
+    use_z_rec_loss: bool
+    use_image_identity_loss: bool
+    perceptual_loss_weight: float
+    kl_loss_weight: float
+    detach_z_target: bool
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "LossSettings":
-        settings = cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
-        if not (settings.use_real_rec_loss or settings.use_z_rec_loss):
-            # The identity loss alone would leave every multi-frame step without a loss.
-            raise ValueError("enable use_real_rec_loss and/or use_z_rec_loss; "
-                             "use_image_identity_loss only adds a term on 1-frame steps")
-        return settings
+        # The config validation (opensora_vae.config) has already refused a mix without a main loss.
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
 
     @property
     def needs_pixels(self) -> bool:
@@ -83,7 +80,7 @@ class LossSettings:
 
 def build_perceptual(backbone_path: str | None = None, allow_random_backbone: bool = False) -> nn.Module:
     """LPIPS(VGG) v0.1: the `lpips` package's linear weights are the reference loss's."""
-    from .lpips_backbone import build_lpips
+    from .lpips import build_lpips
 
     return build_lpips(net="vgg", backbone_path=backbone_path, allow_random_backbone=allow_random_backbone)
 
@@ -126,3 +123,21 @@ class VAELoss(nn.Module):
                 terms["identity"] = frames_l1(target, out.z)
         terms["loss"] = torch.stack(list(terms.values())).sum()
         return terms
+
+
+def freeze_unreached_params(pipe: VideoVAEPipeline, settings: LossSettings) -> list[str]:
+    """Freezes trainable parameters that no active loss can reach; returns their module names.
+
+    Without a pixel loss (stages 1-2) the spatial decoder gets no gradient. DDP would wait for
+    its gradients forever (or need find_unused_parameters every step) and AdamW would still
+    decay it, so it is frozen instead: its weights stay exactly as loaded.
+    """
+    frozen = []
+    if not settings.needs_pixels and not pipe.freeze_spatial:
+        vae2d = pipe.spatial_vae.module
+        for name in ("decoder", "post_quant_conv"):
+            module = getattr(vae2d, name, None)
+            if module is not None and any(p.requires_grad for p in module.parameters()):
+                module.requires_grad_(False)
+                frozen.append(f"spatial_vae.module.{name}")
+    return frozen

@@ -12,7 +12,7 @@ Any config key can be set with --cfg-options key=value (e.g. max_steps=1000 ema_
 import argparse
 from typing import Sequence
 
-from opensora_vae.cli import run_cli  # first: sets the CPU thread policy before torch loads
+from opensora_vae.cli import run_cli, setup_logging  # first: sets the CPU thread policy before torch loads
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -32,6 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging()
     from opensora_vae.config import load_config
     from opensora_vae.training import train
 

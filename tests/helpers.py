@@ -79,3 +79,75 @@ def tiny_train_cfg(stage: int, outputs: Path, data_path: Path, **options):
     opts.update({k.replace("__", "."): v for k, v in options.items()})
     return load_config(TINY_TRAIN[stage], cfg_options=opts,
                        cli={"outputs": str(outputs), "data_path": str(data_path)})
+
+
+def write_test_video(path: Path, frames: np.ndarray, pts=None, rotation: int = 0, lossless: bool = False,
+                     fps: int = 30, preset: str = "ultrafast", gop: int | None = None) -> Path:
+    """Encode uint8 (T, H, W, 3) frames as H.264 with test-only features: explicit frame timestamps
+    `pts` (in 1/1000 s; irregular ones make a variable-frame-rate file), a display-matrix
+    `rotation` (degrees counter-clockwise, FFmpeg's convention: a player shows the stored frames
+    turned by it) and a keyframe every `gop` frames. Lossless (libx264rgb qp 0) round-trips
+    exactly; otherwise yuv420p. Presets from "medium" on use B-frames, as phones do."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        codec, options = ("libx264rgb", {"qp": "0"}) if lossless else ("libx264", {"crf": "18"})
+        stream = container.add_stream(codec, rate=fps, options={**options, "preset": preset})
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "rgb24" if lossless else "yuv420p"
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            if pts is not None:
+                video_frame.pts, video_frame.time_base = int(pts[i]), Fraction(1, 1000)
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
+
+
+def moving_frames(height: int = 64, width: int = 48, num: int = 20) -> np.ndarray:
+    """Upright (portrait, non-square) frames of a smooth pattern moving 3 px per frame, with a
+    bright block in the top-left corner, so frames and orientations are all different."""
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for i in range(num):
+        r = 128 + 100 * np.sin((x + 3 * i) / 5.0)
+        g = 128 + 100 * np.cos((y - 2 * i) / 7.0)
+        b = 128 + 60 * np.sin((x + y + 4 * i) / 9.0)
+        frame = np.stack([r, g, b], axis=-1)
+        frame[:12, :10] = 250
+        frames.append(frame)
+    return np.clip(np.stack(frames), 0, 255).round().astype(np.uint8)
+
+
+def stored_turned_back(upright: np.ndarray, rotation: int) -> np.ndarray:
+    """What a phone stores: the upright picture turned clockwise by `rotation` (a player turns it
+    back counter-clockwise by the display matrix's `rotation`)."""
+    return np.ascontiguousarray(np.rot90(upright, -rotation // 90, axes=(1, 2)))
+
+
+def cut_with_index_in_front(source: Path, out: Path, keep: float = 0.5) -> Path:
+    """`source`'s video stream remuxed with its index in front (mp4 faststart), then cut to the
+    first `keep` of its bytes: the index promises every frame, only the first ones have data."""
+    import av
+
+    whole = out.with_name(out.stem + "_whole.mp4")
+    with av.open(str(source)) as src, av.open(str(whole), "w", options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    data = whole.read_bytes()
+    whole.unlink()
+    out.write_bytes(data[: int(len(data) * keep)])
+    return out

@@ -47,7 +47,7 @@ def test_user_error_is_recorded_for_torchrun(tmp_path, monkeypatch, capsys):
         raise ConfigError("bad value")
 
     assert run_main(user_error, []) == 2
-    assert capsys.readouterr().err == "error (rank 1): bad value\n"
+    assert capsys.readouterr().err == ""  # the same on every rank: rank 0 reports it
     recorded = json.loads(error_file.read_text())
     assert recorded["message"]["message"] == "ConfigError: bad value"
 
@@ -56,3 +56,16 @@ def test_run_cli_exits_with_the_status():
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda argv: 2, [])
     assert exit_info.value.code == 2
+
+
+def test_an_error_about_one_ranks_data_is_printed_by_that_rank(monkeypatch, capsys):
+    from opensora_vae.data.dataset import UnreadableSamplesError
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+
+    def unreadable(argv):
+        raise UnreadableSamplesError("20 consecutive unreadable samples")
+
+    assert run_main(unreadable, []) == 2
+    assert capsys.readouterr().err == "error (rank 1): 20 consecutive unreadable samples\n"

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from opensora_vae.config import load_config
-from opensora_vae.lpips_backbone import find_backbone
+from opensora_vae.lpips import find_backbone
 from opensora_vae.metrics.pwcnet import PWC_FILENAME, PWC_URL, PWC_WEIGHTS_ENV, default_pwc_weights_path
 from .results import (LossTrend, ResultRow, format_loss_trends, format_results_table, loss_trend,
                       read_metrics_json, read_tensorboard_scalars)

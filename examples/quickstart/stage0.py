@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from opensora_vae.data.dataset import load_table
+from opensora_vae.data.table import load_table
 from opensora_vae.data.video_io import VideoFile, is_image, read_image
 from opensora_vae.metrics.psnr import psnr
 from opensora_vae.models import VideoVAEPipeline
@@ -39,9 +39,8 @@ class Stage0Result:
 def load_frames(csv_path: str | Path, frames_per_video: int | None = None) -> torch.Tensor:
     """Every image and (up to ``frames_per_video`` evenly spaced) video frames of a CSV's
     files, as float (N, 3, H, W) in [-1, 1]. All files must share one frame size."""
-    table = load_table(csv_path)
     chunks = []
-    for path in table["path"].astype(str):
+    for path in load_table(csv_path):
         if is_image(path):
             chunks.append(read_image(path)[None])
             continue

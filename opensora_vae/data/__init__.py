@@ -1,27 +1,27 @@
-"""Data pipeline: video/image IO, transforms, CSV dataset, resumable distributed sampler."""
+"""Data pipeline: video/image IO, transforms, the path table, dataset and its DataLoader, resumable
+distributed sampler.
 
-from .csv_tools import CsvSummary, build_csv, find_media
-from .dataset import VideoDataset, build_dataloader, collate_samples, load_table
-from .sampler import StatefulDistributedSampler
-from .transforms import (
-    VideoTransform,
-    center_crop_resize,
-    frames_to_clip,
-    resize_crop_to_fill,
-    temporal_indices,
-)
-from .video_io import (
-    IMAGE_EXTS,
-    VIDEO_EXTS,
-    MediaReadError,
-    VideoFile,
-    VideoInfo,
-    image_size,
-    is_image,
-    is_video,
-    read_image,
-    read_video_frames,
-    video_info,
-    write_image,
-    write_video,
-)
+Names are imported on first use (PEP 562), so `from opensora_vae.data.video_io import ...` (the
+eval, inference) does not load pandas with the table tools.
+"""
+
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "CsvSummary": "csv_tools", "build_csv": "csv_tools", "find_media": "csv_tools",
+    "LOADER_TIMEOUT_S": "dataset", "VideoDataset": "dataset", "build_dataloader": "dataset", "collate_samples": "dataset",
+    "PathTable": "table", "TableError": "table", "load_table": "table",
+    "StatefulDistributedSampler": "sampler",
+    "VideoTransform": "transforms", "center_crop_resize": "transforms", "frames_to_clip": "transforms",
+    "resize_crop_to_fill": "transforms", "temporal_indices": "transforms",
+    "IMAGE_EXTS": "video_io", "VIDEO_EXTS": "video_io", "MediaReadError": "video_io", "VideoFile": "video_io",
+    "VideoInfo": "video_io", "image_size": "video_io", "is_image": "video_io", "is_video": "video_io",
+    "read_image": "video_io", "read_video_frames": "video_io", "video_info": "video_io",
+    "write_image": "video_io", "write_video": "video_io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,8 @@ Design choices (differences from the Open-Sora 1.2 reference are deliberate):
   temporal VAE that motion stops; a 1-frame video is treated as an image.
 - Images are read as one frame and tiled to ``num_frames`` (static clips, as in the
   reference), so they batch with videos; the training loop decides how frames are used.
-- An unreadable sample is never fatal: it is recorded in the item's ``skipped`` list, logged,
-  and replaced by the next index (wrapping). ``max_retries`` consecutive failures raise, so a
+- An unreadable sample is never fatal: it is recorded in the item's ``skipped`` list (which the
+  caller reports), and replaced by the next index (wrapping). ``max_retries`` consecutive failures raise, so a
   CSV of bad rows fails fast instead of looping forever.
 - The temporal crop is drawn from ``np.random.default_rng([seed, epoch, index])``: an item is a
   pure function of (seed, epoch, index), whatever the worker that loads it or when.
@@ -15,31 +15,26 @@ Design choices (differences from the Open-Sora 1.2 reference are deliberate):
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .table import load_table
 from .transforms import VideoTransform, frames_to_clip, temporal_indices
 from .video_io import MediaReadError, VideoFile, is_image, read_image
 from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
-TABLE_EXTS = (".csv", ".parquet", ".pq")
-
 
 class SampleSkipped(Exception):
     """A readable sample that cannot be used (e.g. a video shorter than the clip)."""
-
-
-class TableError(UserError, ValueError):
-    """The CSV/parquet table itself is unusable: missing, unparsable, no 'path' column, no rows."""
 
 
 class UnreadableSamplesError(UserError, RuntimeError):
@@ -48,6 +43,8 @@ class UnreadableSamplesError(UserError, RuntimeError):
     When this happens in a DataLoader worker, torch raises it again in the main process with the
     worker's traceback in the message; `reason` is the original message either way.
     """
+
+    same_on_all_ranks = False  # about the samples this rank read
 
     def one_line(self) -> str:
         return self.reason
@@ -58,32 +55,6 @@ class UnreadableSamplesError(UserError, RuntimeError):
         if "Original Traceback" not in text:
             return text
         return text.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
-
-
-def load_table(data_path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV or parquet table with a ``path`` column; TableError naming the file if not."""
-    data_path = str(data_path)
-    ext = os.path.splitext(data_path)[1].lower()
-    if ext not in TABLE_EXTS:
-        raise TableError(f"{data_path}: unsupported table type {ext!r} (use {', '.join(TABLE_EXTS)})")
-    if not os.path.isfile(data_path):
-        raise TableError(f"{data_path}: file not found")
-    try:
-        table = pd.read_csv(data_path) if ext == ".csv" else pd.read_parquet(data_path)
-    except ImportError as exc:
-        raise TableError(f"{data_path}: reading parquet needs pyarrow ({exc})") from exc
-    except Exception as exc:  # pandas raises many types (EmptyDataError, ParserError, ...)
-        raise TableError(f"{data_path}: cannot read table ({type(exc).__name__}: {exc})") from exc
-    if "path" not in table.columns:
-        raise TableError(f"{data_path}: no 'path' column (columns: {list(table.columns)})")
-    if len(table) == 0:
-        raise TableError(f"{data_path}: table has no rows")
-    empty = table.index[table["path"].isna() | (table["path"].astype(str).str.strip() == "")]
-    if len(empty):
-        rows = [int(r) + 2 if ext == ".csv" else int(r) for r in empty[:5]]
-        where = "lines" if ext == ".csv" else "rows"
-        raise TableError(f"{data_path}: {len(empty)} empty 'path' values ({where} {rows}...)")
-    return table
 
 
 class VideoDataset(Dataset):
@@ -99,18 +70,14 @@ class VideoDataset(Dataset):
         image_size: int | tuple[int, int] = (256, 256),
         transform_name: str = "center",
         seed: int = 42,
-        max_retries: int = 10,
+        *,
+        max_retries: int,  # no default here: the config schema holds it (dataset.max_retries)
     ):
         if num_frames < 1 or frame_interval < 1 or max_retries < 1:
             raise ValueError("num_frames, frame_interval and max_retries must be >= 1")
         self.data_path = str(data_path)
-        self.table = load_table(self.data_path)
-        root = os.path.dirname(os.path.abspath(self.data_path))
-        # Relative paths are relative to the table's folder, so a dataset folder can move.
-        self.paths = [
-            p if os.path.isabs(p) else os.path.normpath(os.path.join(root, p))
-            for p in (os.path.expanduser(str(p)) for p in self.table["path"])
-        ]
+        # Only the paths, in one buffer: no per-row objects to copy into each worker (table.py).
+        self.paths = load_table(self.data_path)
         self.num_frames = num_frames
         self.frame_interval = frame_interval
         self.transform = VideoTransform(transform_name, image_size)
@@ -146,7 +113,7 @@ class VideoDataset(Dataset):
         if total < window:
             raise SampleSkipped(f"too short ({total} < {window})")
         indices = temporal_indices(total, self.num_frames, self.frame_interval, self.rng(index, epoch))
-        return self.transform(frames_to_clip(video.read(indices))), False
+        return self.transform.from_video(video, indices), False
 
     def _static_clip(self, frame: np.ndarray) -> torch.Tensor:
         # Transform the single frame, then repeat it: same pixels as transforming T copies.
@@ -163,7 +130,8 @@ class VideoDataset(Dataset):
             except (MediaReadError, SampleSkipped, OSError) as exc:
                 reason = exc.reason if isinstance(exc, MediaReadError) else str(exc)
                 skipped.append((self.paths[i], reason))
-                logger.warning("skipping sample %d %s: %s", i, self.paths[i], reason)
+                # The caller reports skips (the trainer once per file, with its rank): debug here.
+                logger.debug("skipping sample %d %s: %s", i, self.paths[i], reason)
                 continue
             return {"video": video, "index": i, "path": self.paths[i], "is_image": image,
                     "skipped": skipped}
@@ -184,19 +152,42 @@ def collate_samples(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class _WorkerSeeder:
-    """Seeds global RNGs per (seed, rank, worker) for any code that still uses them; the
-    dataset itself never does. A class, not a closure, so it pickles for spawn workers."""
+# glibc's own default for both thresholds. Setting them at all turns off glibc's habit of raising
+# the mmap threshold after a large block is freed: after that, every decoded frame buffer of a
+# worker came from its heap, whose pages (shared with the main process until touched) were then
+# copied and never returned, so a worker's private memory grew by ~100-200 MB over a few hundred
+# reads whatever the table size. Fixed, large buffers are mmapped and unmapped when freed.
+MALLOC_THRESHOLD_BYTES = 128 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt options (malloc.h)
+
+
+def _fix_malloc_thresholds() -> None:
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to fix
+        return
+    for option in (_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD):
+        mallopt(option, MALLOC_THRESHOLD_BYTES)
+
+
+class _WorkerInit:
+    """In each DataLoader worker: fixed malloc thresholds (above), and global RNGs seeded per
+    (seed, rank, worker) for any code that still uses them (the dataset itself never does).
+    A class, not a closure, so it pickles for spawn workers."""
 
     def __init__(self, seed: int, rank: int):
         self.seed, self.rank = seed, rank
 
     def __call__(self, worker_id: int) -> None:
+        _fix_malloc_thresholds()
         seq = np.random.SeedSequence([self.seed, self.rank, worker_id])
         worker_seed = int(seq.generate_state(1)[0])
         random.seed(worker_seed)
         np.random.seed(worker_seed)
         torch.manual_seed(worker_seed)
+
+
+LOADER_TIMEOUT_S = 600.0  # a stuck decode in a worker raises after this instead of hanging the run
 
 
 def build_dataloader(
@@ -207,15 +198,17 @@ def build_dataloader(
     seed: int = 42,
     rank: int = 0,
     drop_last: bool = True,
-    timeout_s: float = 600.0,
+    timeout_s: float = LOADER_TIMEOUT_S,
     persistent_workers: bool | None = None,
     pin_memory: bool | None = None,
     prefetch_factor: int | None = 2,
+    collate_fn: Callable[[list], Any] = collate_samples,
 ) -> DataLoader:
-    """DataLoader with per-(seed, rank, worker) seeding, a worker timeout (a stuck decode
-    raises instead of hanging), persistent workers by default when there are workers (the
-    dataset's epoch lives in shared memory, so set_epoch still reaches them), and pinned
-    memory only when CUDA is available."""
+    """The one DataLoader of training and inference: in-order (the sampler decides); in each
+    worker, fixed malloc thresholds and per-(seed, rank, worker) seeding (`_WorkerInit`); a worker
+    timeout (a stuck decode raises instead of hanging); persistent workers by default when there
+    are workers (the dataset's epoch lives in shared memory, so set_epoch still reaches them); and
+    pinned memory only when CUDA is available."""
     workers = num_workers > 0
     return DataLoader(
         dataset,
@@ -223,11 +216,11 @@ def build_dataloader(
         sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate_samples,
+        collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         timeout=timeout_s if workers else 0,
-        worker_init_fn=_WorkerSeeder(seed, rank) if workers else None,
+        worker_init_fn=_WorkerInit(seed, rank) if workers else None,
         persistent_workers=workers if persistent_workers is None else (persistent_workers and workers),
         prefetch_factor=prefetch_factor if workers else None,
     )

@@ -3,6 +3,10 @@
 A clip goes uint8 (T, H, W, 3) -> float (T, C, H, W) in [0, 1] -> spatial crop/resize ->
 (C, T, H, W) in [-1, 1], the layout and range the VAE consumes.
 
+A video sample is best made with ``VideoTransform.from_video``, which reduces every frame to
+the output size as soon as it is decoded, with the same float operations (so the same result
+bit for bit): its memory is one source frame, not the whole clip as float32.
+
 Resizing is ``F.interpolate(mode="bilinear", align_corners=False)`` without antialiasing, as
 in the reference (``opensora/datasets/video_transforms.py``). Images go through the same
 transform as videos (the reference used ADM's ``center_crop_arr`` for images: a PIL box/bicubic
@@ -11,11 +15,14 @@ resize), so an image and a static video of it give the same pixels.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .video_io import VideoFile
 
 TRANSFORM_NAMES = ("center", "resize_crop")
 
@@ -80,12 +87,17 @@ _SPATIAL: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
 }
 
 
+def _unit_float(values: np.ndarray) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1], same shape."""
+    # astype copies, so read-only decoder buffers are never aliased by the tensor.
+    return torch.from_numpy(values.astype(np.float32)).div_(255.0)
+
+
 def frames_to_clip(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [0, 1]."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected uint8 (T, H, W, 3) frames, got {frames.dtype} {frames.shape}")
-    # astype copies, so read-only decoder buffers are never aliased by the tensor.
-    return torch.from_numpy(frames.transpose(0, 3, 1, 2).astype(np.float32)) / 255.0
+    return _unit_float(frames.transpose(0, 3, 1, 2))
 
 
 class VideoTransform:
@@ -99,7 +111,23 @@ class VideoTransform:
         self._spatial = _SPATIAL[name]
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        clip = self._spatial(clip, self.image_size)
+        return self._to_model(self._spatial(clip, self.image_size))
+
+    def from_video(self, video: "VideoFile", indices: Sequence[int]) -> torch.Tensor:
+        """``self(frames_to_clip(video.read(indices)))`` for a VideoFile ``video``, bit for bit,
+        with each frame reduced to the output size as soon as it is decoded, one colour plane at
+        a time (the crop and resize work plane by plane): the peak memory of a sample is one
+        source frame as uint8 plus one plane as float32, whatever the clip length."""
+        return self._to_model(torch.stack(video.read(indices, each=self._frame)))
+
+    def _frame(self, frame: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) -> the spatial transform's float (3, H', W') in [0, 1]."""
+        planes = [self._spatial(_unit_float(frame[None, None, :, :, c]), self.image_size) for c in range(3)]
+        return torch.cat(planes, dim=1)[0]
+
+    @staticmethod
+    def _to_model(clip: torch.Tensor) -> torch.Tensor:
+        """float (T, C, H, W) in [0, 1] -> (C, T, H, W) in [-1, 1]."""
         return (clip * 2.0 - 1.0).permute(1, 0, 2, 3).contiguous()
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """Reading and writing videos and images as uint8 RGB numpy arrays.
 
-Videos are read with decord (seeking, so only the wanted frames are decoded) and fall back to
-PyAV when decord cannot open or decode a file. Images are read with PIL. Every failure to read
+Videos are read with PyAV (FFmpeg), seeking so that only the frames around the wanted ones are
+decoded, upright and in display order (see VideoFile). Images are read with PIL. Every failure to read
 media raises :class:`MediaReadError` naming the file and the reason, so callers can skip the
 sample instead of crashing or training on garbage.
 """
@@ -9,9 +9,10 @@ sample instead of crashing or training on garbage.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import av
 import numpy as np
@@ -19,9 +20,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import UserError
 
 VIDEO_EXTS = frozenset(
-    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
+    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".gif"}
 )
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+# Frames above this many pixels are refused before any decoding (a FrameTooLargeError, which the
+# dataset counts as a skip): DCI 8K (8192 x 4320) and everything smaller is read. A sample costs
+# about 7 bytes per source pixel (one RGB frame and one float plane, see VideoTransform.from_video)
+# plus the decoder's reference frames; an 8192 x 8192 GIF of 50 KB would otherwise cost ~0.5 GB a
+# frame, and 2.6 GB as the whole clip at full resolution.
+MAX_FRAME_PIXELS = 8192 * 4320
 
 # Default H.264 quality: crf 18 is visually near-lossless, which is what a VAE reconstruction
 # or a training clip should be stored at.
@@ -35,6 +43,28 @@ class MediaReadError(UserError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class FrameTooLargeError(MediaReadError):
+    """A video whose frames have more than ``limit`` (MAX_FRAME_PIXELS) pixels."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, limit: int):
+        self.width, self.height, self.limit = width, height, limit
+        super().__init__(path, f"frames are {width}x{height} ({width * height / 1e6:.1f} Mpixels), above the "
+                               f"limit of {limit / 1e6:.1f} Mpixels for video frames (MAX_FRAME_PIXELS)")
+
+
+class NotARegularFileError(MediaReadError):
+    """A media path that exists but is a directory, FIFO, device or socket (``file_type``)."""
+
+    def __init__(self, path: str | os.PathLike, file_type: str):
+        self.file_type = file_type
+        super().__init__(path, f"is a {file_type}, not a regular file")
+
+
+# What a non-regular path is, for the error message; checked before any open (a FIFO would block).
+_FILE_TYPES = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
 
 
 @dataclass
@@ -59,9 +89,16 @@ def is_video(path: str | os.PathLike) -> bool:
 
 def _check_file(path: str | os.PathLike) -> str:
     path = str(path)
-    if not os.path.isfile(path):
-        raise MediaReadError(path, "file not found")
-    if os.path.getsize(path) == 0:
+    try:
+        mode = os.stat(path)
+    except FileNotFoundError:
+        raise MediaReadError(path, "file not found") from None
+    except OSError as exc:
+        raise MediaReadError(path, f"cannot access ({exc.strerror})") from exc
+    if not stat.S_ISREG(mode.st_mode):
+        kind = next((name for is_kind, name in _FILE_TYPES if is_kind(mode.st_mode)), "special file")
+        raise NotARegularFileError(path, kind)
+    if mode.st_size == 0:
         raise MediaReadError(path, "file is empty (0 bytes)")
     return path
 
@@ -69,192 +106,251 @@ def _check_file(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------- video reading
 
 
-def _open_decord(path: str):
-    # Imported lazily: decord is optional at runtime, PyAV alone can read everything.
-    from decord import VideoReader, cpu
-
-    return VideoReader(path, ctx=cpu(0), num_threads=1)
-
-
 class VideoFile:
     """An opened video: ``num_frames``, ``info`` and ``read(indices)``.
 
-    Opening once and reading from the same object avoids indexing the file twice (decord
-    demuxes every packet when it opens a file). decord is used when it can open the file;
-    PyAV reads what decord cannot open or decode.
+    - Frames are numbered in display order: frame ``i`` is the i-th picture a player shows,
+      whatever the timestamps (variable frame rate, B-frames, GIF frame delays). Each decoded
+      frame is placed by its timestamp's rank among all frames' timestamps, never by
+      ``pts * fps`` (wrong as soon as the frame rate varies).
+    - Frames come out upright: a display-matrix rotation (phone videos) is applied, and ``info``
+      reports the size the frames come out in.
+    - ``read`` seeks to the keyframe before the first wanted frame and decodes forward; only the
+      wanted frames are converted to RGB. A file that cannot be opened or decoded raises
+      MediaReadError; a truncated one returns the frames before the damage and raises for others.
+
+    The file stays open for the object's life (or until ``close``), so reading twice does not
+    index the file twice.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = _check_file(path)
-        self._decord_error: Exception | None = None
+        self._container, self._stream, self._fps = _open_video(self.path)
         self._info: VideoInfo | None = None
-        try:
-            self._vr = _open_decord(self.path)
-            if len(self._vr) == 0:
-                raise RuntimeError("decord found no frames")
-        except Exception as exc:  # any decord failure: PyAV decides whether the file is readable
-            self._vr, self._decord_error = None, exc
-            self._info = _pyav_info(self.path)
+        # Display order: pts -> display index, the pts of each index, and where they came from
+        # ("index", "packets", or "count" when timestamps cannot place frames: missing or
+        # repeated ones; frames are then counted from the start). Built at the first read.
+        self._order: dict[int, int] | None = None
+        self._pts: list[int] | None = None
+        self._order_source: str | None = None
+        self._num_frames = self._stream.frames
+        codec = self._stream.codec_context
+        if self._num_frames <= 0:
+            # Containers such as mkv/webm do not store a frame count: count packets (demuxing
+            # only, no decoding).
+            self._num_frames = self._order_by_packets()
+        if self._num_frames <= 0 or codec.width <= 0 or codec.height <= 0:
+            self.close()
+            raise MediaReadError(self.path, "video has no frames")
+        if codec.width * codec.height > MAX_FRAME_PIXELS:
+            self.close()
+            raise FrameTooLargeError(self.path, codec.width, codec.height, MAX_FRAME_PIXELS)
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "VideoFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def num_frames(self) -> int:
-        """Number of video packets in the file. A truncated file can have fewer decodable
-        frames: ``read`` checks every frame it returns."""
-        return len(self._vr) if self._vr is not None else self.info.num_frames
+        """Number of frames the container declares (or, without a count, holds packets for). A
+        truncated file can have fewer decodable frames: ``read`` checks every frame it returns."""
+        return self._num_frames
+
+    @property
+    def fps(self) -> float:
+        """The stream's average frame rate, from the container (nothing is decoded)."""
+        return self._fps
 
     @property
     def info(self) -> VideoInfo:
+        """Frame count, fps and the (upright) size of the frames ``read`` returns."""
         if self._info is None:
-            try:
-                height, width = self._vr[0].shape[:2]  # decord exposes the size only via a frame
-            except Exception:
-                return _pyav_info(self.path)
-            self._info = VideoInfo(
-                len(self._vr), float(self._vr.get_avg_fps()), int(height), int(width)
-            )
+            height, width, _ = self.read([0], each=np.shape)[0]
+            self._info = VideoInfo(self.num_frames, self._fps, int(height), int(width))
         return self._info
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """Decode the frames at ``indices`` (any order, repeats allowed): uint8 (N, H, W, 3) RGB."""
-        idx = _validate_indices(self.path, indices, self.num_frames)
-        if self._vr is not None:
+    def read(self, indices: Sequence[int], each: Callable[[np.ndarray], Any] | None = None) -> Any:
+        """Decode the frames at ``indices`` (any order, repeats allowed): uint8 (N, H, W, 3) RGB.
+
+        With ``each``, every wanted frame (uint8 (H, W, 3), possibly a read-only view) is passed
+        to ``each`` as soon as it is decoded and the results are returned as a list in the order
+        of ``indices``: the caller can reduce a frame before the next one is decoded.
+        """
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise ValueError("read_video_frames needs at least one frame index")
+        bad = [i for i in idx if i < 0 or i >= self.num_frames]
+        if bad:
+            raise MediaReadError(
+                self.path, f"frame index out of range: {bad[:5]} (video has {self.num_frames} frames)"
+            )
+        got = self._decode(sorted(set(idx)), each or (lambda frame: frame))
+        if each is not None:
+            return [got[i] for i in idx]
+        return np.stack([got[i] for i in idx]).astype(np.uint8, copy=False)
+
+    # -- decoding
+
+    def _decode(self, wanted: list[int], each: Callable[[np.ndarray], Any]) -> dict[int, Any]:
+        """``{index: each(frame)}`` for every wanted (sorted, unique) index, or MediaReadError."""
+        if self._order_source is None:
+            self._order_by_index()
+        while True:
+            by_pts = self._order_source != "count"
+            # Frames past the end of the table (a truncated file) are never placed: missing.
+            seek = self._pts[min(wanted[0], len(self._pts) - 1)] if by_pts else None
+            outcome, got, decoded, error = self._decode_from(seek, by_pts, wanted, each)
+            if outcome == "overshoot":  # the seek landed after the first wanted frame
+                outcome, got, decoded, error = self._decode_from(None, by_pts, wanted, each)
+            if outcome != "unplaced":
+                break
+            # A frame whose timestamp is not in the table: a table made from the container index
+            # is replaced by the packets' own timestamps, and failing those, frames are counted.
+            if self._order_source == "index":
+                self._order_by_packets()
+            else:
+                self._set_order(None, "count")
+        missing = [i for i in wanted if i not in got]
+        if missing:
+            detail = f"; decoder error: {type(error).__name__}: {error}" if error is not None else ""
+            raise MediaReadError(
+                self.path,
+                f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} could not be decoded "
+                f"(only {decoded} decodable frames found{detail})",
+            )
+        return got
+
+    def _decode_from(self, seek: int | None, by_pts: bool, wanted: list[int], each: Callable) -> tuple:
+        """Decode forward from the keyframe before pts ``seek`` (None: from the first frame).
+        Returns (outcome, {index: each(frame)}, frames decoded, decoder error); the outcome is
+        "done", "overshoot" or "unplaced" (a frame whose timestamp the table does not hold)."""
+        if seek is None:
+            self._reopen()
+        else:
             try:
-                frames = self._vr.get_batch(idx).asnumpy()
-                # decord counts packets, not decodable frames: insist on every frame.
-                if frames.ndim == 4 and frames.shape[0] == len(idx) and frames.shape[-1] == 3:
-                    return np.ascontiguousarray(frames, dtype=np.uint8)
-                self._decord_error = RuntimeError(f"decord returned shape {frames.shape}")
-            except Exception as exc:
-                # Truncated or corrupt streams: decord gives up on the whole batch even when
-                # some frames are decodable; PyAV decodes up to the damage and reports honestly.
-                self._decord_error = exc
-        return _pyav_read(self.path, idx, self._decord_error)
+                self._container.seek(seek, stream=self._stream, backward=True, any_frame=False)
+            except Exception:
+                return "overshoot", {}, 0, None
+        wanted_set, last = set(wanted), wanted[-1]
+        got: dict[int, Any] = {}
+        decoded = count = 0
+        frames = self._container.decode(self._stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except Exception as exc:  # corrupt/truncated data: keep what decoded cleanly
+                _raise_if_out_of_memory(self.path, exc)
+                return "done", got, decoded, exc
+            if by_pts:
+                i = self._order.get(frame.pts)
+                if i is None:
+                    return "unplaced", got, decoded, None
+            else:
+                i = count
+            if count == 0 and seek is not None and i > wanted[0]:
+                return "overshoot", got, decoded, None
+            count += 1
+            decoded = max(decoded, i + 1)
+            if i in wanted_set and i not in got:
+                try:
+                    got[i] = each(_upright_rgb(frame))
+                except MemoryError as exc:
+                    _raise_if_out_of_memory(self.path, exc)
+            if i >= last:
+                break
+        return "done", got, decoded, None
+
+    # -- display order
+
+    def _order_by_index(self) -> None:
+        """The table from the container index alone (mp4/mov: no reading), when it proves a
+        constant frame rate: one decode timestamp per declared frame, evenly spaced, so the
+        display timestamps are ``start + k * step``. Otherwise from the packets."""
+        entries, n = self._stream.index_entries, self._num_frames
+        start = self._stream.start_time
+        if start is not None and n > 1 and len(entries) == n:
+            dts = [e.timestamp for e in entries if not e.is_discard]
+            steps = set(np.diff(dts).tolist()) if len(dts) == n else set()
+            if len(steps) == 1 and (step := steps.pop()) > 0:
+                self._set_order([start + k * step for k in range(n)], "index")
+                return
+        self._order_by_packets()
+
+    def _order_by_packets(self) -> int:
+        """The table from every packet's timestamp (demuxing the file, no decoding): display
+        index = rank of the packet's pts. Returns the number of packets."""
+        self._reopen()
+        pts: list[int | None] = []
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.size > 0 and not packet.is_discard:
+                    pts.append(packet.pts)
+        except Exception as exc:  # truncated: the packets before the damage
+            _raise_if_out_of_memory(self.path, exc)
+        usable = None not in pts and len(set(pts)) == len(pts)
+        self._set_order(sorted(pts) if usable else None, "packets")
+        return len(pts)
+
+    def _set_order(self, pts: list[int] | None, source: str) -> None:
+        self._pts = pts or None
+        self._order = None if not pts else {p: i for i, p in enumerate(pts)}
+        self._order_source = source if pts else "count"
+
+    def _reopen(self) -> None:
+        """Back to the first packet: reopening is the one start position every format supports."""
+        self.close()
+        self._container, self._stream, _ = _open_video(self.path)
+
+
+def _raise_if_out_of_memory(path: str, exc: BaseException) -> None:
+    """Running out of memory is the machine's state, not the file's: never report it as an
+    unreadable file (which the dataset would skip), raise MemoryError naming the file."""
+    if isinstance(exc, MemoryError):
+        raise MemoryError(f"{path}: out of memory while reading the video ({exc})") from exc
+
+
+def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """uint8 (H, W, 3) RGB turned as the display matrix says (a view when it turns)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(frame.rotation / 90) % 4  # counter-clockwise, as np.rot90 turns
+    return np.rot90(rgb, quarter_turns) if quarter_turns else rgb
 
 
 def video_info(path: str | os.PathLike) -> VideoInfo:
-    """Frame count (packets in the file), fps and size of a video."""
-    return VideoFile(path).info
+    """Frame count, fps and (upright) frame size of a video."""
+    with VideoFile(path) as video:
+        return video.info
 
 
 def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
     """Decode the frames at ``indices`` (any order, repeats allowed) as uint8 (N, H, W, 3) RGB."""
-    return VideoFile(path).read(indices)
+    with VideoFile(path) as video:
+        return video.read(indices)
 
 
-def _pyav_info(path: str) -> VideoInfo:
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise MediaReadError(path, "no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-            num_frames = stream.frames
-            if num_frames <= 0:
-                # Containers such as mkv/webm do not store a frame count: count packets
-                # (demuxing only, no decoding).
-                num_frames = sum(1 for p in container.demux(stream) if p.size > 0)
-            height, width = stream.codec_context.height, stream.codec_context.width
-    except MediaReadError:
-        raise
-    except Exception as exc:
-        raise MediaReadError(path, f"cannot open video ({type(exc).__name__}: {exc})") from exc
-    if num_frames <= 0 or height <= 0 or width <= 0:
-        raise MediaReadError(path, "video has no frames")
-    return VideoInfo(int(num_frames), fps, int(height), int(width))
-
-
-def _validate_indices(path: str, indices: Sequence[int], num_frames: int) -> list[int]:
-    idx = [int(i) for i in indices]
-    if not idx:
-        raise ValueError("read_video_frames needs at least one frame index")
-    bad = [i for i in idx if i < 0 or i >= num_frames]
-    if bad:
-        raise MediaReadError(
-            path, f"frame index out of range: {bad[:5]} (video has {num_frames} frames)"
-        )
-    return idx
-
-
-def _frame_index(frame: av.VideoFrame, start: int, time_base: Fraction, fps: float) -> int:
-    return int(round(float((frame.pts - start) * time_base) * fps))
-
-
-def _pyav_read(path: str, indices: Sequence[int], decord_error: Exception | None) -> np.ndarray:
-    why = f" (decord: {type(decord_error).__name__})" if decord_error is not None else ""
+def _open_video(path: str) -> tuple[av.container.InputContainer, av.video.VideoStream, float]:
+    """(container, its first video stream, fps) or MediaReadError; the caller closes the container."""
     try:
         container = av.open(path)
     except Exception as exc:
-        raise MediaReadError(path, f"cannot open video{why}: {type(exc).__name__}: {exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise MediaReadError(path, "no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        time_base = stream.time_base
-        start = stream.start_time or 0
-        declared = stream.frames if stream.frames > 0 else None
-        idx = [int(i) for i in indices]
-        if not idx:
-            raise ValueError("read_video_frames needs at least one frame index")
-        if min(idx) < 0 or (declared is not None and max(idx) >= declared):
-            _validate_indices(path, idx, declared or 0)
-        wanted = set(idx)
-        first, last = min(wanted), max(wanted)
-        use_pts = fps > 0 and time_base is not None
-        got: dict[int, np.ndarray] = {}
-        decoded = 0
-        error: Exception | None = None
-
-        def decode_from(seek_to_first: bool) -> int | None:
-            """Decode forward; returns the index of the first decoded frame."""
-            nonlocal decoded, error
-            if seek_to_first:
-                target = start + int(first / fps / time_base)
-                container.seek(target, stream=stream, backward=True, any_frame=False)
-            else:
-                container.seek(start, stream=stream, backward=True, any_frame=False)
-            first_seen = None
-            count = 0
-            try:
-                for frame in container.decode(stream):
-                    if use_pts and frame.pts is not None:
-                        i = _frame_index(frame, start, time_base, fps)
-                    elif seek_to_first:
-                        return None  # no timestamps: cannot locate frames after a seek
-                    else:
-                        i = count  # no timestamps: count frames from the start
-                    count += 1
-                    if first_seen is None:
-                        first_seen = i
-                        if seek_to_first and i > first:
-                            return i  # seek overshot the wanted range
-                    decoded = max(decoded, i + 1)
-                    if i in wanted:
-                        got[i] = frame.to_ndarray(format="rgb24")
-                    if i >= last:
-                        break
-            except Exception as exc:  # corrupt/truncated data: keep what decoded cleanly
-                error = exc
-            return first_seen
-
-        try:
-            first_seen = decode_from(seek_to_first=use_pts and first > 0)
-            if use_pts and first > 0 and (first_seen is None or first_seen > first):
-                got.clear()
-                error = None
-                decode_from(seek_to_first=False)
-        except Exception as exc:
-            raise MediaReadError(path, f"cannot decode{why}: {type(exc).__name__}: {exc}") from exc
-
-    missing = sorted(wanted - got.keys())
-    if missing:
-        detail = f"; decoder error: {type(error).__name__}: {error}" if error is not None else ""
-        raise MediaReadError(
-            path,
-            f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} could not be decoded "
-            f"(only {decoded} decodable frames found{why}{detail})",
-        )
-    return np.stack([got[i] for i in idx]).astype(np.uint8, copy=False)
+        _raise_if_out_of_memory(path, exc)
+        raise MediaReadError(path, f"cannot open video ({type(exc).__name__}: {exc})") from exc
+    if not container.streams.video:
+        container.close()
+        raise MediaReadError(path, "no video stream")
+    stream = container.streams.video[0]
+    # One decoding thread: a VideoFile alive when a DataLoader forks its workers must not own
+    # decoder threads (freeing it in a worker would wait on threads the fork did not copy), and
+    # workers are the parallelism. H.264 from x264 has one slice a frame: slice threads gained nothing.
+    stream.codec_context.thread_count = 1
+    return container, stream, float(stream.average_rate or stream.guessed_rate or 0.0)
 
 
 # ----------------------------------------------------------------------------- images

@@ -14,17 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..data.dataset import SampleSkipped, VideoDataset
 from ..data.transforms import frames_to_clip
 from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
-
-
-def eval_frame_indices(num_frames: int, frame_interval: int) -> np.ndarray:
-    """Frames 0, k, 2k, ... (`num_frames` of them): the eval protocol's temporal sampling."""
-    return np.arange(num_frames) * frame_interval
+from ..metrics.protocol import frame_indices
 
 
 def sample_name(index: int, num_rows: int) -> str:
@@ -36,6 +31,10 @@ class InferenceDataset(VideoDataset):
     """Items: `{"index", "path", "video": (3, T, H, W) in [-1, 1] or None, "is_image",
     "error": None or the reason the row was skipped}`; T is 1 for images."""
 
+    def __init__(self, data_path, **kwargs):
+        # A failing row is reported, never replaced by the next one: nothing is retried.
+        super().__init__(data_path, max_retries=1, **kwargs)
+
     def load(self, index: int, epoch: int | None = None) -> tuple[torch.Tensor, bool]:
         path = self.paths[index]
         if is_image(path):
@@ -44,11 +43,11 @@ class InferenceDataset(VideoDataset):
         total = video.num_frames
         if total == 1:
             return self.transform(frames_to_clip(video.read([0]))), True
-        indices = eval_frame_indices(self.num_frames, self.frame_interval)
+        indices = frame_indices(self.num_frames, self.frame_interval)
         if total <= indices[-1]:
             raise SampleSkipped(f"too short ({total} frames < {indices[-1] + 1} needed for "
                                 f"{self.num_frames} frames at interval {self.frame_interval})")
-        return self.transform(frames_to_clip(video.read(indices))), False
+        return self.transform.from_video(video, indices), False
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item: dict[str, Any] = {"index": int(index), "path": self.paths[index], "video": None,

@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 import torch.distributed as dist
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..data import build_dataloader
 from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import resolve_pipeline_dir
@@ -26,8 +27,6 @@ from .report import KINDS, format_summary, frame_metrics, summarize
 from ..errors import OutputExistsError, UserError
 
 logger = logging.getLogger(__name__)
-
-LOADER_TIMEOUT_S = 600.0  # a stuck decode in a worker raises instead of hanging the run
 
 
 class InferenceError(UserError, RuntimeError):
@@ -145,9 +144,10 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
         raise OutputExistsError(problem)
 
     my_rows = rows[info.rank::info.world_size]  # every world_size-th row: balanced, no overlap
-    loader = DataLoader(Subset(dataset, my_rows), batch_size=cfg.batch_size, shuffle=False,
-                        num_workers=cfg.num_workers, collate_fn=collate_items,
-                        timeout=LOADER_TIMEOUT_S if cfg.num_workers > 0 else 0)
+    # One pass in row order: no persistent workers, and items stay unpinned lists.
+    loader = build_dataloader(Subset(dataset, my_rows), cfg.batch_size, num_workers=cfg.num_workers,
+                              seed=cfg.seed, rank=info.rank, drop_last=False, persistent_workers=False,
+                              pin_memory=False, collate_fn=collate_items)
     stats = LatentStats(pipe.shift.numel()) if cfg.cal_stats else None
     records, skipped = [], []
     progress = tqdm(total=len(my_rows), unit="sample", desc="inference", disable=not (verbose and info.is_main))

@@ -16,14 +16,15 @@ degrades to ordinary LPIPS (and is exactly 0 when the frames are identical). It 
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import lpips
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lpips_backbone import build_lpips
-from .psnr import _check_pair
+from ..lpips import build_lpips
+from .protocol import check_frame_batches
 from .pwcnet import PWCNet, build_pwcnet
 
 
@@ -66,19 +67,23 @@ class FloLPIPS(nn.Module):
     def forward(self, real_t: torch.Tensor, real_next: torch.Tensor,
                 fake_t: torch.Tensor, fake_next: torch.Tensor) -> torch.Tensor:
         """Each (N, 3, H, W) in [0, 1]; returns (N,) FloLPIPS of the pairs (t, t+1)."""
-        _check_pair(real_t, fake_t)
-        _check_pair(real_t, real_next)
-        _check_pair(fake_t, fake_next)
+        check_frame_batches(real_t, fake_t)
+        check_frame_batches(real_t, real_next)
+        check_frame_batches(fake_t, fake_next)
         flow_diff = self.flownet(real_t, real_next) - self.flownet(fake_t, fake_next)
         maps = self.layer_distances(real_t, fake_t)
         return sum(flow_weighted_average(m, flow_diff) for m in maps)
 
-    def video(self, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        """(T, 3, H, W) videos in [0, 1] → (T - 1,) values (empty for T < 2)."""
-        _check_pair(real, fake)
-        out = []
-        for start in range(0, real.shape[0] - 1, batch_size):
-            stop = min(start + batch_size, real.shape[0] - 1)
-            out.append(self(real[start:stop], real[start + 1 : stop + 1],
-                            fake[start:stop], fake[start + 1 : stop + 1]))
-        return torch.cat(out) if out else real.new_zeros(0)
+    def video(self, real: torch.Tensor, fake: torch.Tensor, starts: Sequence[int] | None = None,
+              batch_size: int = 16) -> torch.Tensor:
+        """FloLPIPS of the frame pairs (i, i+1) of (T, 3, H, W) frames in [0, 1], ``batch_size``
+        pairs per call: every pair of one video (``starts`` None: T - 1 values, none for T < 2),
+        or the pairs starting at ``starts`` (several videos' frames concatenated)."""
+        check_frame_batches(real, fake)
+        if starts is None:
+            starts = range(real.shape[0] - 1)
+        starts = torch.as_tensor(list(starts), dtype=torch.long, device=real.device)
+        if starts.numel() == 0:
+            return real.new_zeros(0)
+        return torch.cat([self(real[idx], real[idx + 1], fake[idx], fake[idx + 1])
+                          for idx in starts.split(batch_size)])

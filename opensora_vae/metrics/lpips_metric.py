@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from ..lpips_backbone import build_lpips
-from .psnr import _check_pair
+from ..lpips import build_lpips
+from .protocol import check_frame_batches
 
 
 class LPIPSMetric(torch.nn.Module):
@@ -30,7 +30,7 @@ class LPIPSMetric(torch.nn.Module):
     @torch.no_grad()
     def forward(self, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """real, fake: (N, 3, H, W) in [0, 1]. Returns float32 (N,) on the model's device."""
-        _check_pair(real, fake)
+        check_frame_batches(real, fake)
         out = []
         for r, f in zip(real.split(batch_size), fake.split(batch_size)):
             dist_map = self.model(r * 2 - 1, f * 2 - 1)  # lpips wants [-1, 1]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .protocol import check_frame_batches
+
 # The reference caps identical frames at 100 dB instead of returning infinity.
 PSNR_CAP = 100.0
 MSE_FLOOR = 1e-10
@@ -16,15 +18,9 @@ def psnr(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     The mean is taken in float64 (the reference used float32 numpy; the difference is
     rounding only).
     """
-    _check_pair(real, fake)
+    check_frame_batches(real, fake)
     diff = real.to(torch.float64) - fake.to(torch.float64)
     mse = diff.square().flatten(1).mean(dim=1)
     value = 20.0 * torch.log10(1.0 / mse.clamp_min(MSE_FLOOR).sqrt())
     return torch.where(mse < MSE_FLOOR, torch.full_like(value, PSNR_CAP), value)
 
-
-def _check_pair(real: torch.Tensor, fake: torch.Tensor) -> None:
-    if real.shape != fake.shape:
-        raise ValueError(f"frame shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
-    if real.ndim != 4:
-        raise ValueError(f"expected (N, C, H, W) frames, got {tuple(real.shape)}")

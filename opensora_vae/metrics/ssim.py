@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from .psnr import _check_pair
+from .protocol import check_frame_batches
 
 WINDOW_SIZE = 11
 SIGMA = 1.5
@@ -40,6 +39,8 @@ def gaussian_window_1d(size: int = WINDOW_SIZE, sigma: float = SIGMA) -> np.ndar
 
 
 def _filter_valid_cpu(stack: np.ndarray) -> np.ndarray:
+    from scipy import ndimage  # here: a PSNR-only eval does not pay scipy's import
+
     g = gaussian_window_1d()
     b = _BORDER
     # Filter along W, keep the valid columns, then along H and keep the valid rows: the mode
@@ -77,7 +78,7 @@ def ssim(real: torch.Tensor, fake: torch.Tensor, backend: str | None = None) -> 
         backend = "scipy" if real.device.type == "cpu" else "torch"
     if backend not in ("scipy", "torch") or (backend == "scipy" and real.device.type != "cpu"):
         raise ValueError(f"SSIM backend {backend!r} is not available for device {real.device}")
-    _check_pair(real, fake)
+    check_frame_batches(real, fake)
     if min(real.shape[-2:]) < WINDOW_SIZE:
         raise ValueError(f"SSIM needs frames of at least {WINDOW_SIZE}x{WINDOW_SIZE}, got {tuple(real.shape[-2:])}")
     if real.shape[0] == 0:

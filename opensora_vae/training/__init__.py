@@ -1,10 +1,10 @@
-"""Three-stage VAE training: one train step (engine), setup and loop (trainer), checkpoints,
-process groups, logging, EMA. Entry point: `scripts/train_vae.py` (plain python or torchrun)."""
+"""Three-stage VAE training: the trainer (setup, loop, one step), checkpoints and the outputs
+folder, clip mixing, logging, EMA. Entry point: `scripts/train_vae.py` (plain python or torchrun)."""
 
-from .checkpoint import find_latest_checkpoint, read_training_state, resolve_load
+from .checkpoint import CheckpointManager, find_latest_checkpoint, read_training_state
 from .ema import EMA
-from .engine import StepResult, TrainEngine, freeze_unreached_params, mixed_num_frames
-from .trainer import TrainingAborted, Trainer, TrainResult, train
+from .mixing import MIXED_STRATEGIES, mixed_num_frames
+from .trainer import StepResult, Trainer, TrainingAborted, TrainResult, train
 
-__all__ = ["find_latest_checkpoint", "read_training_state", "resolve_load", "EMA", "StepResult", "TrainEngine", "freeze_unreached_params",
-           "mixed_num_frames", "TrainingAborted", "Trainer", "TrainResult", "train"]
+__all__ = ["CheckpointManager", "find_latest_checkpoint", "read_training_state", "EMA", "MIXED_STRATEGIES",
+           "mixed_num_frames", "StepResult", "Trainer", "TrainingAborted", "TrainResult", "train"]

@@ -1,10 +1,18 @@
-"""Training setup (model, parallelism, data, resume) and the loop around `TrainEngine.step`."""
+"""The trainer: setup (validated settings -> outputs, data, model, optimizer, resume), the loop,
+and one guarded training step. Checkpoint files belong to `CheckpointManager`.
+
+Order of setup (what a user error can cost): the config was validated by `load_config`; then the
+data table is read and sized, the outputs folder is checked and locked, the resume point chosen
+(all before any file is written), and only then logging to `<outputs>/train.log`, the model and
+the loss networks are built.
+"""
 
 from __future__ import annotations
 
 import collections
 import hashlib
 import logging
+import math
 import os
 import time
 import warnings
@@ -17,25 +25,30 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
+from ..cli import setup_logging
 from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader
-from ..losses import LossSettings, VAELoss, build_perceptual
+from ..distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, broadcast_object,
+                           init_distributed)
+from ..errors import UserError, check_folder_location
+from ..losses import LossSettings, VAELoss, build_perceptual, freeze_unreached_params
 from ..models.checkpoint_io import CheckpointError
 from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
+from ..precision import autocast
 from . import checkpoint as ckpt_io
-from ..distributed import DistEnv, all_gather_objects, barrier, broadcast_object, init_distributed
+from .checkpoint import CheckpointManager
 from .ema import EMA
-from .engine import TrainEngine, freeze_unreached_params
-from ..cli import setup_logging
-from ..precision import DTYPES
-from .logger import TrainLogger, check_wandb_available
-from ..errors import UserError
+from .logging import TrainLogger, check_wandb_available, preview_image
+from .mixing import mixed_num_frames
 
 logger = logging.getLogger("opensora_vae.training")
 
 # The unreadable-sample fraction is only judged after this many read attempts (all ranks).
 MIN_ATTEMPTS_FOR_SKIP_CHECK = 20
+MAX_SKIP_EXAMPLES = 5  # unreadable files named per rank, and in all, by the abort message
 HISTORY_LIMIT = 10_000  # per-step metrics kept in memory for callers (tests, notebooks)
+# torch.compile backend for `compile=True`; tests use "aot_eager" (same graphs, no C++ build).
+COMPILE_BACKEND = "inductor"
 
 
 class TrainingAborted(UserError, RuntimeError):
@@ -47,6 +60,17 @@ class TrainResult:
     global_step: int
     last_checkpoint: Path | None
     history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_LIMIT))
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float]  # mean over ranks; empty when the step was skipped
+    skipped_step: bool  # non-finite loss or gradient: no update was made
+    grad_norm: float  # before clipping; nan when skipped
+    num_frames: int
+    skipped_samples: int  # unreadable samples behind this step, summed over ranks
+    read_attempts: int
+    preview: torch.Tensor | None = field(default=None, repr=False)  # (3, H, 2W) in [0, 1]
 
 
 def rank_generator_seed(seed: int, rank: int) -> int:
@@ -71,66 +95,105 @@ def _configure_determinism(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _agree(value: Any) -> Any:
+    """Rank 0's value, or rank 0's user error raised on every rank (no rank waits forever)."""
+    outcome = broadcast_object(value)
+    if isinstance(outcome, UserError):
+        raise outcome
+    return outcome
+
+
 class Trainer:
     """`Trainer(cfg).fit()` runs the whole training described by a validated train config."""
 
     def __init__(self, cfg: Config, env: DistEnv | None = None):
         self.cfg = cfg
         self.env = env or init_distributed()
-        self.outputs = Path(cfg.outputs)
-        setup_logging(self.outputs / "train.log", self.env.rank)
-        if cfg.dtype not in DTYPES:
-            raise ValueError(f"dtype={cfg.dtype!r}: use one of {DTYPES} (fp16 would need loss scaling, which "
-                             "the trainer does not implement)")
-        if cfg.parallel not in ("ddp", "fsdp"):
-            raise ValueError(f"parallel={cfg.parallel!r}: use 'ddp' or 'fsdp'")
+        self.outputs = Path(cfg.outputs).expanduser()
+        self.checkpoints = CheckpointManager(self.outputs, cfg.keep_last_ckpts, self.env.is_main)
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg, env = self.cfg, self.env
+        if cfg.dataset.data_path is None:
+            raise UserError("no training data: pass --data-path (a CSV/parquet with a 'path' column)")
         if cfg.wandb:
             check_wandb_available()
-        if cfg.dataset.data_path is None:
-            raise ValueError("no training data: pass --data-path (a CSV/parquet with a 'path' column)")
-        _configure_determinism(cfg.deterministic)
+        check_folder_location(self.outputs, "--outputs")
         self.settings = LossSettings.from_config(cfg)
         self.fsdp = cfg.parallel == "fsdp"
+        self._build_data()  # reads and sizes the table: a bad one fails before any output exists
 
-        # Rank 0 decides what to resume from, so all ranks load the same checkpoint.
-        resume = ckpt_io.resolve_load(cfg.load, self.outputs) if self.env.is_main else None
-        resume = broadcast_object(None if resume is None else str(resume))
-        self.resume_dir = None if resume is None else Path(resume)
-        self.state = ckpt_io.read_training_state(self.resume_dir) if self.resume_dir else None
+        # Rank 0 owns the folder and decides what to resume, so all ranks load the same step.
+        resume: Any = None
+        if env.is_main:
+            try:
+                self.checkpoints.acquire()
+                found = self.checkpoints.resolve(cfg.load, overwrite=cfg.overwrite)
+                resume = (str(found) if found else None, self.checkpoints.lineage,
+                          self.checkpoints.resume_step)
+            except UserError as err:
+                resume = err
+        resume_dir, self.checkpoints.lineage, self.checkpoints.resume_step = _agree(resume) or (None, [], 0)
+        self.resume_dir = Path(resume_dir) if resume_dir else None
+        state = ckpt_io.read_training_state(self.resume_dir) if self.resume_dir else None
 
+        setup_logging(self.outputs / "train.log", env.rank)
+        _configure_determinism(cfg.deterministic)
         self.pipe = self._build_model()
         self.model = self._parallelize(self.pipe)
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.pipe.parameters() if p.requires_grad], lr=cfg.lr,
-            betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        if cfg.compile:
+            # In place (nn.Module.compile): parameter names and checkpoints stay those of eager.
+            self.pipe.temporal_vae.compile(backend=COMPILE_BACKEND)
+        self.params = [p for p in self.pipe.parameters() if p.requires_grad]
+        if not self.params:
+            raise UserError("nothing to train: every parameter is frozen")
+        # Fused AdamW on CUDA (one kernel for all parameters). The CPU keeps the default foreach
+        # implementation, so CPU runs keep their exact numerics (fused differs by ~1e-7 relative).
+        fused = True if env.device.type == "cuda" else None
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=fused)
         self.ema = EMA(self.pipe, cfg.ema_decay) if cfg.ema_decay else None
-        self.generator = torch.Generator(self.env.device)
-        self.generator.manual_seed(rank_generator_seed(cfg.seed, self.env.rank))
-        self._build_data()
+        self.generator = torch.Generator(env.device)
+        self.generator.manual_seed(rank_generator_seed(cfg.seed, env.rank))
         perceptual = None
         if self.settings.needs_perceptual:
             perceptual = build_perceptual(cfg.perceptual_backbone_path,
-                                          cfg.perceptual_random_backbone).to(self.env.device)
-        self.engine = TrainEngine(
-            self.model, self.pipe, VAELoss(self.settings, perceptual), self.optimizer, self.env.device,
-            self.generator, grad_clip=cfg.grad_clip, dtype=cfg.dtype, mixed_strategy=cfg.mixed_strategy,
-            mixed_image_ratio=cfg.mixed_image_ratio, seed=cfg.seed, ema=self.ema, fsdp=self.fsdp)
+                                          cfg.perceptual_random_backbone).to(env.device)
+            if cfg.compile:
+                perceptual.compile(backend=COMPILE_BACKEND)
+        self.loss_fn = VAELoss(self.settings, perceptual)
         self.global_step = 0
         self.epoch = 0
         self.nonfinite_streak = 0
         self.skipped_total = 0
         self.attempts_total = 0
-        if self.state is not None:
-            self._restore(self.state)
+        self.state = state
+        if state is not None:
+            self._restore(state)
 
-    # ------------------------------------------------------------------ setup
     def _build_model(self) -> VideoVAEPipeline:
         cfg = self.cfg
         # Same seed on every rank: random initial weights are identical before DDP/FSDP.
         torch.manual_seed(cfg.seed)
         weights = str(self.resume_dir / "model") if self.resume_dir else cfg.ckpt_path
-        pipe = VideoVAEPipeline.from_train_config(
-            cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model), ckpt_path=weights)
+        model_cfg = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
+        pipe = VideoVAEPipeline.from_train_config(model_cfg, ckpt_path=weights)
         frozen = freeze_unreached_params(pipe, self.settings)
         if frozen and self.env.is_main:
             logger.info("frozen (no active loss reaches them): %s", ", ".join(frozen))
@@ -142,6 +205,13 @@ class Trainer:
             total = sum(p.numel() for p in pipe.parameters())
             logger.info("model: %.2f M parameters, %.2f M trainable; initial weights: %s",
                         total / 1e6, trainable / 1e6, weights or "random")
+            spatial_pretrained = weights or model_cfg["spatial"].get("from_pretrained")
+            if pipe.freeze_spatial and not spatial_pretrained:
+                logger.warning(
+                    "THE FROZEN SPATIAL VAE HAS RANDOM WEIGHTS: the temporal VAE learns latents of a "
+                    "random autoencoder and reconstructions will be noise. Set model.spatial.from_pretrained "
+                    "to an SD-VAE (hub id or local diffusers folder), or --ckpt-path to a pipeline "
+                    "checkpoint (e.g. the quickstart's stage-0 output); see README 'Training on your own data'")
         return pipe
 
     def _parallelize(self, pipe: VideoVAEPipeline) -> nn.Module:
@@ -172,6 +242,11 @@ class Trainer:
                                     frame_interval=data.frame_interval, image_size=tuple(data.image_size),
                                     transform_name=data.transform_name, seed=cfg.seed,
                                     max_retries=data.max_retries)
+        self.steps_per_epoch = (len(self.dataset) // env.world_size) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{data.data_path} has {len(self.dataset)} samples, fewer than one step needs "
+                            f"(batch_size {cfg.batch_size} × {env.world_size} process(es)); lower "
+                            "--batch-size or add data")
         self.sampler = StatefulDistributedSampler(len(self.dataset), env.world_size, env.rank,
                                                   shuffle=True, seed=cfg.seed, drop_last=True)
         self.loader = build_dataloader(self.dataset, cfg.batch_size, num_workers=cfg.num_workers,
@@ -179,10 +254,6 @@ class Trainer:
         # Each DataLoader iterator draws a base seed; from its own generator, not the global RNG,
         # so re-creating the iterator on resume does not shift the global RNG stream.
         self.loader.generator = torch.Generator().manual_seed(rank_generator_seed(cfg.seed + 1, env.rank))
-        self.steps_per_epoch = (len(self.dataset) // env.world_size) // cfg.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{data.data_path} has {len(self.dataset)} samples, fewer than "
-                             f"batch_size × world size = {cfg.batch_size} × {env.world_size}")
 
     # ------------------------------------------------------------------ checkpoints
     def _rng_state(self) -> dict[str, torch.Tensor]:
@@ -196,8 +267,7 @@ class Trainer:
 
         # Parameter names as keys (not positions), the same format for DDP and FSDP.
         opts = StateDictOptions(full_state_dict=self.fsdp, cpu_offload=self.fsdp)
-        state = get_optimizer_state_dict(self.pipe, self.optimizer, options=opts)
-        return _to_cpu(state)
+        return _to_cpu(get_optimizer_state_dict(self.pipe, self.optimizer, options=opts))
 
     def _model_state(self) -> dict[str, torch.Tensor]:
         if self.fsdp:
@@ -220,7 +290,7 @@ class Trainer:
             if len(set(checksums)) != 1:
                 raise RuntimeError(f"model replicas differ across ranks at step {self.global_step} "
                                    f"(parameter checksums {checksums}): training is broken")
-        path = None
+        outcome: Any = None
         if self.env.is_main:
             if ema_state is not None:
                 ema_state = {**model_state, **ema_state}  # frozen weights come from the model
@@ -232,12 +302,15 @@ class Trainer:
                 "replica_checksums": checksums, "nonfinite_streak": self.nonfinite_streak,
                 "skipped_total": self.skipped_total, "attempts_total": self.attempts_total,
             }
-            path = ckpt_io.write_checkpoint(self.outputs, self.global_step, self.pipe.export_config(),
-                                            model_state, training_state, self.cfg, ema_state)
-            ckpt_io.prune_checkpoints(self.outputs, self.cfg.keep_last_ckpts)
-            logger.info("saved checkpoint %s", path)
-        barrier()
-        return path
+            try:
+                path = self.checkpoints.save(self.global_step, self.pipe.export_config(), model_state,
+                                             training_state, self.cfg, ema_state)
+                logger.info("saved checkpoint %s", path)
+                outcome = str(path)
+            except UserError as err:  # e.g. a full disk: every rank stops with the same message
+                outcome = err
+        outcome = _agree(outcome)
+        return Path(outcome) if outcome and self.env.is_main else None
 
     def _restore(self, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -261,7 +334,7 @@ class Trainer:
                 self.ema.load_full_state(ckpt_io.read_weights(self.resume_dir / "ema"))
             else:
                 logger.warning("checkpoint has no EMA weights: the EMA starts from the loaded model")
-        self.sampler.load_state_dict(state["sampler"])
+        order_change = self.sampler.load_state_dict(state["sampler"])
         same_layout = state["world_size"] == env.world_size and state["batch_size"] == cfg.batch_size
         if same_layout:
             rng = state["rng"][env.rank]
@@ -279,14 +352,78 @@ class Trainer:
                                "data continues at global sample %d of epoch %d, but noise streams are "
                                "re-seeded, so the run is not bit-identical to an uninterrupted one",
                                env.world_size, cfg.batch_size, state["world_size"], state["batch_size"],
-                               state["sampler"]["global_consumed"], state["sampler"]["epoch"])
+                               self.sampler.global_consumed, self.sampler.epoch)
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
         self.nonfinite_streak = int(state["nonfinite_streak"])
         self.skipped_total = int(state["skipped_total"])
         self.attempts_total = int(state["attempts_total"])
+        if order_change is not None:
+            if "dataset_len" in order_change.changed:  # the saved counts judged the old table's rows
+                self.skipped_total = self.attempts_total = 0
+            if env.is_main:
+                logger.warning("resuming from %s: %s", self.resume_dir, order_change)
         if env.is_main:
             logger.info("resumed from %s at step %d (epoch %d)", self.resume_dir, self.global_step, self.epoch)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, video: torch.Tensor, step: int, skipped_samples: int = 0,
+                   want_preview: bool = False) -> StepResult:
+        """Trains on `video (B, 3, T, H, W)` as global step `step` (1-based)."""
+        cfg = self.cfg
+        num_frames = mixed_num_frames(cfg.mixed_strategy, cfg.mixed_image_ratio, video.shape[2], cfg.seed, step)
+        video = video[:, :, :num_frames]
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.env.device, cfg.dtype):
+            out = self.model(video, sample=True, generator=self.generator,
+                             decode_pixels=self.settings.needs_pixels)
+        # Losses in fp32, outside autocast: sums over C*H*W are large.
+        terms = self.loss_fn(video, out)
+        x_z_rec = out.x_z_rec.detach()
+        names = sorted(terms)
+        local = torch.stack([terms[n].detach().float() for n in names])
+        finite = bool(torch.isfinite(local).all())
+        # One collective per step: [non-finite flag, skipped samples, read attempts, *terms].
+        # Every rank then takes the same skip decision, so none waits in backward for the others.
+        packed = torch.cat([torch.tensor([0.0 if finite else 1.0, skipped_samples,
+                                          video.shape[0] + skipped_samples], device=local.device),
+                            torch.nan_to_num(local, nan=0.0, posinf=0.0, neginf=0.0)])
+        packed = all_reduce_sum(packed.to(self.env.device)).cpu()
+        result = StepResult(losses={}, skipped_step=True, grad_norm=float("nan"), num_frames=num_frames,
+                            skipped_samples=int(packed[1].item()), read_attempts=int(packed[2].item()))
+        if packed[0].item() > 0:
+            del terms
+        else:
+            terms["loss"].backward()
+            max_norm = cfg.grad_clip if cfg.grad_clip else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+            norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            result.grad_norm = norm
+            # Gradients are identical on all ranks after the DDP/FSDP reduction, so is this check.
+            if math.isfinite(norm):
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update(self.pipe)
+                result.skipped_step = False
+                result.losses = {n: v / self.env.world_size for n, v in zip(names, packed[3:].tolist())}
+        self.optimizer.zero_grad(set_to_none=True)
+        if want_preview:
+            result.preview = self._preview(video, x_z_rec)
+        return result
+
+    @torch.no_grad()
+    def _preview(self, video: torch.Tensor, x_z_rec: torch.Tensor) -> torch.Tensor:
+        """First frame of the first sample: input | reconstruction (a collective under FSDP)."""
+        if self.fsdp:
+            self.model.unshard()  # the spatial decoder is called outside the root forward
+        try:
+            with autocast(self.env.device, self.cfg.dtype):
+                rec = self.pipe.spatial_vae.decode(x_z_rec[:1, :, :1])
+        finally:
+            if self.fsdp:
+                self.model.reshard()
+        return preview_image(video[0, :, 0], rec[0, :, 0])
 
     # ------------------------------------------------------------------ loop
     def _check_health(self, step: int, skipped_step: bool) -> None:
@@ -302,11 +439,19 @@ class Trainer:
                 f"rate, check the data, or resume from an earlier checkpoint.")
         if (self.attempts_total >= MIN_ATTEMPTS_FOR_SKIP_CHECK
                 and self.skipped_total > cfg.max_skip_fraction * self.attempts_total):
-            examples = "; ".join(f"{p}: {r}" for p, r in list(self._seen_skips.items())[:5])
+            # Every rank is here at the same step (the counts are sums over ranks): gathering is safe.
+            seen: dict[str, str] = {}
+            for skips in all_gather_objects(list(self._seen_skips.items())[:MAX_SKIP_EXAMPLES]):
+                seen.update(skips)
+            examples = "; ".join(f"{p}: {r}" for p, r in list(seen.items())[:MAX_SKIP_EXAMPLES])
+            window = cfg.dataset.num_frames * cfg.dataset.frame_interval
             raise TrainingAborted(
                 f"aborting at step {step}: {self.skipped_total} of {self.attempts_total} sample reads "
-                f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Examples on rank "
-                f"{self.env.rank}: {examples or 'none on this rank'}")
+                f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Unreadable: "
+                f"{examples or 'none since this run started (the counts include reads before the resume)'}. "
+                f"Either remove or fix those rows (`python scripts/make_csv.py <folder> <csv> --min-frames "
+                f"{window}` leaves out clips shorter than a {window}-frame window) and resume with --load auto, "
+                f"or allow more with --cfg-options max_skip_fraction=<a higher fraction>")
 
     def _log_new_skips(self, skipped: list[tuple[str, str]]) -> None:
         for path, reason in skipped:
@@ -314,11 +459,19 @@ class Trainer:
                 self._seen_skips[path] = reason
                 logger.warning("unreadable sample skipped (rank %d): %s: %s", self.env.rank, path, reason)
 
+    def total_steps(self) -> int:
+        total = self.cfg.epochs * self.steps_per_epoch
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps is not None else total
+
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> TrainResult:
         cfg, env = self.cfg, self.env
-        total = cfg.epochs * self.steps_per_epoch
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
+        total = self.total_steps()
         log = TrainLogger(self.outputs, env.is_main, total, self.global_step, cfg.log_every, cfg.wandb,
                           run_config=cfg.to_dict())
         result = TrainResult(self.global_step, None)
@@ -340,7 +493,7 @@ class Trainer:
                     self._log_new_skips(batch["skipped"])
                     video = batch["video"].to(env.device, non_blocking=True)
                     preview = bool(cfg.preview_every) and step % cfg.preview_every == 0
-                    out = self.engine.step(video, step, len(batch["skipped"]), want_preview=preview)
+                    out = self.train_step(video, step, len(batch["skipped"]), want_preview=preview)
                     self.sampler.advance(samples_per_step)
                     self.global_step = step
                     self.skipped_total += out.skipped_samples
@@ -355,7 +508,7 @@ class Trainer:
                         result.history.append({"step": step, "num_frames": out.num_frames,
                                                "indices": batch["index"].tolist(), **metrics})
                     self._check_health(step, out.skipped_step)
-                    if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+                    if step % cfg.ckpt_every == 0:
                         result.last_checkpoint = self.save_checkpoint()
                         last_saved = step
                     if step >= total:
@@ -374,26 +527,22 @@ class Trainer:
         result.global_step = self.global_step
         return result
 
-    def _metrics(self, out, seconds: float) -> dict[str, float]:
+    def _metrics(self, out: StepResult, seconds: float) -> dict[str, float]:
         metrics = {f"loss/{k}": v for k, v in out.losses.items()}
         metrics.update({
             "train/grad_norm": out.grad_norm, "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/num_frames": out.num_frames, "train/update_skipped": float(out.skipped_step),
             "speed/steps_per_s": 1.0 / max(seconds, 1e-9),
             "speed/samples_per_s": self.cfg.batch_size * self.env.world_size / max(seconds, 1e-9),
-            "data/skipped_total": self.skipped_total, "data/skipped_step": out.skipped_samples,
+            "data/skipped_total": self.skipped_total, "data/skipped_samples_step": out.skipped_samples,
         })
+        if self.env.device.type == "cuda":
+            metrics["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.env.device) / 2**20
         return metrics
 
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
+    def close(self) -> None:
+        """Releases the outputs folder (also done by `fit`)."""
+        self.checkpoints.release()
 
 
 def train(cfg: Config) -> TrainResult:

@@ -36,6 +36,33 @@ def test_ranks_partition_the_epoch_without_overlap():
     assert order.tolist() != list(range(n))  # actually shuffled
 
 
+def test_the_order_is_the_one_checkpoints_were_written_with():
+    # Literal values from the sampler as of the first release: a saved position means these
+    # indices, so any change to the order (or to how it is dealt) breaks resuming old runs.
+    s = StatefulDistributedSampler(20, 3, 1, seed=42)
+    assert list(s) == [9, 12, 19, 16, 18, 17]
+    s.advance(6)
+    assert list(s) == [19, 16, 18, 17]
+    s.set_epoch(1)
+    assert list(s) == [4, 3, 18, 12, 2, 15]
+    tail = StatefulDistributedSampler(7, 2, 1, seed=3, drop_last=False)
+    tail.advance(2)
+    assert list(tail) == [1, 3, 5]
+
+
+def test_a_large_epoch_is_yielded_lazily_in_the_same_order():
+    # 3M indices: dealt in chunks, never one Python int per index of the epoch at once.
+    s = StatefulDistributedSampler(3_000_000, 2, 1, seed=9)
+    s.advance(10)
+    it = iter(s)
+    order = s.global_order()
+    head = [next(it) for _ in range(5)]
+    assert head == order[11:21:2].tolist()
+    assert not isinstance(it, (list, type(iter([]))))
+    rest = np.fromiter(it, dtype=np.int64)
+    assert np.array_equal(rest, order[21::2][: len(s) - 5]) and len(rest) == len(s) - 5
+
+
 def test_order_is_a_function_of_seed_and_epoch_only():
     a = StatefulDistributedSampler(50, 4, 1, seed=7)
     b = StatefulDistributedSampler(50, 4, 1, seed=7)
@@ -97,16 +124,42 @@ def test_without_drop_last_the_tail_wraps_around():
     assert list(samplers[0]) == [0, 2, 4] and list(samplers[1]) == [1, 3, 0]
 
 
-def test_incompatible_state_is_refused():
-    s = StatefulDistributedSampler(10, 1, 0, seed=1)
-    with pytest.raises(ValueError, match="seed"):
-        s.load_state_dict(StatefulDistributedSampler(10, 1, 0, seed=2).state_dict())
-    with pytest.raises(ValueError, match="dataset_len"):
-        s.load_state_dict(StatefulDistributedSampler(11, 1, 0, seed=1).state_dict())
+def test_invalid_arguments_are_refused():
     with pytest.raises(ValueError):
         StatefulDistributedSampler(10, 2, 2)
     with pytest.raises(ValueError):
         StatefulDistributedSampler(0, 1, 0)
+
+
+@pytest.mark.parametrize("now,changed", [(dict(dataset_len=10), {"dataset_len": (11, 10)}),
+                                         (dict(seed=2), {"seed": (1, 2)}),
+                                         (dict(dataset_len=12, seed=5), {"dataset_len": (11, 12), "seed": (1, 5)})])
+def test_a_changed_table_or_seed_restarts_the_saved_epoch_in_the_new_order(now, changed):
+    # A trainer saved mid-epoch 2; the resumed run has another table length or seed.
+    saved = make_ranks(11, 2, seed=1)
+    for s in saved:
+        s.set_epoch(2)
+    run_steps(saved, batch_size=2, steps=1)
+    kw = {"dataset_len": 11, "seed": 1, **now}
+    resumed = make_ranks(kw.pop("dataset_len"), 2, **kw)
+    reports = [s.load_state_dict(saved[0].state_dict()) for s in resumed]
+    assert all(r.changed == changed and r.epoch == 2 and r.saved_position == 4 for r in reports)
+    for s in resumed:
+        s.set_epoch(2)  # what the trainer does next: the same epoch, so the position stays 0
+    order = resumed[0].global_order(2)
+    # The whole epoch of the new order, dealt round-robin from position 0: no row left out.
+    assert [list(s) for s in resumed] == [order[0:len(order) // 2 * 2:2].tolist(),
+                                          order[1:len(order) // 2 * 2:2].tolist()]
+    for key, (old, _) in changed.items():
+        assert f"{key}={old!r}" in str(reports[0])  # the warning names what changed
+
+
+def test_an_unchanged_order_reports_nothing_and_keeps_the_position():
+    saved = StatefulDistributedSampler(11, 1, 0, seed=1)
+    saved.advance(3)
+    resumed = StatefulDistributedSampler(11, 1, 0, seed=1)
+    assert resumed.load_state_dict(saved.state_dict()) is None
+    assert resumed.global_consumed == 3 and list(resumed) == list(saved)
 
 
 def test_sampler_drives_a_dataloader():

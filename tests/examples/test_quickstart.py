@@ -288,16 +288,17 @@ def _fake_summary(tmp_path):
 
 
 def test_update_results_regenerates_only_the_quickstart_section(tmp_path):
-    from examples.quickstart.update_results import BEGIN, END, main
+    from examples.quickstart.update_results import main
     from opensora_vae.cli import run_main
 
+    begin, end = "<!-- quickstart: begin (generated, do not edit) -->", "<!-- quickstart: end -->"
     summary = _fake_summary(tmp_path)
     results = tmp_path / "RESULTS.md"
-    results.write_text(f"# Results\n\nbefore\n\n{BEGIN}\nold hand-typed numbers 16.60 dB\n{END}\n\nafter\n")
+    results.write_text(f"# Results\n\nbefore\n\n{begin}\nold hand-typed numbers 16.60 dB\n{end}\n\nafter\n")
     assert run_main(main, [str(summary), "--results", str(results)]) == 0
     text = results.read_text()
-    assert text.startswith("# Results\n\nbefore\n\n" + BEGIN) and text.endswith(END + "\n\nafter\n")
-    section = text[text.index(BEGIN):text.index(END)]
+    assert text.startswith("# Results\n\nbefore\n\n" + begin) and text.endswith(end + "\n\nafter\n")
+    section = text[text.index(begin):text.index(end)]
     assert "16.60" not in section
     assert "| stage 1 (latent L1 + identity) | 2 | 138.6 | 75.5 | -46% |" in section
     assert "| full pipeline after stage 1 | 15.12 | 0.2500 | 0.4000 |" in section
@@ -305,6 +306,5 @@ def test_update_results_regenerates_only_the_quickstart_section(tmp_path):
     assert "6.7 min" in section and "a note" in section
     assert run_main(main, [str(summary), "--results", str(results)]) == 0
     assert results.read_text() == text  # idempotent
-    results.write_text("# Results without markers\n")
-    assert run_main(main, [str(summary), "--results", str(results)]) == 2
     assert run_main(main, [str(tmp_path / "missing.json"), "--results", str(results)]) == 2
+    assert results.read_text() == text

@@ -59,7 +59,7 @@ def mixed_csv(bad_media) -> Path:
 
 
 def test_dataset_converts_usable_inputs_and_names_unusable_ones(bad_media, mixed_csv):
-    ds = VideoDataset(mixed_csv, num_frames=17, image_size=SIZE)
+    ds = VideoDataset(mixed_csv, num_frames=17, image_size=SIZE, max_retries=20)
     transform = VideoTransform("center", SIZE)
     for i, name in enumerate(ORDER):
         if name in bad_media.unusable:
@@ -71,7 +71,7 @@ def test_dataset_converts_usable_inputs_and_names_unusable_ones(bad_media, mixed
         clip, is_image = ds.load(i)
         path = bad_media.usable[name]
         if name.endswith((".png", ".jpg")):
-            frame = read_image(path)  # the conversions themselves: tests/test_video_io.py
+            frame = read_image(path)  # the conversions themselves: tests/data/test_video_io.py
             want = transform(frames_to_clip(frame[None])).expand(-1, 17, -1, -1)
         elif name == "one_frame.mp4":
             want = transform(frames_to_clip(read_video_frames(path, [0]))).expand(-1, 17, -1, -1)
@@ -158,7 +158,7 @@ def test_too_many_skips_abort_with_examples_and_every_bad_row_aborts_fast(bad_me
 
     assert too_many.code == 2 and "Traceback" not in too_many.out, too_many.out
     match = re.search(r"error: aborting at step (\d+): (\d+) of (\d+) sample reads failed "
-                      r"\(> max_skip_fraction=0\.05\)\. Examples on rank 0: ([^\n]+)", too_many.out)
+                      r"\(> max_skip_fraction=0\.05\)\. Unreadable: ([^\n]+)", too_many.out)
     assert match, too_many.out
     skipped, attempts = int(match.group(2)), int(match.group(3))
     assert attempts >= 20 and skipped > 0.05 * attempts
@@ -173,7 +173,7 @@ def test_too_many_skips_abort_with_examples_and_every_bad_row_aborts_fast(bad_me
 
 @pytest.mark.parametrize("content,message", [
     ("video\na.mp4\n", "no 'path' column (columns: ['video'])"),
-    ("", "cannot read table (EmptyDataError"),
+    ("", "cannot read table (the file is empty"),
     ("path\n", "table has no rows"),
     ("path\n\"\"\n", "1 empty 'path' values (lines [2]...)"),
 ])

@@ -15,7 +15,7 @@ import torch
 
 from opensora_vae.data import read_video_frames, write_image, write_video
 from opensora_vae.metrics import psnr
-from opensora_vae.metrics.runner import preprocess
+from opensora_vae.metrics.protocol import preprocess
 
 from .conftest import CLIP_17, EVAL_ENTRY, INFER_ENTRY, TINY_INFER, run, write_csv
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from opensora_vae.data.video_io import read_video_frames, write_video
-from opensora_vae.lpips_backbone import find_backbone
+from opensora_vae.lpips import find_backbone
 from opensora_vae.metrics import LPIPSMetric, psnr, ssim
 from opensora_vae.metrics.pwcnet import PWC_WEIGHTS_ENV
-from opensora_vae.metrics.runner import preprocess
+from opensora_vae.metrics.protocol import preprocess
 from tests.helpers import CLIP_17, EVAL_ENTRY
 
 SCRIPT = EVAL_ENTRY
@@ -87,4 +87,4 @@ def test_cli_subset_and_clear_errors(folders, tmp_path, monkeypatch, capsys):
         with pytest.raises(ValueError, match="CUDA is not available"):
             cli.main(base + ["--metric", "psnr", "--device", "cuda"])
     with pytest.raises(SystemExit):
-        cli.main(base + ["--metric", "fvd"])
+        cli.main(base + ["--metric", "vmaf"])  # not a metric of this eval

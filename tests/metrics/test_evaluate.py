@@ -1,17 +1,16 @@
 """evaluate_dirs: pairing, frame selection, preprocessing, errors, values."""
 
 import logging
-import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from opensora_vae.data.video_io import MediaReadError, read_video_frames, write_image, write_video
-from opensora_vae.lpips_backbone import build_lpips
+from opensora_vae.lpips import build_lpips
 from opensora_vae.metrics import FloLPIPS, LPIPSMetric, MetricSuite, build_pwcnet, evaluate_dirs, psnr, ssim
-from opensora_vae.metrics.runner import frame_indices, pair_files, preprocess, resolve_device
+from opensora_vae.metrics.evaluate import resolve_device
+from opensora_vae.metrics.protocol import preprocess
 from tests.helpers import CLIP_17
 
 CLIP = str(CLIP_17)
@@ -46,22 +45,6 @@ def suite():
     return MetricSuite(device="cpu", lpips_metric=lpips_metric, flolpips=flolpips)
 
 
-def test_frame_indices_and_preprocess():
-    assert frame_indices(4, 3, 100) == [0, 3, 6, 9]
-    assert frame_indices(4, 3, 8) == [0, 3, 6]
-    with pytest.raises(ValueError):
-        frame_indices(0, 1, 10)
-    frames = np.random.default_rng(0).integers(0, 256, (2, 80, 96, 3), dtype=np.uint8)
-    out = preprocess(frames, resolution=64, crop_size=48, device=torch.device("cpu"))
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
-    resized = F.interpolate(x, size=(64, math.floor(96 / 80 * 64)), mode="bilinear", align_corners=False)
-    assert resized.shape[-1] == 76
-    assert torch.equal(out, resized[..., 8:56, 14:62])  # round((64-48)/2), round((76-48)/2)
-    assert torch.equal(preprocess(frames, None, None, torch.device("cpu")), x)
-    with pytest.raises(ValueError, match="crop_size"):
-        preprocess(frames, 64, 70, torch.device("cpu"))
-
-
 def test_values_equal_direct_metric_calls(tmp_path, clip, suite):
     real_dir, gen_dir = _folders(tmp_path, clip)
     res = evaluate_dirs(real_dir, gen_dir, num_frames=6, sample_rate=1, resolution=64, crop_size=64,
@@ -85,22 +68,6 @@ def test_values_equal_direct_metric_calls(tmp_path, clip, suite):
     # More noise, worse scores: the pairing is by name, not by accident.
     per = res["per_video"]
     assert per["a"]["psnr"] > per["b"]["psnr"] > per["c"]["psnr"]
-
-
-def test_pairing_by_name_errors(tmp_path, clip):
-    real_dir, gen_dir = _folders(tmp_path, clip, names=("a", "b"), frames=2)
-    (gen_dir / "b.mkv").rename(gen_dir / "z.mkv")
-    with pytest.raises(ValueError) as err:
-        pair_files(real_dir, gen_dir)
-    assert "missing in" in str(err.value) and "b" in str(err.value) and "z" in str(err.value)
-    write_video(gen_dir / "a.mp4", clip[:2], 24, lossless=True)  # a.mkv and a.mp4
-    with pytest.raises(ValueError, match="same name"):
-        pair_files(real_dir, gen_dir)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "notes.txt").write_text("not media")
-    with pytest.raises(ValueError, match="no video or image files"):
-        pair_files(real_dir, empty)
 
 
 def test_short_videos_warn_and_use_the_shorter(tmp_path, clip, suite, caplog):
@@ -161,4 +128,18 @@ def test_device_and_metric_validation():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown"):
-        MetricSuite(["fvd"])
+        MetricSuite(["vmaf"])  # not a metric of this eval
+
+
+def test_results_do_not_depend_on_decode_threads_or_batching(tmp_path, clip, suite):
+    """Pairs are decoded and scored by SSIM/PSNR in threads, networks run on batches in order:
+    every value, entry and warning is the same bit for bit whatever the thread count."""
+    real_dir, gen_dir = _folders(tmp_path, clip, names=("a", "b", "c", "d", "e"), frames=3)
+    runs = [evaluate_dirs(real_dir, gen_dir, num_frames=3, resolution=None, batch_size=2, suite=suite,
+                          progress=False, decode_workers=workers) for workers in (1, 3)]
+    assert runs[0] == runs[1]
+    frame_only = [evaluate_dirs(real_dir, gen_dir, metrics=["ssim", "psnr"], num_frames=3, resolution=None,
+                                batch_size=batch, progress=False, decode_workers=workers)
+                  for batch, workers in ((1, 1), (4, 2))]
+    assert frame_only[0] == frame_only[1]
+    assert all(frame_only[0]["per_video"][n][m] == runs[0]["per_video"][n][m] for n in "abcde" for m in ("ssim", "psnr"))

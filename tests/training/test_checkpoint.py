@@ -1,6 +1,11 @@
 """Checkpoint dirs are atomic and discoverable; clip mixing is a pure function of (seed, step)."""
 
+import errno
+import os
 import random
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -9,10 +14,12 @@ import torch
 
 from opensora_vae.config import load_config
 from opensora_vae.models import CheckpointError
+from opensora_vae.errors import OutputExistsError
 from opensora_vae.training import checkpoint as ckpt_io
 from opensora_vae.training import mixed_num_frames
+from opensora_vae.training.checkpoint import CheckpointManager, DiskFullError, OutputsInUseError
 
-from tests.helpers import REPO
+from tests.helpers import TINY_STAGE1
 
 
 def _fake_ckpt(outputs: Path, step: int, files=("model/config.json", "model/model.safetensors",
@@ -24,31 +31,122 @@ def _fake_ckpt(outputs: Path, step: int, files=("model/config.json", "model/mode
     return d
 
 
-def test_latest_checkpoint_skips_temp_and_incomplete_dirs(tmp_path, caplog):
+def test_latest_checkpoint_skips_temp_and_incomplete_dirs(tmp_path):
     assert ckpt_io.find_latest_checkpoint(tmp_path / "nothing") is None
     good = _fake_ckpt(tmp_path, 20)
     _fake_ckpt(tmp_path, 10)
     _fake_ckpt(tmp_path, 30, files=("model/config.json", "config.py"))  # crashed mid-copy
     (tmp_path / f"{ckpt_io.TMP_PREFIX}step_000000040.999").mkdir()  # interrupted save
     (tmp_path / "step_50").mkdir()  # not our name pattern
-    with caplog.at_level("INFO"):
-        assert ckpt_io.find_latest_checkpoint(tmp_path) == good
-    assert "ignoring incomplete checkpoint" in caplog.text and "step_000000030" in caplog.text
-    assert "ignoring unfinished checkpoint temp dir" in caplog.text
-    assert ckpt_io.resolve_load("auto", tmp_path) == good
-    assert ckpt_io.resolve_load(None, tmp_path) is None
+    assert ckpt_io.find_latest_checkpoint(tmp_path) == good
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    assert manager.resolve("auto") == good
     with pytest.raises(CheckpointError, match="missing model/model.safetensors, training_state.pt"):
-        ckpt_io.resolve_load(str(tmp_path / "step_000000030"), tmp_path)
+        manager.resolve(str(tmp_path / "step_000000030"), overwrite=True)
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
-        ckpt_io.resolve_load(str(tmp_path / "missing"), tmp_path)
+        manager.resolve(str(tmp_path / "missing"))
     # An EMA dir that lost its weights makes the checkpoint incomplete too.
     (good / "ema").mkdir()
     (good / "ema" / "config.json").write_text("x")
     assert ckpt_io.find_latest_checkpoint(tmp_path) == tmp_path / "step_000000010"
 
 
-def test_write_checkpoint_is_complete_replaces_same_step_and_prunes(tmp_path, tiny_pipeline):
-    cfg = load_config(REPO / "configs/vae/train/tiny/stage1.py")
+def test_a_fresh_run_or_a_rollback_never_replaces_existing_checkpoints_unless_asked(tmp_path):
+    _fake_ckpt(tmp_path, 10)
+    _fake_ckpt(tmp_path, 20)
+    with pytest.raises(OutputExistsError, match="--load auto"):
+        CheckpointManager(tmp_path, 3).resolve(None)
+    assert CheckpointManager(tmp_path, 3).resolve(None, overwrite=True) is None
+    with pytest.raises(OutputExistsError, match="step_000000020"):
+        CheckpointManager(tmp_path, 3).resolve(str(tmp_path / "step_000000010"))
+    assert CheckpointManager(tmp_path, 3).resolve(str(tmp_path / "step_000000010"), overwrite=True) == \
+        tmp_path / "step_000000010"
+    assert CheckpointManager(tmp_path / "new", 3).resolve(None) is None  # an empty folder is fine
+
+
+def _save(manager, step, pipe, cfg):
+    state = pipe.state_dict()
+    return manager.save(step, pipe.export_config(), state, {"global_step": step}, cfg)
+
+
+def test_pruning_removes_only_this_lineage_and_never_a_newer_branch(tmp_path, tiny_pipeline):
+    cfg = load_config(TINY_STAGE1)
+    first = CheckpointManager(tmp_path, keep_last=2)
+    for step in (1, 2, 3, 4):
+        _save(first, step, tiny_pipeline, cfg)
+    assert _names(tmp_path) == ["step_000000003", "step_000000004"]
+    # A second, unrelated run into the same folder (overwrite=True) prunes only its own.
+    other = CheckpointManager(tmp_path, keep_last=1)
+    assert other.resolve(None, overwrite=True) is None
+    for step in (5, 6):
+        _save(other, step, tiny_pipeline, cfg)
+    assert _names(tmp_path) == ["step_000000003", "step_000000004", "step_000000006"]
+    # A rollback to step 3 keeps step 4 and 6 (a later branch) until it overwrites them itself.
+    rollback = CheckpointManager(tmp_path, keep_last=1)
+    assert rollback.resolve(str(tmp_path / "step_000000003"), overwrite=True) == tmp_path / "step_000000003"
+    assert rollback.lineage[:-1] == first.lineage
+    _save(rollback, 4, tiny_pipeline, cfg)  # replaces the old step 4 (same lineage), prunes step 3
+    assert _names(tmp_path) == ["step_000000004", "step_000000006"]
+    assert ckpt_io.read_lineage(tmp_path / "step_000000004") == rollback.lineage
+    assert ckpt_io.read_training_state(tmp_path / "step_000000004")["lineage"] == rollback.lineage
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("step_"))
+
+
+def test_the_outputs_lock_refuses_a_second_run_and_stale_temp_dirs_are_removed(tmp_path):
+    stale = tmp_path / f"{ckpt_io.TMP_PREFIX}step_000000007.12345"
+    (stale / "model").mkdir(parents=True)
+    owner = CheckpointManager(tmp_path, 3)
+    owner.acquire()
+    assert not stale.exists()
+    with pytest.raises(OutputsInUseError, match=f"pid {os.getpid()}"):
+        CheckpointManager(tmp_path, 3).acquire()
+    owner.release()
+    again = CheckpointManager(tmp_path, 3)
+    again.acquire()  # released: the next run may take it
+    again.release()
+
+
+def test_a_lock_held_by_a_dead_process_does_not_block(tmp_path):
+    code = ("import fcntl, os, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write('pid dead'); f.flush(); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / ckpt_io.LOCK_NAME)], check=True)
+    manager = CheckpointManager(tmp_path, 3)
+    manager.acquire()
+    manager.release()
+
+
+def test_a_full_disk_is_refused_before_writing_and_keeps_older_checkpoints(tmp_path, tiny_pipeline, monkeypatch):
+    cfg = load_config(TINY_STAGE1)
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    _save(manager, 1, tiny_pipeline, cfg)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(ckpt_io.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(DiskFullError, match="needed ~"):
+        _save(manager, 2, tiny_pipeline, cfg)
+    assert _names(tmp_path) == ["step_000000001"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(ckpt_io.TMP_PREFIX)]
+
+
+def test_a_write_that_runs_out_of_space_removes_its_partial_dir(tmp_path, tiny_pipeline, monkeypatch):
+    cfg = load_config(TINY_STAGE1)
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    _save(manager, 1, tiny_pipeline, cfg)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_io.torch, "save", no_space)
+    with pytest.raises(DiskFullError):
+        _save(manager, 2, tiny_pipeline, cfg)
+    assert _names(tmp_path) == ["step_000000001"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(ckpt_io.TMP_PREFIX)]
+
+
+def test_write_checkpoint_is_complete_and_replaces_the_same_step(tmp_path, tiny_pipeline):
+    cfg = load_config(TINY_STAGE1)
     state = tiny_pipeline.state_dict()
     for step in (1, 2, 3):
         path = ckpt_io.write_checkpoint(tmp_path, step, tiny_pipeline.export_config(), state,
@@ -58,9 +156,6 @@ def test_write_checkpoint_is_complete_replaces_same_step_and_prunes(tmp_path, ti
                                      {"global_step": 33}, cfg)
     assert ckpt_io.read_training_state(again)["global_step"] == 33 and not (again / "ema").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(ckpt_io.TMP_PREFIX)]
-    removed = ckpt_io.prune_checkpoints(tmp_path, keep=2)
-    assert [p.name for p in removed] == ["step_000000001"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000002", "step_000000003"]
     # The dumped config is the resolved one and loads back through the schema check.
     reloaded = load_config(tmp_path / "step_000000002" / "config.py")
     assert reloaded.to_dict() == {k: v for k, v in cfg.to_dict().items() if k != "config_path"} | {

@@ -5,13 +5,19 @@ import pytest
 import torch
 
 from tests.helpers import build_tiny_pipeline
-from opensora_vae.config import load_config
+from opensora_vae.config import ConfigError, load_config
 from opensora_vae.losses import LossSettings, VAELoss, frames_l1, frames_perceptual, kl_per_sample
-from opensora_vae.lpips_backbone import build_lpips
+from opensora_vae.lpips import build_lpips
 from opensora_vae.models import DiagonalGaussian, PipelineOutput
 from tests.helpers import REPO
 
 TRAIN = REPO / "configs/vae/train"
+
+
+def settings_of(**overrides) -> LossSettings:
+    """The schema's loss settings (stage 1) with `overrides`: the config holds the defaults."""
+    cfg = load_config(TRAIN / "stage1.py").to_dict()
+    return LossSettings.from_config({**cfg, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +56,7 @@ def test_perceptual_term_is_lpips_broadcast_to_every_pixel(vgg_lpips):
     # 0.1 * C*H*W * lpips per frame, averaged over frames.
     assert torch.allclose(0.1 * frames_perceptual(vgg_lpips, x, x_rec), 0.1 * 3 * 32 * 32 * per_frame.mean(),
                           rtol=1e-5)
-    loss = VAELoss(LossSettings(use_real_rec_loss=True, use_z_rec_loss=False, use_image_identity_loss=False,
+    loss = VAELoss(settings_of(use_real_rec_loss=True, use_z_rec_loss=False, use_image_identity_loss=False,
                                 perceptual_loss_weight=0.1, kl_loss_weight=0.0), vgg_lpips)
     moments = torch.zeros(2, 8, 1, 4, 4)
     terms = loss(x, PipelineOutput(x_rec=x_rec, x_z_rec=None, z=None, posterior=DiagonalGaussian(moments),
@@ -66,7 +72,7 @@ def test_kl_is_summed_per_sample_and_averaged_over_batch():
     mean, logvar = moments[:, :4], moments[:, 4:]
     per_sample = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3, 4))
     assert torch.allclose(kl_per_sample(posterior), per_sample.sum() / 3)
-    loss = VAELoss(LossSettings(use_real_rec_loss=True, use_z_rec_loss=False, use_image_identity_loss=False,
+    loss = VAELoss(settings_of(use_real_rec_loss=True, use_z_rec_loss=False, use_image_identity_loss=False,
                                 perceptual_loss_weight=0.0, kl_loss_weight=1e-6))
     x = torch.zeros(3, 3, 2, 8, 8)
     terms = loss(x, PipelineOutput(x_rec=x, x_z_rec=None, z=None, posterior=posterior, x_z=None))
@@ -120,7 +126,7 @@ def test_stage3_is_pixel_l1_plus_perceptual_plus_kl(num_frames, vgg_lpips):
 
 @pytest.mark.parametrize("detach", [True, False])
 def test_detach_flag_decides_whether_the_latent_target_gets_gradient(detach):
-    settings = LossSettings(use_z_rec_loss=True, use_image_identity_loss=True, detach_z_target=detach)
+    settings = settings_of(use_z_rec_loss=True, use_image_identity_loss=True, detach_z_target=detach)
     g = torch.Generator().manual_seed(5)
     x_z = torch.randn(1, 4, 1, 4, 4, generator=g).requires_grad_()
     x_z_rec = torch.randn(1, 4, 1, 4, 4, generator=g).requires_grad_()
@@ -137,12 +143,11 @@ def test_detach_flag_decides_whether_the_latent_target_gets_gradient(detach):
 
 
 def test_invalid_loss_settings_fail_clearly():
-    cfg = load_config(TRAIN / "stage1.py", cfg_options=["use_z_rec_loss=False"])
-    with pytest.raises(ValueError, match="use_real_rec_loss and/or use_z_rec_loss"):
-        LossSettings.from_config(cfg)
+    with pytest.raises(ConfigError, match="use_real_rec_loss and/or use_z_rec_loss"):
+        load_config(TRAIN / "stage1.py", cfg_options=["use_z_rec_loss=False"])
     with pytest.raises(ValueError, match="needs an LPIPS module"):
-        VAELoss(LossSettings(use_real_rec_loss=True, use_z_rec_loss=False))
+        VAELoss(settings_of(use_real_rec_loss=True, use_z_rec_loss=False))
     with pytest.raises(ValueError, match="decode_pixels=True"):
-        VAELoss(LossSettings(use_real_rec_loss=True, perceptual_loss_weight=0.0))(
+        VAELoss(settings_of(use_real_rec_loss=True, perceptual_loss_weight=0.0))(
             torch.zeros(1, 3, 1, 8, 8), PipelineOutput(x_rec=None, x_z_rec=torch.zeros(1, 4, 1, 1, 1), z=None,
                                                        posterior=None, x_z=torch.zeros(1, 4, 1, 1, 1)))

@@ -41,13 +41,19 @@ dtype = "bf16"  # autocast dtype on CUDA ("bf16" or "fp32"; fp16 would need loss
 grad_checkpoint = True  # recompute each ResBlock in backward: less memory, ~30% more time
 parallel = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard)
 max_nonfinite_steps = 5  # consecutive non-finite losses before aborting
+# torch.compile the temporal VAE and the LPIPS network (opt-in: on a small CPU compiling costs more
+# than it saves, see benchmarks/RESULTS.md; clips of changing length trigger recompiles).
+compile = False
 deterministic = False  # torch.use_deterministic_algorithms for exact CPU resume checks
 
 # Length and bookkeeping
 seed = 42
 epochs = 100
 max_steps = None  # stop (with a checkpoint) after this many global steps
-outputs = "outputs"
+outputs = "outputs"  # checkpoints, tensorboard/, train.log; locked by the run that uses it
+# A fresh run into outputs that already hold checkpoints (or a --load rollback past newer ones) is
+# refused, since it would later replace them; True allows it (pruning still keeps others' checkpoints).
+overwrite = False
 ckpt_path = None  # initial weights: a pipeline checkpoint dir or hub id
 load = None  # resume from a training checkpoint dir, or "auto" for the newest under outputs
 log_every = 1

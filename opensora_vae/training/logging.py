@@ -1,20 +1,37 @@
-"""Rank-0 progress reporting: python logging lines, tqdm bar, TensorBoard, optional wandb."""
+"""Rank-0 progress reporting: log lines with running means and ETA, TensorBoard, a tqdm bar on
+terminals, optional wandb."""
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import logging
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from ..errors import UserError
+
 logger = logging.getLogger("opensora_vae.training")
+
+
+def format_duration(seconds: float | None) -> str:
+    """`1h02m`, `3m05s`, `12s`; `?` when unknown."""
+    if seconds is None or seconds != seconds:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def check_wandb_available() -> None:
     if importlib.util.find_spec("wandb") is None:
-        raise RuntimeError("wandb=True but the 'wandb' package is not installed: "
+        raise UserError("wandb=True but the 'wandb' package is not installed: "
                            "`pip install wandb`, or set wandb=False (TensorBoard logs are always written)")
 
 
@@ -25,13 +42,23 @@ def preview_image(x_frame: torch.Tensor, rec_frame: torch.Tensor) -> torch.Tenso
 
 
 class TrainLogger:
-    """Does nothing on ranks other than 0 (`enabled=False`)."""
+    """Rank-0 progress: TensorBoard scalars, a tqdm bar on terminals only, and plain log lines.
+
+    Each log line has the step, the step's loss terms and their running mean over the last
+    `RUNNING_WINDOW` logged steps (single steps are noisy), speed, and an ETA, so the file
+    log alone shows progress. Does nothing on ranks other than 0 (`enabled=False`).
+    """
+
+    RUNNING_WINDOW = 50
 
     def __init__(self, outputs: str | Path, enabled: bool, total_steps: int | None, initial_step: int,
                  log_every: int, use_wandb: bool = False, run_config: Mapping[str, Any] | None = None):
         self.enabled = enabled
         self.log_every = max(1, int(log_every))
         self.total_steps = total_steps
+        self.initial_step = initial_step
+        self.started = time.perf_counter()
+        self.recent: dict[str, collections.deque] = {}
         self.writer = None
         self.bar = None
         self.wandb_run = None
@@ -40,8 +67,11 @@ class TrainLogger:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        self.writer = SummaryWriter(str(Path(outputs) / "tensorboard"))
-        # disable=None: no bar when stderr is not a terminal (CI, nohup); the log lines remain.
+        # A resumed run rewrites the steps after its checkpoint: purge_step drops what an
+        # interrupted run had logged for them, so TensorBoard never shows a step twice.
+        self.writer = SummaryWriter(str(Path(outputs) / "tensorboard"),
+                                    purge_step=initial_step + 1 if initial_step else None)
+        # disable=None: no bar when stderr is not a terminal (CI, nohup, a log file).
         self.bar = tqdm(total=total_steps, initial=initial_step, disable=None, dynamic_ncols=True,
                         desc="train")
         if use_wandb:
@@ -50,25 +80,42 @@ class TrainLogger:
 
             self.wandb_run = wandb.init(config=dict(run_config or {}), dir=str(outputs))
 
+    def running_mean(self, name: str) -> float | None:
+        values = self.recent.get(name)
+        return sum(values) / len(values) if values else None
+
+    def eta_seconds(self, step: int) -> float | None:
+        done = step - self.initial_step
+        if not self.total_steps or done <= 0:
+            return None
+        return (time.perf_counter() - self.started) / done * max(self.total_steps - step, 0)
+
     def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step)
+            if name.startswith("loss/"):
+                self.recent.setdefault(name, collections.deque(maxlen=self.RUNNING_WINDOW)).append(value)
         if self.wandb_run is not None:
             self.wandb_run.log(dict(metrics), step=step)
         self.bar.update(1)
         loss = metrics.get("loss/loss")
         self.bar.set_postfix(loss=f"{loss:.4g}" if loss is not None else "skipped",
                              steps_per_s=f"{metrics.get('speed/steps_per_s', 0.0):.2f}")
-        if step % self.log_every == 0:
+        if step % self.log_every == 0 or step == self.total_steps:
             total = f"/{self.total_steps}" if self.total_steps else ""
             terms = " ".join(f"{k.split('/', 1)[1]}={v:.5g}" for k, v in metrics.items()
                              if k.startswith("loss/"))
-            logger.info("step %d%s | %s | grad_norm=%.4g lr=%.3g | %.2f samples/s | skipped samples %d",
+            mean = self.running_mean("loss/loss")
+            eta = self.eta_seconds(step)
+            logger.info("step %d%s | %s | mean(last %d) loss=%s | grad_norm=%.4g lr=%.3g | %.2f samples/s | "
+                        "eta %s | skipped samples %d",
                         step, total, terms or "non-finite loss, step skipped",
+                        len(self.recent.get("loss/loss", ())), "n/a" if mean is None else f"{mean:.5g}",
                         metrics.get("train/grad_norm", float("nan")), metrics.get("train/lr", 0.0),
-                        metrics.get("speed/samples_per_s", 0.0), int(metrics.get("data/skipped_total", 0)))
+                        metrics.get("speed/samples_per_s", 0.0), format_duration(eta),
+                        int(metrics.get("data/skipped_total", 0)))
 
     def log_preview(self, step: int, image: torch.Tensor) -> None:
         if not self.enabled:
@@ -78,10 +125,6 @@ class TrainLogger:
             import wandb
 
             self.wandb_run.log({"preview": wandb.Image(image.permute(1, 2, 0).numpy())}, step=step)
-
-    def info(self, msg: str, *args: Any) -> None:
-        if self.enabled:
-            logger.info(msg, *args)
 
     def close(self) -> None:
         if self.bar is not None:

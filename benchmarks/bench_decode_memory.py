@@ -1,0 +1,155 @@
+"""Peak memory of reading one training sample (17 frames -> 256x256, "center") from generated
+1080p and 4K videos, side by side in one run:
+
+- full read: every frame at full resolution, then the transform on the whole clip (what
+  `VideoDataset.load` did before `VideoTransform.from_video`; `frames_to_clip` now divides in
+  place, so this path is already one float32 copy of the clip lighter than it was);
+- from_video: each frame reduced to 256x256 as soon as it is decoded (what it does now).
+
+    python benchmarks/bench_decode_memory.py [--no-write]
+
+The sources are made with PyAV in a temporary folder (H.264 ultrafast, a smooth moving pattern:
+small files whatever the frame size). Every read runs in a fresh subprocess with the video
+already opened; its peak = the peak RSS during the read (VmHWM, reset just before it) minus the
+RSS before it. The table is written into benchmarks/RESULTS.md between this script's markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's opensora_vae
+
+SOURCES = {"1080p": (1920, 1080), "4K": (3840, 2160)}
+METHODS = {"full": "full read, then transform (before)", "from_video": "`VideoTransform.from_video` (now)"}
+SAMPLE = dict(start=4, num_frames=17, size=256)  # frames 4..20: a seek, as a random window makes
+SECTION = "bench_decode_memory"
+
+
+def make_source(path: Path, width: int, height: int, num_frames: int = 24) -> Path:
+    """A smooth pattern moving across the frame, encoded one frame at a time (H.264 ultrafast,
+    keyframe interval 12, yuv420p)."""
+    y = np.linspace(0, 6 * np.pi, height, dtype=np.float32)[:, None]
+    x = np.linspace(0, 10 * np.pi, width, dtype=np.float32)[None, :]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24, options={"preset": "ultrafast", "crf": "28"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = 12
+        for i in range(num_frames):
+            shift = 0.2 * i
+            rgb = np.empty((height, width, 3), dtype=np.uint8)
+            rgb[..., 0] = 128 + 100 * np.sin(x + shift) * np.cos(y)
+            rgb[..., 1] = 128 + 100 * np.cos(x - y + shift)
+            rgb[..., 2] = 128 + 100 * np.sin(y + shift)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _rss_mb(field: str = "VmRSS") -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def measure(path: str, method: str, start: int, num_frames: int, size: int) -> dict:
+    """In this process: read the sample with `method`; peak RSS above the RSS before the read."""
+    from opensora_vae.data.transforms import VideoTransform, frames_to_clip
+    from opensora_vae.data.video_io import VideoFile
+
+    transform = VideoTransform("center", size)
+    indices = list(range(start, start + num_frames))
+    video = VideoFile(path)
+    base = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+    t0 = time.perf_counter()
+    if method == "from_video":
+        clip = transform.from_video(video, indices)
+    else:
+        clip = transform(frames_to_clip(video.read(indices)))
+    seconds = time.perf_counter() - t0
+    return {"peak_mb": _rss_mb("VmHWM") - base, "seconds": seconds, "shape": list(clip.shape),
+            "sha256": hashlib.sha256(clip.numpy().tobytes()).hexdigest()}
+
+
+def run_child(path: Path, method: str, **sample) -> dict:
+    """`measure` in a fresh interpreter, so that no earlier read's memory hides this one's peak."""
+    args = json.dumps({"path": str(path), "method": method, **{**SAMPLE, **sample}})
+    out = subprocess.run([sys.executable, __file__, "--child", args], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-write", action="store_true", help="print the table only, leave RESULTS.md")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(**json.loads(args.child))))
+        return
+    rows, sizes = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (width, height) in SOURCES.items():
+            path = make_source(Path(tmp) / f"{name}.mp4", width, height)
+            sizes[name] = os.path.getsize(path) / 1e6
+            for method in METHODS:
+                rows[name, method] = run_child(path, method)
+                print(f"{name:6} {method:10} peak {rows[name, method]['peak_mb']:7.0f} MB  "
+                      f"{rows[name, method]['seconds']:.2f} s", flush=True)
+    for name in SOURCES:
+        assert rows[name, "full"]["sha256"] == rows[name, "from_video"]["sha256"], f"{name}: clips differ"
+    lines = [
+        "## Data: peak memory of one sample from 1080p and 4K videos",
+        "",
+        f"`python benchmarks/bench_decode_memory.py` — one sample of {SAMPLE['num_frames']} frames "
+        f"(frames {SAMPLE['start']}..{SAMPLE['start'] + SAMPLE['num_frames'] - 1}, centre crop, "
+        f"{SAMPLE['size']}×{SAMPLE['size']}) from generated H.264 videos "
+        + ", ".join(f"{n} ({SOURCES[n][0]}×{SOURCES[n][1]}, {sizes[n]:.1f} MB)" for n in SOURCES)
+        + "; each read in a fresh process; peak = peak RSS during the read minus RSS before it. "
+        f"Measured {time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} on {platform.machine()}, "
+        f"{os.cpu_count()} cores.",
+        "",
+        "| source | " + " | ".join(f"{METHODS[m]}: peak, time" for m in METHODS) + " | peak ratio |",
+        "|---|" + "---|" * (len(METHODS) + 1),
+    ]
+    for name in SOURCES:
+        full, new = rows[name, "full"], rows[name, "from_video"]
+        lines.append(f"| {name} | " + " | ".join(f"{rows[name, m]['peak_mb']:.0f} MB, {rows[name, m]['seconds']:.2f} s"
+                                                  for m in METHODS)
+                     + f" | **{new['peak_mb'] / full['peak_mb']:.3f}×** |")
+    growth = {m: rows["4K", m]["peak_mb"] / rows["1080p", m]["peak_mb"] for m in METHODS}
+    lines += [
+        "",
+        f"Both methods give identical clips (same sha256 per source). From 1080p to 4K (4× the pixels) "
+        f"the full read's peak grows {growth['full']:.1f}×; from_video's grows {growth['from_video']:.1f}× and "
+        "stays at one source frame (RGB, plus one colour plane as float32) and the decoder's reference "
+        "frames, whatever the clip length.",
+    ]
+    table = "\n".join(lines)
+    print("\n" + table)
+    if not args.no_write:
+        from results_md import RESULTS, write_section  # benchmarks/ is on sys.path: this script's folder
+
+        write_section(SECTION, table)
+        print(f"\nwritten to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
