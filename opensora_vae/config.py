@@ -190,7 +190,7 @@ def _rules(kind: str) -> dict[str, Rule]:
         "max_steps": optional(at_least(1)),
         "outputs": _non_empty_path,
         "log_every": at_least(1),
-        "ckpt_every": at_least(1),
+        "ckpt_every": at_least(0),  # 0: only the final checkpoint
         "keep_last_ckpts": optional(at_least(1)),
         "preview_every": at_least(0),
     }

@@ -508,7 +508,7 @@ class Trainer:
                         result.history.append({"step": step, "num_frames": out.num_frames,
                                                "indices": batch["index"].tolist(), **metrics})
                     self._check_health(step, out.skipped_step)
-                    if step % cfg.ckpt_every == 0:
+                    if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                         result.last_checkpoint = self.save_checkpoint()
                         last_saved = step
                     if step >= total:

@@ -57,7 +57,7 @@ overwrite = False
 ckpt_path = None  # initial weights: a pipeline checkpoint dir or hub id
 load = None  # resume from a training checkpoint dir, or "auto" for the newest under outputs
 log_every = 1
-ckpt_every = 1000
+ckpt_every = 1000  # 0: only the final checkpoint
 keep_last_ckpts = 3
 preview_every = 500  # TensorBoard input|recon image every N steps (0 = never)
 wandb = False
