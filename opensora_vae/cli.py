@@ -163,13 +163,15 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
     code = run_main(main, argv)
     import torch.distributed as dist
 
+    from .distributed import destroy, launched_by_torchrun  # torch loads only after run_main
+
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         try:
-            dist.destroy_process_group()
+            destroy()
         except Exception as exc:  # a peer that died already: still exit with our own status
             print(f"destroy_process_group failed: {exc}", file=sys.stderr)
-    if distributed or "TORCHELASTIC_RUN_ID" in os.environ:
+    if distributed or launched_by_torchrun():
         _flush_everything()
         os._exit(code)
     sys.exit(code)
