@@ -22,6 +22,7 @@ setup(
         "lpips",
         "scikit-image",
         "scipy",
+        "threadpoolctl",
         "tqdm",
         "safetensors",
         "tensorboard",

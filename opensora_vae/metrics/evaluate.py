@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
@@ -351,11 +352,14 @@ def evaluate_dirs(
     decode = functools.partial(_decode_pair, suite=suite, num_frames=num_frames, sample_rate=sample_rate,
                                resolution=resolution, crop_size=crop_size, skip_bad=skip_bad)
     workers = decode_workers or default_decode_workers()
-    # Pairs are decoded and their frame metrics scored on all cores (decoding, torch and scipy
+    # Pairs are decoded and their frame metrics scored on all cores (decoding, torch and BLAS
     # release the GIL) while this thread runs the networks on batches of `batch_size` pairs.
     # Results come back in pair order, so values, warnings and the first error are those of a
     # plain loop, and the means are exact sums (fsum): the same on any number of threads.
-    with contextlib.closing(_in_order(decode, pairs, workers, ahead=workers + batch_size)) as decoded:
+    # The parallelism is across pairs, so BLAS (SSIM's filter) runs one thread per call: its own
+    # threads on top of the decode threads would oversubscribe the cores (2x slower measured).
+    with threadpool_limits(1, user_api="blas"), \
+            contextlib.closing(_in_order(decode, pairs, workers, ahead=workers + batch_size)) as decoded:
         batch: list[_Decoded] = []
         for item in decoded:
             for note in item.notes:

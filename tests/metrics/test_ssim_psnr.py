@@ -44,7 +44,7 @@ def _skimage_ssim(real: torch.Tensor, fake: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["noise", "blur", "quantise", "shift"])
-@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("backend", ["blas", "torch"])
 def test_ssim_matches_skimage(frames, kind, backend):
     fake = _degradations(frames)[kind]
     ours = ssim(frames, fake, backend=backend)
@@ -73,17 +73,43 @@ def test_ssim_valid_region_is_a_2d_gaussian_without_padding(frames):
     assert ssim(real, fake).item() == pytest.approx(np.mean(vals), abs=1e-12)
 
 
-def test_ssim_identical_is_one_and_chunking_is_invisible(frames, monkeypatch):
+def test_ssim_identical_is_one_and_batching_is_invisible(frames, monkeypatch):
     assert torch.allclose(ssim(frames, frames), torch.ones(4, dtype=torch.float64), atol=1e-12)
     fake = _degradations(frames)["noise"]
+    # CPU: each frame alone, bit for bit (the eval scores pairs in any grouping).
+    whole = ssim(frames, fake, backend="blas")
+    for i in range(frames.shape[0]):
+        assert torch.equal(ssim(frames[i : i + 1], fake[i : i + 1], backend="blas"), whole[i : i + 1])
     import importlib
 
     ssim_module = importlib.import_module("opensora_vae.metrics.ssim")  # the package re-exports the function
-    for backend, budget in [("scipy", "_CPU_CHUNK_VALUES"), ("torch", "_GPU_CHUNK_VALUES")]:
-        monkeypatch.setattr(ssim_module, budget, 10**9)  # all frames at once
-        whole = ssim(frames, fake, backend=backend)
-        monkeypatch.setattr(ssim_module, budget, 1)  # one frame per chunk
-        assert torch.equal(ssim(frames, fake, backend=backend), whole)
+    monkeypatch.setattr(ssim_module, "_GPU_CHUNK_VALUES", 10**9)  # all frames at once
+    whole = ssim(frames, fake, backend="torch")
+    monkeypatch.setattr(ssim_module, "_GPU_CHUNK_VALUES", 1)  # one frame per chunk
+    assert torch.equal(ssim(frames, fake, backend="torch"), whole)
+
+
+def test_ssim_values_do_not_depend_on_blas_threads(frames):
+    """The eval limits BLAS to one thread per decode worker; a direct call may use them all."""
+    from threadpoolctl import threadpool_limits
+
+    fake = _degradations(frames)["blur"]
+    free = ssim(frames, fake, backend="blas")
+    with threadpool_limits(1, user_api="blas"):
+        assert torch.equal(ssim(frames, fake, backend="blas"), free)
+
+
+@pytest.mark.parametrize("size", [(11, 11), (11, 75), (43, 42), (77, 12)])
+def test_ssim_band_filter_equals_direct_correlation(size):
+    """Block edges of the banded products: sizes below, at and across the 32-wide blocks."""
+    from opensora_vae.metrics.ssim import _BandFilter, gaussian_window_1d
+
+    planes = np.random.default_rng(1).random((4, *size))
+    h, w = size
+    out = _BandFilter()(planes, np.empty((4, h, w - 10)), np.empty((4, h - 10, w - 10)))
+    g = gaussian_window_1d()
+    direct = ndimage.correlate(planes, np.outer(g, g)[None], mode="constant")[:, 5 : h - 5, 5 : w - 5]
+    np.testing.assert_allclose(out, direct, rtol=0, atol=1e-14)
 
 
 def test_ssim_rejects_bad_input(frames):
