@@ -270,6 +270,14 @@ def _runs(times: dict[str, list[tuple[float, float]]]) -> str:
                      for name in ("reference", "ours"))
 
 
+def _load_note(load: tuple) -> str:
+    # The 1-minute load average before the first run: above 1, other jobs held at least a core's
+    # worth of the machine (the benchmark's own runs raise the "after" value, so it is not used).
+    if load[0] > 1.0:
+        return "**Other jobs shared this machine's cores**"
+    return "No other job was running"
+
+
 def render(args, whole: dict, inproc: dict[str, dict], load: tuple, filter_name: str) -> str:
     import torch
 
@@ -282,9 +290,8 @@ def render(args, whole: dict, inproc: dict[str, dict], load: tuple, filter_name:
         f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads).", "",
         f"{args.videos} pairs of lossless (FFV1) 17-frame 256×256 videos (the bundled clip and degraded copies), "
         f"17 frames at resolution 256, device cpu. Ratio = ours / reference-style, medians of interleaved "
-        f"repeats (baseline and ours alternate, the order swapped every repeat). **Other agents' jobs share "
-        f"this machine's cores**: load average {load[0]:.1f} before, {load[1]:.1f} after, and our whole eval "
-        f"process got {_share(whole['times']['ours']):.2f} CPU-seconds per wall second (2.0 = both cores); "
+        f"repeats (baseline and ours alternate, the order swapped every repeat). {_load_note(load)}: load "
+        f"average {load[0]:.1f} before, {load[1]:.1f} after, and our whole eval process got {_share(whole['times']['ours']):.2f} CPU-seconds per wall second (2.0 = both cores); "
         f"CPU time (user + system, all threads) is much less disturbed by other jobs than wall time. Every run "
         f"is listed below the table.", "",
         "| what is timed | reference-style wall | ours wall | **wall ratio** | reference-style CPU | ours CPU "
@@ -305,7 +312,8 @@ def render(args, whole: dict, inproc: dict[str, dict], load: tuple, filter_name:
         f"SSIM with the 2-D 11×11 float64 Gaussian per frame and channel ({filter_name}), PSNR in numpy, LPIPS "
         f"batch 1. Ours = `eval/vae/eval_common_metric.py` / `evaluate_dirs`: imports only the requested "
         f"metrics' modules, decodes each pair once in a thread pool (one thread per core) that also scores "
-        f"SSIM (separable float64 filter) and PSNR, and runs LPIPS on batches in the main thread.", "",
+        f"SSIM (the separable float64 filter as banded matrix products, one BLAS thread per decode thread) and "
+        f"PSNR, and runs LPIPS on batches in the main thread.", "",
         "Every run, wall (CPU) s, by repeat: whole process: " + _runs(whole["times"]) + ".",
     ]
     for metrics, result in inproc.items():
