@@ -161,11 +161,9 @@ def run_main(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | 
 def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
     """`run_main`, then the process group is torn down and the process exits with that status."""
     code = run_main(main, argv)
-    import torch.distributed as dist
+    from .distributed import destroy, is_initialized, launched_by_torchrun  # torch loads only after run_main
 
-    from .distributed import destroy, launched_by_torchrun  # torch loads only after run_main
-
-    distributed = dist.is_available() and dist.is_initialized()
+    distributed = is_initialized()
     if distributed:
         try:
             destroy()

@@ -28,7 +28,7 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
+        return is_initialized()
 
 
 def launched_by_torchrun() -> bool:
@@ -59,21 +59,26 @@ def init_distributed(timeout_minutes: float = 30.0) -> DistEnv:
     return DistEnv(rank, world, local_rank, device)
 
 
+def is_initialized() -> bool:
+    """A process group is running (torchrun); without one every collective here is a no-op."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (in place, returned). Identity without a process group."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """One picklable object per rank, in rank order, on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -81,7 +86,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -89,5 +94,5 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def destroy() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
