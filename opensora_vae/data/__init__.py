@@ -12,7 +12,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "CsvSummary": "csv_tools", "build_csv": "csv_tools", "find_media": "csv_tools",
     "LOADER_TIMEOUT_S": "dataset", "VideoDataset": "dataset", "build_dataloader": "dataset", "collate_samples": "dataset",
-    "PathTable": "table", "TableError": "table", "load_table": "table",
+    "PathTable": "table", "TableError": "table", "load_table": "table", "load_table_once_per_node": "table",
     "StatefulDistributedSampler": "sampler",
     "VideoTransform": "transforms", "center_crop_resize": "transforms", "frames_to_clip": "transforms",
     "resize_crop_to_fill": "transforms", "temporal_indices": "transforms",

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .table import load_table
+from .table import PathTable, load_table
 from .transforms import VideoTransform, frames_to_clip, temporal_indices
 from .video_io import MediaReadError, VideoFile, is_image, read_image
 from ..errors import UserError
@@ -72,12 +72,14 @@ class VideoDataset(Dataset):
         seed: int = 42,
         *,
         max_retries: int,  # no default here: the config schema holds it (dataset.max_retries)
+        table: PathTable | None = None,
     ):
         if num_frames < 1 or frame_interval < 1 or max_retries < 1:
             raise ValueError("num_frames, frame_interval and max_retries must be >= 1")
         self.data_path = str(data_path)
         # Only the paths, in one buffer: no per-row objects to copy into each worker (table.py).
-        self.paths = load_table(self.data_path)
+        # `table`: data_path's table loaded already (training loads it once per node).
+        self.paths = load_table(self.data_path) if table is None else table
         self.num_frames = num_frames
         self.frame_interval = frame_interval
         self.transform = VideoTransform(transform_name, image_size)

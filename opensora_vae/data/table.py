@@ -13,12 +13,20 @@ arrays of the exact size, so the peak stays near one copy of the column); other 
 converted. A relative
 path is relative to the table's folder, so a dataset folder can move: rows are stored as written
 and resolved when read (``~`` expanded, relative ones joined to the folder and normalised).
+
+Under torchrun, `load_table_once_per_node` parses the table once per node instead of once per
+rank: local rank 0 writes the two arrays to node-local shared memory (``/dev/shm``, or the folder
+in ``$OPENSORA_VAE_SHARED_TABLE_DIR``) and every rank of the node maps that one copy read-only.
+The files are removed as soon as all ranks have mapped them; the mappings keep the memory alive
+until the last process (DataLoader workers included) exits, so nothing is left behind.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import shutil
 from typing import Iterator
 
 import numpy as np
@@ -29,6 +37,12 @@ TABLE_EXTS = (".csv", ".parquet", ".pq")
 BATCH_ROWS = 1 << 20  # parquet rows per streamed batch
 CSV_BLOCK_BYTES = 16 << 20  # CSV bytes per streamed batch
 MAX_EMPTY_REPORTED = 5
+SHARED_TABLE_DIR_ENV = "OPENSORA_VAE_SHARED_TABLE_DIR"
+DEFAULT_SHARED_TABLE_DIR = "/dev/shm"
+_SHARED_PREFIX = "opensora_vae_table_"
+_SHARED_MARGIN_BYTES = 64 << 20  # left free in the shared folder for everything else
+
+logger = logging.getLogger(__name__)
 
 
 class TableError(UserError, ValueError):
@@ -62,6 +76,18 @@ class PathTable:
     def nbytes(self) -> int:
         return self.data.nbytes + self.offsets.nbytes
 
+    def save(self, folder: str | os.PathLike) -> None:
+        """The two arrays as ``data.npy`` and ``offsets.npy`` in ``folder`` (created)."""
+        os.makedirs(folder)
+        np.save(os.path.join(folder, "data.npy"), self.data)
+        np.save(os.path.join(folder, "offsets.npy"), self.offsets)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, root: str) -> PathTable:
+        """A table written by `save`, memory-mapped read-only: processes that open it share its pages."""
+        load = lambda name: np.load(os.path.join(folder, name), mmap_mode="r")  # noqa: E731
+        return cls(load("data.npy"), load("offsets.npy"), root)
+
 
 def load_table(data_path: str | os.PathLike) -> PathTable:
     """The ``path`` column of a CSV or parquet table; TableError naming the file if unusable."""
@@ -93,6 +119,80 @@ def load_table(data_path: str | os.PathLike) -> PathTable:
         where = "lines" if ext == ".csv" else "rows"
         raise TableError(f"{data_path}: {num_empty} empty 'path' values ({where} {rows}...)")
     return PathTable(data, offsets, os.path.dirname(os.path.abspath(data_path)))
+
+
+def load_table_once_per_node(data_path: str | os.PathLike) -> PathTable:
+    """`load_table`, parsed by one process per node under torchrun (module docstring).
+
+    Every rank gets the same table, or the same `TableError`: local rank 0's outcome is shared
+    with all ranks before any of them goes on, so a bad table can never leave ranks waiting. When
+    the shared folder lacks room, each rank loads the table itself (logged)."""
+    from .. import distributed
+
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if not distributed.is_initialized() or local_world == 1:
+        return load_table(data_path)
+    local_rank, node = int(os.environ.get("LOCAL_RANK", 0)), os.environ.get("GROUP_RANK", "0")
+    table, outcome = None, None
+    if local_rank == 0:
+        try:
+            table = load_table(data_path)
+            outcome = ("loaded", _share(table))
+        except Exception as exc:  # told to every rank below, then raised here
+            outcome, error = ("failed", exc if isinstance(exc, TableError) else None), exc
+    outcomes = distributed.all_gather_objects((node, local_rank, outcome))
+    failures = [o[1] for _, _, o in outcomes if o is not None and o[0] == "failed"]
+    if failures:
+        if local_rank == 0 and outcome[0] == "failed":
+            raise error
+        raise failures[0] or TableError(f"{data_path}: loading the table failed on another rank (see its log)")
+    folder = next(o[1] for n, r, o in outcomes if n == node and r == 0)
+    try:
+        if folder is not None:  # rank 0 too: its private copy goes, the shared one stays
+            table = PathTable.open(folder, os.path.dirname(os.path.abspath(data_path)))
+        elif table is None:
+            table = load_table(data_path)
+    finally:
+        distributed.barrier()  # every rank of the node has mapped the files: they can go
+        if local_rank == 0 and folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    return table
+
+
+def _share(table: PathTable) -> str | None:
+    """Writes ``table`` to a new folder in the node's shared folder; None if it has no room."""
+    base = os.environ.get(SHARED_TABLE_DIR_ENV) or DEFAULT_SHARED_TABLE_DIR
+    # The torchrun agent (this process's parent) and its restart count name one job attempt.
+    name = f"{_SHARED_PREFIX}{os.getppid()}_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    folder = os.path.join(base, name)
+    try:
+        _remove_stale(base)
+        free = shutil.disk_usage(base).free
+        if free < table.nbytes + _SHARED_MARGIN_BYTES:
+            logger.info("%s has %d MB free, the table needs %d MB: each rank loads the table itself (set "
+                        "$%s to a node-local folder with room to share one copy)", base, free >> 20,
+                        table.nbytes >> 20, SHARED_TABLE_DIR_ENV)
+            return None
+        shutil.rmtree(folder, ignore_errors=True)  # a crashed earlier attempt of this agent
+        table.save(folder)
+    except OSError as exc:
+        logger.info("cannot share the table through %s (%s): each rank loads it itself", base, exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return folder
+
+
+def _remove_stale(base: str) -> None:
+    """Folders of jobs whose torchrun agent is gone (killed before removing them)."""
+    for entry in os.listdir(base):
+        if not entry.startswith(_SHARED_PREFIX):
+            continue
+        try:
+            os.kill(int(entry[len(_SHARED_PREFIX):].split("_")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
+        except (ValueError, PermissionError):  # not ours, or another user's live job
+            pass
 
 
 def _csv_header(data_path: str) -> list[str]:

@@ -26,7 +26,7 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from ..cli import setup_logging
-from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader
+from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader, load_table_once_per_node
 from ..distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, broadcast_object,
                            init_distributed)
 from ..errors import UserError, check_folder_location
@@ -241,7 +241,7 @@ class Trainer:
         self.dataset = VideoDataset(data.data_path, num_frames=data.num_frames,
                                     frame_interval=data.frame_interval, image_size=tuple(data.image_size),
                                     transform_name=data.transform_name, seed=cfg.seed,
-                                    max_retries=data.max_retries)
+                                    max_retries=data.max_retries, table=load_table_once_per_node(data.data_path))
         self.steps_per_epoch = (len(self.dataset) // env.world_size) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise UserError(f"{data.data_path} has {len(self.dataset)} samples, fewer than one step needs "
