@@ -149,7 +149,8 @@ def measure(impl: str, csv: str, reads: int, workers: int) -> dict:
     table_from, loader_from = (modules[k] for k in IMPLS[impl])
     before = rss_mb()
     start = time.perf_counter()
-    ds = table_from.VideoDataset(csv, num_frames=17, image_size=64, max_retries=1)
+    ds = table_from.VideoDataset(csv, num_frames=17, frame_interval=1, image_size=64, transform_name="center",
+                                 seed=42, max_retries=1)
     seconds = time.perf_counter() - start
     result = {"impl": impl, "rows": len(ds), "load_s": seconds, "rss_before_mb": before,
               "rss_after_mb": rss_mb(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

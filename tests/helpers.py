@@ -54,6 +54,19 @@ def build_tiny_pipeline(seed: int = 0, **model_overrides):
     return VideoVAEPipeline.from_train_config(model_cfg)
 
 
+def make_dataset(data_path, **overrides):
+    """`VideoDataset.from_config` with the defaults of configs/vae/_base_/default_train.py (the
+    schema: the dataset has none of its own) and ``overrides`` of its ``dataset`` keys or ``seed``."""
+    from mmengine.config import Config
+
+    from opensora_vae.data import VideoDataset
+
+    base = Config.fromfile(str(REPO / "configs" / "vae" / "_base_" / "default_train.py"))
+    seed = overrides.pop("seed", base.seed)
+    dataset = {**base.dataset.to_dict(), "data_path": str(data_path), **overrides}
+    return VideoDataset.from_config(dataset, seed)
+
+
 def make_media_csv(folder: Path, num_images: int = 2, videos=(CLIP_17,), extra_rows=()) -> Path:
     """A CSV with the bundled clip(s) and PNG images cut from its frames (relative paths)."""
     from opensora_vae.data import read_video_frames, write_image

@@ -62,16 +62,18 @@ class VideoDataset(Dataset):
     returned, which differs from the requested one after a replacement), "path": str,
     "is_image": bool, "skipped": list[(path, reason)]}``."""
 
+    # No defaults: the config schema (configs/vae/_base_/default_train.py `dataset`, `seed`) is the
+    # one place that holds them; `from_config` builds the dataset from it.
     def __init__(
         self,
         data_path: str | os.PathLike,
-        num_frames: int = 17,
-        frame_interval: int = 1,
-        image_size: int | tuple[int, int] = (256, 256),
-        transform_name: str = "center",
-        seed: int = 42,
         *,
-        max_retries: int,  # no default here: the config schema holds it (dataset.max_retries)
+        num_frames: int,
+        frame_interval: int,
+        image_size: int | tuple[int, int],
+        transform_name: str,
+        seed: int,
+        max_retries: int,
         table: PathTable | None = None,
     ):
         if num_frames < 1 or frame_interval < 1 or max_retries < 1:
@@ -87,6 +89,15 @@ class VideoDataset(Dataset):
         self.max_retries = max_retries
         # Shared memory so that set_epoch reaches DataLoader workers, persistent ones included.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @classmethod
+    def from_config(cls, dataset: Any, seed: int, table: PathTable | None = None) -> VideoDataset:
+        """From a config's ``dataset`` section (``data_path``, ``num_frames``, ``frame_interval``,
+        ``image_size``, ``transform_name``, ``max_retries``) and its ``seed``."""
+        size = dataset["image_size"]
+        return cls(dataset["data_path"], num_frames=dataset["num_frames"], frame_interval=dataset["frame_interval"],
+                   image_size=size if isinstance(size, int) else tuple(size), transform_name=dataset["transform_name"],
+                   seed=seed, max_retries=dataset["max_retries"], table=table)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -238,10 +238,7 @@ class Trainer:
     def _build_data(self) -> None:
         cfg, env = self.cfg, self.env
         data = cfg.dataset
-        self.dataset = VideoDataset(data.data_path, num_frames=data.num_frames,
-                                    frame_interval=data.frame_interval, image_size=tuple(data.image_size),
-                                    transform_name=data.transform_name, seed=cfg.seed,
-                                    max_retries=data.max_retries, table=load_table_once_per_node(data.data_path))
+        self.dataset = VideoDataset.from_config(data, cfg.seed, table=load_table_once_per_node(data.data_path))
         self.steps_per_epoch = (len(self.dataset) // env.world_size) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise UserError(f"{data.data_path} has {len(self.dataset)} samples, fewer than one step needs "

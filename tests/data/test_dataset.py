@@ -18,7 +18,7 @@ from opensora_vae.data.csv_tools import build_csv
 from opensora_vae.data.dataset import VideoDataset, build_dataloader, load_table
 from opensora_vae.data.video_io import read_video_frames, write_video
 
-from tests.helpers import MAKE_CSV_ENTRY
+from tests.helpers import MAKE_CSV_ENTRY, make_dataset
 from tests.helpers import CLIP_17 as _CLIP_17, CLIP_100 as _CLIP_100
 
 CLIP_17, CLIP_100 = str(_CLIP_17), str(_CLIP_100)
@@ -104,7 +104,7 @@ def test_temporal_indices():
 
 def test_item_is_a_pure_function_of_seed_epoch_index(tmp_path):
     csv = write_csv(tmp_path / "d.csv", [CLIP_100, CLIP_17])
-    ds = VideoDataset(csv, num_frames=4, frame_interval=2, image_size=(32, 32), seed=5, max_retries=RETRIES)
+    ds = make_dataset(csv, num_frames=4, frame_interval=2, image_size=(32, 32), seed=5, max_retries=RETRIES)
     item = ds[0]
     # Recompute from the definition: rng([seed, epoch, index]) -> window -> transform.
     idx = T.temporal_indices(100, 4, 2, np.random.default_rng([5, 0, 0]))
@@ -114,7 +114,7 @@ def test_item_is_a_pure_function_of_seed_epoch_index(tmp_path):
     assert item["skipped"] == [] and item["video"].shape == (3, 4, 32, 32)
     assert -1.0 <= item["video"].min() < item["video"].max() <= 1.0
 
-    other = VideoDataset(csv, num_frames=4, frame_interval=2, image_size=(32, 32), seed=5, max_retries=RETRIES)
+    other = make_dataset(csv, num_frames=4, frame_interval=2, image_size=(32, 32), seed=5, max_retries=RETRIES)
     torch.testing.assert_close(other[0]["video"], item["video"], rtol=0, atol=0)
     starts = set()
     for epoch in range(6):
@@ -136,7 +136,7 @@ def test_relative_paths_spaces_and_non_ascii(tmp_path):
     table_dir = tmp_path / "tables"
     table_dir.mkdir()
     csv = write_csv(table_dir / "t.csv", ["../my clips/été 日本/vidé o 1.mp4"], caption=["kept"])
-    ds = VideoDataset(csv, num_frames=17, image_size=(16, 16), max_retries=RETRIES)
+    ds = make_dataset(csv, num_frames=17, image_size=(16, 16), max_retries=RETRIES)
     assert list(ds.paths) == [str(media / "vidé o 1.mp4")]
     item = ds[0]
     want = T.VideoTransform("center", 16)(T.frames_to_clip(read_video_frames(CLIP_17, range(17))))
@@ -148,7 +148,7 @@ def test_images_and_one_frame_videos_are_tiled_static_clips(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "img.png")
     write_video(tmp_path / "one.mkv", rgb[None], fps=24, lossless=True)
     csv = write_csv(tmp_path / "d.csv", ["img.png", "one.mkv"])
-    ds = VideoDataset(csv, num_frames=5, image_size=(8, 12), max_retries=RETRIES)
+    ds = make_dataset(csv, num_frames=5, image_size=(8, 12), max_retries=RETRIES)
     want = T.VideoTransform("center", (8, 12))(T.frames_to_clip(rgb[None]))  # (3, 1, 8, 12)
     for i in range(2):
         item = ds[i]
@@ -160,7 +160,7 @@ def test_images_and_one_frame_videos_are_tiled_static_clips(tmp_path):
 def test_short_videos_are_skipped_and_counted(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "ok.png")
     csv = write_csv(tmp_path / "d.csv", [CLIP_17, CLIP_17, "ok.png", CLIP_100])
-    ds = VideoDataset(csv, num_frames=9, frame_interval=2, image_size=8, max_retries=RETRIES)  # needs 18 frames
+    ds = make_dataset(csv, num_frames=9, frame_interval=2, image_size=8, max_retries=RETRIES)  # needs 18 frames
     item = ds[0]
     assert item["index"] == 2 and item["is_image"] is True
     assert item["skipped"] == [(CLIP_17, "too short (17 < 18)")] * 2
@@ -173,7 +173,7 @@ def test_unreadable_samples_are_replaced_deterministically(tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "text.png").write_text("no")
     csv = write_csv(tmp_path / "d.csv", ["empty.mp4", "missing.mp4", "text.png", CLIP_17])
-    ds = VideoDataset(csv, num_frames=3, image_size=8, max_retries=RETRIES)
+    ds = make_dataset(csv, num_frames=3, image_size=8, max_retries=RETRIES)
     item = ds[0]  # reported by the caller from item["skipped"] (the trainer: once per file)
     assert item["index"] == 3 and [os.path.basename(p) for p, _ in item["skipped"]] == [
         "empty.mp4", "missing.mp4", "text.png"]
@@ -184,16 +184,20 @@ def test_unreadable_samples_are_replaced_deterministically(tmp_path):
 def test_all_bad_csv_fails_quickly(tmp_path):
     (tmp_path / "bad.mp4").write_text("not a video")
     csv = write_csv(tmp_path / "d.csv", ["bad.mp4", "gone.mp4"] * 50)
-    ds = VideoDataset(csv, max_retries=7)
+    ds = make_dataset(csv, max_retries=7)
     start = time.monotonic()
     with pytest.raises(RuntimeError, match="7 consecutive unreadable samples.*check your CSV"):
         ds[10]
     assert time.monotonic() - start < 30  # generous bound: it must not loop over the table
 
 
-def test_max_retries_has_no_second_default_beside_the_config(tmp_path):
-    # The schema (configs/vae/_base_/default_train.py) is the one place that holds its default.
-    with pytest.raises(TypeError, match="max_retries"):
+def test_dataset_settings_have_no_second_default_beside_the_config(tmp_path):
+    # The schema (configs/vae/_base_/default_train.py) is the one place that holds the defaults.
+    import inspect
+
+    params = inspect.signature(VideoDataset).parameters
+    assert [n for n, p in params.items() if p.default is not inspect.Parameter.empty] == ["table"]
+    with pytest.raises(TypeError, match="num_frames.*max_retries"):
         VideoDataset(write_csv(tmp_path / "d.csv", [CLIP_17]))
 
 
@@ -207,7 +211,7 @@ def test_bad_tables_raise_naming_the_file(tmp_path):
              "blank.csv": "empty 'path'", "t.txt": "unsupported", "absent.csv": "not found"}
     for name, message in cases.items():
         with pytest.raises(ValueError, match=message) as info:
-            VideoDataset(tmp_path / name, max_retries=RETRIES)
+            make_dataset(tmp_path / name, max_retries=RETRIES)
         assert name in str(info.value)
 
 
@@ -238,7 +242,7 @@ def test_the_table_keeps_only_paths_in_two_arrays(tmp_path):
     n = 5000
     rows = [f"clips/{i:05d}.mp4" for i in range(n)]
     csv = write_csv(tmp_path / "d.csv", rows, caption=[f"a long caption number {i} " * 4 for i in range(n)])
-    ds = VideoDataset(csv, max_retries=RETRIES)
+    ds = make_dataset(csv, max_retries=RETRIES)
     table = ds.paths
     assert len(ds) == len(table) == n and table[4321] == str(tmp_path / "clips" / "04321.mp4")
     assert table.data.dtype == np.uint8 and table.offsets.dtype == np.int64
@@ -250,7 +254,7 @@ def test_the_table_keeps_only_paths_in_two_arrays(tmp_path):
 def test_dataloader_collates_and_set_epoch_reaches_persistent_workers(tmp_path):
     (tmp_path / "bad.mp4").write_text("x")
     csv = write_csv(tmp_path / "d.csv", [CLIP_100, "bad.mp4", CLIP_100, CLIP_17])
-    ds = VideoDataset(csv, num_frames=2, image_size=8, seed=1, max_retries=RETRIES)
+    ds = make_dataset(csv, num_frames=2, image_size=8, seed=1, max_retries=RETRIES)
     loader = build_dataloader(ds, batch_size=2, num_workers=2, timeout_s=120)
     assert loader.persistent_workers and loader.timeout == 120 and not loader.pin_memory
     batches = {}
@@ -288,7 +292,7 @@ def test_build_csv_scans_sorts_and_reports(tmp_path):
     assert table["num_frames"].tolist() == [17, 17, 1]
     assert table[["height", "width"]].values.tolist() == [[256, 256], [256, 256], [5, 7]]
     assert table["fps"].tolist()[:2] == [24.0, 24.0] and np.isnan(table["fps"][2])
-    ds = VideoDataset(out, num_frames=17, image_size=8, max_retries=RETRIES)
+    ds = make_dataset(out, num_frames=17, image_size=8, max_retries=RETRIES)
     assert ds[1]["path"] == str(data / "b" / "clip 2.MP4")
 
     build_csv(data, tmp_path / "abs.csv", relative=False)

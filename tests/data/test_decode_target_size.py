@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from opensora_vae.data import VideoDataset
 from opensora_vae.data import video_io as vio
 from opensora_vae.data.transforms import TRANSFORM_NAMES, VideoTransform, frames_to_clip
 from opensora_vae.data.video_io import FrameTooLargeError, MediaReadError, VideoFile, read_video_frames
 
-from tests.helpers import CLIP_17, CLIP_100, moving_frames, stored_turned_back, write_test_video
+from tests.helpers import CLIP_17, CLIP_100, make_dataset, moving_frames, stored_turned_back, write_test_video
 
 CASES = [(CLIP_17, list(range(17))), (CLIP_100, [3, 10, 26, 10])]  # 256x256, 720x405 (odd height)
 SIZES = [256, (32, 48), (300, 161)]  # square, wide, taller than the source (an upscale) and odd
@@ -73,4 +72,4 @@ def test_out_of_memory_while_decoding_is_raised_as_memory_error_not_a_bad_file(t
     csv = tmp_path / "d.csv"
     csv.write_text(f"path\n{CLIP_17}\n{CLIP_17}\n")
     with pytest.raises(MemoryError):
-        VideoDataset(csv, num_frames=17, image_size=(16, 16), max_retries=20)[0]
+        make_dataset(csv, num_frames=17, image_size=(16, 16), max_retries=20)[0]

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from opensora_vae.data import VideoDataset, build_dataloader, read_image, read_video_frames
+from opensora_vae.data import build_dataloader, read_image, read_video_frames
 from opensora_vae.data.dataset import SampleSkipped, UnreadableSamplesError
 from opensora_vae.data.transforms import VideoTransform, frames_to_clip
 from opensora_vae.data.video_io import MediaReadError
 
-from tests.helpers import run_entry
+from tests.helpers import make_dataset, run_entry
 
 from .conftest import CLIP_17, TINY_STAGE1, TRAIN_ENTRY, finish, start, train_cmd, write_csv
 
@@ -59,7 +59,7 @@ def mixed_csv(bad_media) -> Path:
 
 
 def test_dataset_converts_usable_inputs_and_names_unusable_ones(bad_media, mixed_csv):
-    ds = VideoDataset(mixed_csv, num_frames=17, image_size=SIZE, max_retries=20)
+    ds = make_dataset(mixed_csv, num_frames=17, image_size=SIZE, max_retries=20)
     transform = VideoTransform("center", SIZE)
     for i, name in enumerate(ORDER):
         if name in bad_media.unusable:
@@ -100,7 +100,7 @@ def test_dataset_converts_usable_inputs_and_names_unusable_ones(bad_media, mixed
 @pytest.mark.timeout(120)
 def test_every_row_bad_raises_quickly_in_workers_too(bad_media, tmp_path):
     rows = [p for p, _ in bad_media.unusable.values()]
-    ds = VideoDataset(write_csv(tmp_path / "bad.csv", rows), num_frames=17, image_size=SIZE, max_retries=8)
+    ds = make_dataset(write_csv(tmp_path / "bad.csv", rows), num_frames=17, image_size=SIZE, max_retries=8)
     loader = build_dataloader(ds, batch_size=1, num_workers=2, timeout_s=60)
     with pytest.raises(UnreadableSamplesError) as err:
         next(iter(loader))

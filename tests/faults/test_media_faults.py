@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from opensora_vae.data import VideoDataset
 from opensora_vae.data.video_io import (FrameTooLargeError, MediaReadError, NotARegularFileError, VideoFile,
                                         read_image)
 
-from tests.helpers import CLIP_17, REPO, load_script
+from tests.helpers import CLIP_17, REPO, load_script, make_dataset
 
 from .conftest import write_csv
 
@@ -45,7 +44,7 @@ def test_non_regular_files_say_what_they_are(special_paths):
 @pytest.mark.timeout(60)
 def test_dataset_skips_non_regular_files_naming_their_type(special_paths, tmp_path):
     rows = [*special_paths.values(), CLIP_17]
-    ds = VideoDataset(write_csv(tmp_path / "special.csv", rows), num_frames=17, image_size=(16, 16), max_retries=20)
+    ds = make_dataset(write_csv(tmp_path / "special.csv", rows), num_frames=17, image_size=(16, 16), max_retries=20)
     item = ds[0]
     assert item["index"] == len(rows) - 1  # every special path skipped, then the clip
     assert [p for p, _ in item["skipped"]] == [str(p) for p in special_paths.values()]
@@ -86,6 +85,6 @@ def test_a_huge_gif_of_a_few_kilobytes_is_refused_before_decoding(tmp_path):
     with pytest.raises(FrameTooLargeError) as err:
         VideoFile(huge)
     assert (err.value.width, err.value.height) == (8192, 8192) and err.value.limit < 8192 * 8192
-    ds = VideoDataset(write_csv(tmp_path / "huge.csv", [huge, CLIP_17]), num_frames=17, image_size=(16, 16), max_retries=20)
+    ds = make_dataset(write_csv(tmp_path / "huge.csv", [huge, CLIP_17]), num_frames=17, image_size=(16, 16), max_retries=20)
     item = ds[0]
     assert item["index"] == 1 and [p for p, _ in item["skipped"]] == [str(huge)]
