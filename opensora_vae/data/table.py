@@ -27,6 +27,7 @@ import csv
 import logging
 import os
 import shutil
+import socket
 from typing import Iterator
 
 import numpy as np
@@ -132,7 +133,8 @@ def load_table_once_per_node(data_path: str | os.PathLike) -> PathTable:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     if not distributed.is_initialized() or local_world == 1:
         return load_table(data_path)
-    local_rank, node = int(os.environ.get("LOCAL_RANK", 0)), os.environ.get("GROUP_RANK", "0")
+    # A node's ranks are the children of one torchrun agent on one host: they see one /dev/shm.
+    local_rank, node = int(os.environ.get("LOCAL_RANK", 0)), f"{socket.gethostname()}:{os.getppid()}"
     table, outcome = None, None
     if local_rank == 0:
         try:
@@ -146,7 +148,8 @@ def load_table_once_per_node(data_path: str | os.PathLike) -> PathTable:
         if local_rank == 0 and outcome[0] == "failed":
             raise error
         raise failures[0] or TableError(f"{data_path}: loading the table failed on another rank (see its log)")
-    folder = next(o[1] for n, r, o in outcomes if n == node and r == 0)
+    # None: no room to share, or (another launcher) no local rank 0 beside this rank: load it here.
+    folder = next((o[1] for n, r, o in outcomes if n == node and r == 0), None)
     try:
         if folder is not None:  # rank 0 too: its private copy goes, the shared one stays
             table = PathTable.open(folder, os.path.dirname(os.path.abspath(data_path)))
