@@ -15,7 +15,7 @@ from mmengine.config import Config, DictAction
 from .errors import UserError
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vae"
-SCHEMAS = {"train": "default_train.py", "inference": "default_inference.py"}
+SCHEMAS = {"train": "default_train.py", "inference": "default_inference.py", "encode": "default_encode.py"}
 
 # Flags of the entry scripts that set config keys (reference CLI names).
 CLI_KEYS = {
@@ -53,6 +53,7 @@ TYPES_WHEN_SET = {
     "inference": {"num_samples": int, "ckpt_path": PATH, "dataset.data_path": PATH,
                   "model.from_pretrained": PATH, "model.spatial.config": dict},
 }
+TYPES_WHEN_SET["encode"] = TYPES_WHEN_SET["inference"]  # the export reuses the inference settings
 
 
 def _matches(value: Any, kind: type | tuple) -> bool:
@@ -166,8 +167,14 @@ def _rules(kind: str) -> dict[str, Rule]:
     for key in ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks", "num_groups"):
         shared[f"model.temporal.{key}"] = at_least(1)
     shared["model.temporal.channel_multipliers"] = each(at_least(1))
-    if kind == "inference":
-        return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
+    if kind in ("inference", "encode"):
+        inference = {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
+        if kind == "encode":
+            from .export.storage import LATENT_DTYPES
+
+            inference.update({"export.latent_dtype": one_of(*LATENT_DTYPES), "export.shard_size": at_least(1),
+                              "export.qa_every": at_least(0)})
+        return inference
     from .training.mixing import MIXED_STRATEGIES
 
     return {

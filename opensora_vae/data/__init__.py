@@ -16,6 +16,7 @@ _EXPORTS = {
     "StatefulDistributedSampler": "sampler",
     "VideoTransform": "transforms", "center_crop_resize": "transforms", "frames_to_clip": "transforms",
     "resize_crop_to_fill": "transforms", "temporal_indices": "transforms",
+    "LatentDataset": ".export.reader",
     "IMAGE_EXTS": "video_io", "VIDEO_EXTS": "video_io", "MediaReadError": "video_io", "VideoFile": "video_io",
     "VideoInfo": "video_io", "image_size": "video_io", "is_image": "video_io", "is_video": "video_io",
     "read_image": "video_io", "read_video_frames": "video_io", "video_info": "video_io",
