@@ -1,8 +1,8 @@
 """Pixels -> posterior moments, and the QA decode, one micro-frame chunk at a time.
 
-The temporal VAE sees independent `micro_frame_size`-frame chunks (`VideoVAEPipeline.frame_chunks`,
-the chunking `reconstruct` uses), so encoding a whole video chunk by chunk gives exactly the
-moments of `encode_temporal(encode_spatial(x))` with one chunk's activations in memory.
+The temporal VAE sees independent `micro_frame_size`-frame chunks (`VideoVAEPipeline.frame_chunks`),
+so a whole video is encoded chunk by chunk exactly as `reconstruct` does (its `z` is our mean),
+with one chunk's activations in memory whatever the video's length.
 """
 
 from __future__ import annotations
