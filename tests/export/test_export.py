@@ -110,7 +110,13 @@ def test_reader_refuses_a_shard_of_another_vae(exported, tmp_path):
 
 
 def test_reader_in_dataloader_workers(exported):
+    from opensora_vae.data import PathTable
+
     ds = LatentDataset(exported)
+    # the index lives in a few arrays (nothing per row that forked workers would copy)
+    held = {k: type(v) for k, v in vars(ds).items() if k in ("rows", "shards", "frames", "fps", "psnr", "is_image",
+                                                             "shapes", "paths")}
+    assert held == {**{k: np.ndarray for k in held if k != "paths"}, "paths": PathTable}
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, shuffle=False)
     got = list(loader)
     assert [g["row"] for g in got] == [0, 1, 2, 3, 4]
