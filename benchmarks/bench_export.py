@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpt, csv = build_inputs(root, args.clips)
@@ -106,7 +107,8 @@ def main() -> None:
                    for p in (root / "two" / "shards").iterdir())
     lines = [
         f"Tiny pipeline at 64x64, {args.clips} clips of 17 frames from the 720x405 bundled clip, "
-        f"{os.cpu_count()} CPU cores (shared), OMP_NUM_THREADS=1.",
+        f"{os.cpu_count()} CPU cores shared with other jobs (load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after), OMP_NUM_THREADS=1.",
         "",
         "| run | clips/s | vs loop |",
         "|---|---|---|",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -155,7 +156,10 @@ def test_missing_checkpoint_and_bad_folder_fail_before_any_output(export_inputs,
     assert "Traceback" not in err
 
 
-def test_disk_full_keeps_nothing_partial_and_the_rerun_completes(exported, export_inputs, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("code,message", [(errno.ENOSPC, "no space left on the device"),
+                                          (errno.EROFS, "read-only file system")])
+def test_disk_full_keeps_nothing_partial_and_the_rerun_completes(exported, export_inputs, tmp_path, monkeypatch,
+                                                                 capsys, code, message):
     import safetensors.torch
 
     real, calls = safetensors.torch.save_file, {"n": 0}
@@ -165,14 +169,15 @@ def test_disk_full_keeps_nothing_partial_and_the_rerun_completes(exported, expor
         if calls["n"] == 2:
             with open(filename, "wb") as f:
                 f.write(b"\0" * 100)  # a partial file, then the device is full
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, os.strerror(code))
         return real(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     out = tmp_path / "out"
     assert run_export_entry(export_inputs, out) == 2
     err = capsys.readouterr().err
-    assert "no space left on the device" in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) >= 1
+    assert [line for line in err.splitlines() if line.startswith("error:")][0].endswith("to continue")
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["000000.safetensors"]  # whole shards only
     assert not (out / "index.parquet").exists()
     monkeypatch.setattr(safetensors.torch, "save_file", real)
