@@ -62,6 +62,7 @@ def _prepare_folder(folder: Path, stamp: dict, ckpt_path: str, data_path: str) -
             raise ExportError(f"{folder} holds an export made with other settings ({', '.join(diff)} differ): "
                               "use another --save-dir, or the same config, checkpoint and CSV to resume it")
         remove_stale_temporaries(folder)
+        (folder / SHARD_DIR).mkdir(exist_ok=True)
         return
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ExportError(f"--save-dir {folder} exists and is not a latent export (no {MANIFEST_NAME}); "
