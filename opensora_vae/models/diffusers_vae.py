@@ -83,9 +83,14 @@ class AutoencoderKLOpenSora(ModelMixin, ConfigMixin):
         own = folder / subfolder if subfolder else folder
         if _saved_by_diffusers(own):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        kwargs.pop("subfolder", None)
         if kwargs:
-            raise TypeError(f"options {sorted(kwargs)} only apply to folders saved by {cls.__name__}.save_pretrained")
-        return cls.from_pipeline(VideoVAEPipeline.from_pretrained(resolve_pipeline_dir(pretrained_model_name_or_path)))
+            raise TypeError(f"options {sorted(kwargs)} only apply to folders saved by {cls.__name__}.save_pretrained "
+                            "(a pipeline checkpoint takes torch_dtype and subfolder)")
+        source = own if subfolder and folder.is_dir() else pretrained_model_name_or_path
+        model = cls.from_pipeline(VideoVAEPipeline.from_pretrained(resolve_pipeline_dir(source)))
+        return model.to(torch_dtype) if torch_dtype is not None else model
 
     # ------------------------------------------------------------------ diffusers switches
     def enable_tiling(self, **kwargs) -> None:

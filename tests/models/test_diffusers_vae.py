@@ -55,6 +55,10 @@ def test_loads_step_dirs_and_the_released_layout_unchanged(tiny_pipeline, tmp_pa
     tiny_pipeline.save_pretrained(tmp_path / "step_000000010" / "model")
     model = AutoencoderKLOpenSora.from_pretrained(tmp_path / "step_000000010").eval()
     _same_as_pipeline(model, tiny_pipeline, clip)
+    half = AutoencoderKLOpenSora.from_pretrained(tmp_path, subfolder="step_000000010/model", torch_dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="only apply to folders saved by"):
+        AutoencoderKLOpenSora.from_pretrained(tmp_path / "step_000000010", variant="fp16")
     # the released config.json format (VAE_Temporal_SD, vae_2d without "config"), tiny sizes
     tiny = tiny_pipeline.export_config()
     released = {**RELEASED_CONFIG, "vae_2d": {**RELEASED_CONFIG["vae_2d"], "config": tiny["vae_2d"]["config"]},
