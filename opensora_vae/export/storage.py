@@ -38,6 +38,12 @@ class ExportError(UserError, RuntimeError):
     a storage failure (the message names the file and the cause)."""
 
 
+class ExportStorageError(ExportError):
+    """A write that failed on this rank (disk full, read-only): this rank prints it."""
+
+    same_on_all_ranks = False
+
+
 def shard_name(shard: int) -> str:
     return f"{shard:06d}.safetensors"
 
@@ -47,11 +53,11 @@ def row_key(row: int) -> str:
     return f"{row:09d}"
 
 
-def _storage_error(path: Path, err: OSError) -> ExportError:
+def _storage_error(path: Path, err: OSError) -> ExportStorageError:
     cause = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
              errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
              errno.EPERM: "permission denied"}.get(err.errno, err.strerror or str(err))
-    return ExportError(f"cannot write {path}: {cause}; nothing partial was kept, free space or fix the "
+    return ExportStorageError(f"cannot write {path}: {cause}; nothing partial was kept, free space or fix the "
                        "folder and run the same command again to continue")
 
 
