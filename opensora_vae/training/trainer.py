@@ -36,6 +36,7 @@ from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
 from ..precision import autocast
 from . import checkpoint as ckpt_io
+from .adversarial import AdversarialPhase
 from .checkpoint import CheckpointManager
 from .ema import EMA
 from .logging import TrainLogger, check_wandb_available, preview_image
@@ -71,6 +72,7 @@ class StepResult:
     skipped_samples: int  # unreadable samples behind this step, summed over ranks
     read_attempts: int
     preview: torch.Tensor | None = field(default=None, repr=False)  # (3, H, 2W) in [0, 1]
+    adversarial: dict[str, float] = field(default_factory=dict)  # gan/* metrics of the D step
 
 
 def rank_generator_seed(seed: int, rank: int) -> int:
@@ -178,6 +180,8 @@ class Trainer:
             if cfg.compile:
                 perceptual.compile(backend=COMPILE_BACKEND)
         self.loss_fn = VAELoss(self.settings, perceptual)
+        self.adversarial = (AdversarialPhase(cfg, env, self.pipe.temporal_vae.decoder.conv_out.conv)
+                            if cfg.discriminator else None)
         self.global_step = 0
         self.epoch = 0
         self.nonfinite_streak = 0
@@ -377,6 +381,8 @@ class Trainer:
                              decode_pixels=self.settings.needs_pixels)
         # Losses in fp32, outside autocast: sums over C*H*W are large.
         terms = self.loss_fn(video, out)
+        if self.adversarial is not None:
+            terms = self.adversarial.add_generator_term(terms, out.x_rec, step)
         x_z_rec = out.x_z_rec.detach()
         names = sorted(terms)
         local = torch.stack([terms[n].detach().float() for n in names])
@@ -405,6 +411,8 @@ class Trainer:
                 result.skipped_step = False
                 result.losses = {n: v / self.env.world_size for n, v in zip(names, packed[3:].tolist())}
         self.optimizer.zero_grad(set_to_none=True)
+        if self.adversarial is not None:  # after the VAE's backward, which needs D's weights unchanged
+            result.adversarial = self.adversarial.discriminator_step(video, out.x_rec, step)
         if want_preview:
             result.preview = self._preview(video, x_z_rec)
         return result
@@ -532,6 +540,7 @@ class Trainer:
             "speed/steps_per_s": 1.0 / max(seconds, 1e-9),
             "speed/samples_per_s": self.cfg.batch_size * self.env.world_size / max(seconds, 1e-9),
             "data/skipped_total": self.skipped_total, "data/skipped_samples_step": out.skipped_samples,
+            **out.adversarial,
         })
         if self.env.device.type == "cuda":
             metrics["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.env.device) / 2**20

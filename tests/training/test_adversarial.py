@@ -200,3 +200,33 @@ def test_bad_adversarial_settings_fail_before_any_work(options, message):
     with pytest.raises(ConfigError) as err:
         load_config(TRAIN / "tiny/stage3_gan.py", cfg_options=options)
     assert message in str(err.value)
+
+
+# ----------------------------------------------------------------------------- in the trainer
+def test_a_tiny_run_trains_the_discriminator_and_logs_its_terms(tmp_path):
+    import math
+
+    from opensora_vae.training import Trainer
+    from tests.helpers import make_media_csv
+
+    csv = make_media_csv(tmp_path / "data", num_images=1)
+    cfg = load_config(TRAIN / "tiny/stage3_gan.py", cfg_options={
+        "dataset.image_size": [32, 32], "dataset.num_frames": 17, "max_steps": 4, "perceptual_random_backbone": True,
+        "lecam_loss_weight": 0.001, "discriminator_start": 1, "seed": 3},
+        cli={"data_path": str(csv), "outputs": str(tmp_path / "out")})
+    trainer = Trainer(cfg)
+    initial = copy.deepcopy(trainer.adversarial.discriminator.state_dict())
+    history = list(trainer.fit().history)
+    assert len(history) == 4 and not any(h["train/update_skipped"] for h in history)
+    # Step 1 is before discriminator_start=1: no adversarial term, no D step.
+    assert not any(k.startswith("gan/") for k in history[0]) and "loss/adversarial" not in history[0]
+    gan_keys = {"gan/d_loss", "gan/g_loss", "gan/d_weight", "gan/logits_real", "gan/logits_fake", "gan/lecam",
+                "loss/adversarial"}
+    for h in history[1:]:
+        assert gan_keys <= h.keys() and all(math.isfinite(h[k]) for k in gan_keys)
+        # The weighted term is d_weight × generator_factor (0.5) × g_loss, within the rank mean's rounding.
+        assert h["loss/adversarial"] == pytest.approx(h["gan/d_weight"] * 0.5 * h["gan/g_loss"], rel=1e-4)
+        assert h["gan/d_update_skipped"] == 0
+    assert len({h["num_frames"] for h in history}) > 1  # random prefixes, padded to D's 17-frame window
+    final = trainer.adversarial.discriminator.state_dict()
+    assert not torch.equal(final["linear1.weight"], initial["linear1.weight"])
