@@ -156,9 +156,10 @@ RSS (VmHWM, reset after the warm-up) minus the RSS before the timed steps.
 
 The adaptive weight takes its two gradients one after the other, with respect to the last layer
 only (autograd then runs just the spatial decoder, LPIPS and D parts of the graph, not the temporal
-VAE), and keeps only their norms: its transient memory is that of one partial backward
-({gan['adaptive_peak_mb']:.0f} MB here, against {plain['peak_above_baseline_mb']:.0f} MB for a whole step without the discriminator), and its
-time is {gan['adaptive_s'] / gan['step_s'] * 100:.0f}% of the adversarial step (the training backward runs those parts again).
+VAE, and no weight gradients), and keeps only their norms, so its extra memory is one partial
+backward's transient gradients: {gan['adaptive_peak_mb']:.0f} MB above the RSS just before it (RSS of large
+tensors returns to the OS when they are freed, so the three peaks have different baselines). Its time
+is {gan['adaptive_s'] / gan['step_s'] * 100:.0f}% of the adversarial step: the training backward runs those parts again.
 """
     print(text)
     if not args.no_write:
