@@ -61,3 +61,9 @@ ckpt_every = 1000  # 0: only the final checkpoint
 keep_last_ckpts = 3
 preview_every = 500  # TensorBoard input|recon image every N steps (0 = never)
 wandb = False
+
+# Resuming (training/checkpoint.py): a checkpoint holding state that this config does not continue
+# (e.g. an EMA, and no ema_decay) is refused, so that state is never lost silently. Name such state
+# entries here to drop them on purpose, e.g. drop_state = ["ema"]; the newest checkpoint holding
+# them is still kept by pruning.
+drop_state = []
