@@ -34,6 +34,7 @@ from ..distributed import DistEnv, all_reduce_sum
 from ..losses import adaptive_weight, discriminator_loss, generator_loss, gradient_penalty, lecam_penalty
 from ..models.discriminator import StyleGANDiscriminator3D, fit_clip_length
 from ..precision import autocast
+from .states import ModelState, OptimizerState
 
 logger = logging.getLogger("opensora_vae.training")
 
@@ -87,37 +88,6 @@ class LeCamEMA:
         self.fake = state["fake"].to(torch.float64).clone()
 
 
-class _DiscriminatorWeights:
-    """Checkpoint entry: D's weights (the reference's state_dict keys; loaded strictly)."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state, strict=True)
-
-
-class _DiscriminatorOptimizer:
-    """Checkpoint entry: D's AdamW state; on resume this run's hyper-parameters win."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, hyper: dict):
-        self.optimizer, self.hyper = optimizer, hyper
-
-    def state_dict(self) -> dict:
-        state = self.optimizer.state_dict()
-        cpu = lambda v: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
-        return {"state": {i: {k: cpu(v) for k, v in s.items()} for i, s in state["state"].items()},
-                "param_groups": state["param_groups"]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
-        for group in self.optimizer.param_groups:
-            group.update(self.hyper)
-
-
 class AdversarialPhase:
     """Builds the discriminator (+ DDP), its AdamW and the LeCam EMA from a validated config."""
 
@@ -160,8 +130,10 @@ class AdversarialPhase:
 
     def states(self) -> dict[str, Any]:
         """The checkpoint entries, by name."""
-        return {"discriminator": _DiscriminatorWeights(self.discriminator),
-                "discriminator_optimizer": _DiscriminatorOptimizer(self.optimizer, self._hyper),
+        # Never sharded (replicated under both parallel modes): the plain module's full state;
+        # the weights keep the reference's state_dict keys and load strictly.
+        return {"discriminator": ModelState(self.discriminator, fsdp=False),
+                "discriminator_optimizer": OptimizerState(self.discriminator, self.optimizer, False, self._hyper),
                 "lecam_ema": self.lecam}
 
     def _last_layer_weight(self) -> torch.Tensor:

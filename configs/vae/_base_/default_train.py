@@ -62,6 +62,12 @@ keep_last_ckpts = 3
 preview_every = 500  # TensorBoard input|recon image every N steps (0 = never)
 wandb = False
 
+# Resuming (training/checkpoint.py): a checkpoint holding state that this config does not continue
+# (e.g. an EMA, and no ema_decay) is refused, so that state is never lost silently. Name such state
+# entries here to drop them on purpose, e.g. drop_state = ["ema"]; the newest checkpoint holding
+# them is still kept by pruning.
+drop_state = []
+
 # Adversarial phase (training/adversarial.py; off by default: the three stages train without it,
 # configs/vae/train/stage3_gan.py turns it on). Names and defaults are the reference train_vae.py's.
 # discriminator = dict(filters=128, channel_multipliers=(2, 4, 4, 4, 4), num_groups=32) turns it on:
