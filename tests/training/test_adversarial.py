@@ -230,3 +230,14 @@ def test_a_tiny_run_trains_the_discriminator_and_logs_its_terms(tmp_path):
     assert len({h["num_frames"] for h in history}) > 1  # random prefixes, padded to D's 17-frame window
     final = trainer.adversarial.discriminator.state_dict()
     assert not torch.equal(final["linear1.weight"], initial["linear1.weight"])
+
+    # Resuming it without the discriminator would lose its state: refused, naming the key.
+    from opensora_vae.training.checkpoint import StateWouldVanishError
+
+    off = load_config(TRAIN / "tiny/stage3_gan.py", cfg_options={
+        "dataset.image_size": [32, 32], "dataset.num_frames": 17, "max_steps": 5, "perceptual_random_backbone": True,
+        "discriminator": None}, cli={"data_path": str(csv), "outputs": str(tmp_path / "out"), "load": "auto"})
+    with pytest.raises(StateWouldVanishError) as err:
+        Trainer(off)
+    assert "'discriminator', 'discriminator_optimizer', 'lecam_ema'" in str(err.value)
+    assert "discriminator=<the run's dict" in str(err.value)
