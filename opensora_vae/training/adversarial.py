@@ -8,7 +8,8 @@ One training step with it (the trainer calls the two methods around its generato
    (VQGAN's) balances ‖∇nll‖ against ‖∇g_loss‖ at the temporal decoder's output conv weight.
 2. the trainer's backward and optimizer step of the VAE;
 3. `discriminator_step(video, x_rec, step)`: one AdamW step of D on the real clip and the detached
-   reconstruction (one forward of both), plus the optional LeCam and gradient-penalty terms.
+   reconstruction (one forward of both), plus the optional LeCam and gradient-penalty terms. It
+   must come after the VAE's backward, whose graph holds D's weights as they were in step 1.
 Both are skipped before `discriminator_start` (the reference's weights there are 0).
 
 Clips: D judges fixed windows of `dataset.num_frames` frames; shorter prefixes and 1-frame images

@@ -81,6 +81,19 @@ def test_generator_term_is_adaptive_weight_times_factor_times_g_loss(setup, fram
     assert all(p.grad is None and p.requires_grad for p in phase.discriminator.parameters())
 
 
+def test_a_last_layer_the_gradient_cannot_reach_is_a_clear_error(setup):
+    gen, _, video = setup
+
+    class ShardedLike(torch.nn.Module):  # what FSDP2 leaves when it resharded the layer
+        weight = type("DTensorLike", (), {"full_tensor": lambda self: None})()
+
+    x_rec = gen(FRAMES)
+    with pytest.raises(RuntimeError, match="still sharded \\(FSDP\\)"):
+        AdversarialPhase(gan_cfg(), ENV, ShardedLike()).add_generator_term(vae_terms(video, x_rec), x_rec, 1)
+    with pytest.raises(RuntimeError, match="output conv weight is not part of this step's graph"):
+        AdversarialPhase(gan_cfg(), ENV, torch.nn.Conv3d(4, 3, 1)).add_generator_term(vae_terms(video, x_rec), x_rec, 1)
+
+
 def test_before_the_start_nothing_is_added_and_d_is_not_updated(setup):
     gen, _, video = setup
     phase = AdversarialPhase(gan_cfg(discriminator_start=2), ENV, gen.conv_out)
