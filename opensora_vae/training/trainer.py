@@ -34,6 +34,7 @@ from .checkpoint import CheckpointManager
 from .ema import EMA
 from .logging import TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
+from .schedule import build_lr_scheduler
 from .states import (Counters, ModelState, OptimizerState, ReplicaChecksums, RNGState, SamplerState,
                      rank_generator_seed)
 
@@ -121,6 +122,7 @@ class Trainer:
         fused = True if env.device.type == "cuda" else None
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=fused)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.lr_schedule, self.total_steps())
         self.ema = EMA(self.pipe, cfg.ema_decay) if cfg.ema_decay else None
         self.generator = torch.Generator(env.device)
         self.generator.manual_seed(rank_generator_seed(cfg.seed, env.rank))
@@ -143,6 +145,7 @@ class Trainer:
             register("ema", self.ema)
         register("optimizer", OptimizerState(self.pipe, self.optimizer, self.fsdp, dict(
             lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)))
+        register("lr_scheduler", self.lr_scheduler)  # after the optimizer: it sets the resumed lr
         register("counters", self.counters)
         register("sampler", SamplerState(self.sampler, self.counters, env.is_main))
         register("rng", RNGState(self.generator, env.device, env.rank, cfg.seed, self.counters, self.sampler))
@@ -357,6 +360,7 @@ class Trainer:
                     now = time.perf_counter()
                     metrics = self._metrics(out, now - tick)
                     tick = now
+                    self.lr_scheduler.step()  # once per global step: the rate is a function of the step
                     log.log_step(step, metrics)
                     if out.preview is not None:
                         log.log_preview(step, out.preview)

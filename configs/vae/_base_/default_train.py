@@ -67,3 +67,12 @@ wandb = False
 # entries here to drop them on purpose, e.g. drop_state = ["ema"]; the newest checkpoint holding
 # them is still kept by pruning.
 drop_state = []
+
+# Learning-rate schedule (training/schedule.py), per optimizer step: an optional linear warmup over
+# `warmup_steps`, then "constant" (the reference: lr throughout), "linear" or "cosine" decay to
+# min_lr_ratio * lr at the last step (max_steps, or epochs x steps per epoch). Saved in checkpoints.
+lr_schedule = dict(
+    kind="constant",
+    warmup_steps=0,
+    min_lr_ratio=0.0,
+)
