@@ -32,7 +32,7 @@ from ..models.temporal import ResBlock
 from ..precision import autocast
 from .checkpoint import CheckpointManager
 from .ema import EMA
-from .logging import TrainLogger, check_wandb_available, preview_image
+from .logging import RunningMeans, TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
 from .schedule import build_lr_scheduler
 from .states import (Counters, ModelState, OptimizerState, ReplicaChecksums, RNGState, SamplerState,
@@ -134,6 +134,7 @@ class Trainer:
                 perceptual.compile(backend=COMPILE_BACKEND)
         self.loss_fn = VAELoss(self.settings, perceptual)
         self.counters = Counters(env.world_size, cfg.batch_size, cfg.parallel)
+        self.running_means = RunningMeans(TrainLogger.RUNNING_WINDOW)
         self._register_states()
         self.resumed = self.checkpoints.restore(drop=cfg.drop_state)
 
@@ -150,6 +151,7 @@ class Trainer:
         register("sampler", SamplerState(self.sampler, self.counters, env.is_main))
         register("rng", RNGState(self.generator, env.device, env.rank, cfg.seed, self.counters, self.sampler))
         register("replicas", ReplicaChecksums(self.pipe, self.fsdp, self.counters))
+        register("running_means", self.running_means)
 
     @property
     def global_step(self) -> int:
@@ -332,7 +334,7 @@ class Trainer:
         cfg, env, counters = self.cfg, self.env, self.counters
         total = self.total_steps()
         log = TrainLogger(self.outputs, env.is_main, total, self.global_step, cfg.log_every, cfg.wandb,
-                          run_config=cfg.to_dict())
+                          run_config=cfg.to_dict(), means=self.running_means)
         result = TrainResult(self.global_step, None)
         self._seen_skips: dict[str, str] = {}
         last_saved = self.global_step if self.resumed else -1
