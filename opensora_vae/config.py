@@ -174,6 +174,7 @@ def _rules(kind: str) -> dict[str, Rule]:
     if kind == "inference":
         return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
     from .training.mixing import MIXED_STRATEGIES
+    from .training.schedule import LR_SCHEDULE_KINDS
 
     return {
         **shared,
@@ -200,6 +201,9 @@ def _rules(kind: str) -> dict[str, Rule]:
         "preview_every": at_least(0),
         "drop_state": lambda v: (None if all(isinstance(x, str) and x for x in v)
                                  else "a list of checkpoint state names, e.g. ['ema']"),
+        "lr_schedule.kind": one_of(*LR_SCHEDULE_KINDS),
+        "lr_schedule.warmup_steps": at_least(0),
+        "lr_schedule.min_lr_ratio": within(0, 1),
         **_adversarial_rules(),
     }
 
@@ -306,6 +310,7 @@ DISCRIMINATOR_KEYS = {"filters": int, "channel_multipliers": (list, tuple), "num
 
 def _adversarial_rules() -> dict[str, Rule]:
     from .losses import DISCRIMINATOR_LOSS_TYPES, GENERATOR_LOSS_TYPES
+    from .training.schedule import LR_SCHEDULE_KINDS
 
     return {
         "discriminator_start": at_least(-1),
@@ -320,6 +325,9 @@ def _adversarial_rules() -> dict[str, Rule]:
         "discriminator_adam_eps": above(0),
         "discriminator_weight_decay": at_least(0),
         "discriminator_grad_clip": optional(above(0)),
+        "discriminator_lr_schedule.kind": one_of(*LR_SCHEDULE_KINDS),
+        "discriminator_lr_schedule.warmup_steps": at_least(0),
+        "discriminator_lr_schedule.min_lr_ratio": within(0, 1),
     }
 
 

@@ -35,6 +35,7 @@ from ..distributed import DistEnv, all_reduce_sum
 from ..losses import adaptive_weight, discriminator_loss, generator_loss, gradient_penalty, lecam_penalty
 from ..models.discriminator import StyleGANDiscriminator3D, fit_clip_length
 from ..precision import autocast
+from .schedule import build_lr_scheduler
 from .states import ModelState, OptimizerState
 
 logger = logging.getLogger("opensora_vae.training")
@@ -92,10 +93,10 @@ class LeCamEMA:
 class AdversarialPhase:
     """Builds the discriminator (+ DDP), its AdamW and the LeCam EMA from a validated config."""
 
-    def __init__(self, cfg: Mapping[str, Any], env: DistEnv, last_layer: nn.Module):
+    def __init__(self, cfg: Mapping[str, Any], env: DistEnv, last_layer: nn.Module, total_steps: int):
         """`last_layer`: the module whose `.weight` is the adaptive weight's W (the temporal
         decoder's output conv); read at each step, since FSDP2 swaps it between shards and the
-        gathered tensor."""
+        gathered tensor. `total_steps`: the run's last global step (the end of D's lr schedule)."""
         self.settings = AdversarialSettings.from_config(cfg)
         self.env = env
         self.dtype = cfg["dtype"]
@@ -120,6 +121,9 @@ class AdversarialPhase:
                      eps=cfg["discriminator_adam_eps"], weight_decay=cfg["discriminator_weight_decay"])
         fused = True if env.device.type == "cuda" else None
         self.optimizer = torch.optim.AdamW(self.discriminator.parameters(), fused=fused, **hyper)
+        # Over the steps D trains (after discriminator_start), stepped once per such step.
+        active_steps = max(1, total_steps - max(self.settings.discriminator_start, 0))
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg["discriminator_lr_schedule"], active_steps)
         self.lecam = LeCamEMA()
         self._hyper = hyper
         self._pending: dict[str, torch.Tensor] = {}
@@ -135,6 +139,8 @@ class AdversarialPhase:
         # the weights keep the reference's state_dict keys and load strictly.
         return {"discriminator": ModelState(self.discriminator, fsdp=False),
                 "discriminator_optimizer": OptimizerState(self.discriminator, self.optimizer, False, self._hyper),
+                # After the optimizer: it sets the resumed lr.
+                "discriminator_lr_scheduler": self.lr_scheduler,
                 "lecam_ema": self.lecam}
 
     def _last_layer_weight(self) -> torch.Tensor:
@@ -219,6 +225,8 @@ class AdversarialPhase:
         if updated:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.lr_scheduler.step()  # skipped updates included: the rate is a function of the step
         pending = self._pending
         names = ["d_loss", "logits_real", "logits_fake", "lecam", "gradient_penalty", "g_loss", "d_weight"]
         values = torch.stack([d_loss.detach(), real_mean.detach(), fake_mean.detach(), lecam.detach(), gp.detach(),
@@ -233,5 +241,5 @@ class AdversarialPhase:
             del metrics["gan/gradient_penalty"]
         if not pending:  # the generator step had no adversarial term (e.g. it was skipped)
             del metrics["gan/g_loss"], metrics["gan/d_weight"]
-        metrics.update({"gan/d_grad_norm": norm, "gan/d_update_skipped": float(not updated)})
+        metrics.update({"gan/d_grad_norm": norm, "gan/d_update_skipped": float(not updated), "gan/d_lr": lr})
         return metrics

@@ -71,7 +71,8 @@ LEGACY_ENTRIES = ("model", "optimizer", "sampler", "rng", "counters", "replicas"
 # The config key that turns an optional entry on: named when a resume would drop its state.
 ENTRY_CONFIG_KEYS = {"ema": "ema_decay=<its decay, e.g. 0.9999>"}
 # The adversarial phase's entries (training/adversarial.py): its config file's `discriminator` dict.
-ENTRY_CONFIG_KEYS.update(dict.fromkeys(("discriminator", "discriminator_optimizer", "lecam_ema"),
+ENTRY_CONFIG_KEYS.update(dict.fromkeys(("discriminator", "discriminator_optimizer", "discriminator_lr_scheduler",
+                                        "lecam_ema"),
                                        "discriminator=<the run's dict, e.g. configs/vae/train/stage3_gan.py's>"))
 
 __all__ = ["CheckpointManager", "Stateful", "STEP_DIR", "TMP_PREFIX", "STATE_NAME", "LOCK_NAME", "step_dir_name"]

@@ -33,8 +33,9 @@ from ..precision import autocast
 from .adversarial import AdversarialPhase
 from .checkpoint import CheckpointManager
 from .ema import EMA
-from .logging import TrainLogger, check_wandb_available, preview_image
+from .logging import RunningMeans, TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
+from .schedule import build_lr_scheduler
 from .states import (Counters, ModelState, OptimizerState, ReplicaChecksums, RNGState, SamplerState,
                      rank_generator_seed)
 
@@ -123,6 +124,7 @@ class Trainer:
         fused = True if env.device.type == "cuda" else None
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=fused)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.lr_schedule, self.total_steps())
         self.ema = EMA(self.pipe, cfg.ema_decay) if cfg.ema_decay else None
         self.generator = torch.Generator(env.device)
         self.generator.manual_seed(rank_generator_seed(cfg.seed, env.rank))
@@ -133,9 +135,10 @@ class Trainer:
             if cfg.compile:
                 perceptual.compile(backend=COMPILE_BACKEND)
         self.loss_fn = VAELoss(self.settings, perceptual)
-        self.adversarial = (AdversarialPhase(cfg, env, self.pipe.temporal_vae.decoder.conv_out.conv)
-                            if cfg.discriminator else None)
+        self.adversarial = (AdversarialPhase(cfg, env, self.pipe.temporal_vae.decoder.conv_out.conv,
+                                             self.total_steps()) if cfg.discriminator else None)
         self.counters = Counters(env.world_size, cfg.batch_size, cfg.parallel)
+        self.running_means = RunningMeans(TrainLogger.RUNNING_WINDOW)
         self._register_states()
         self.resumed = self.checkpoints.restore(drop=cfg.drop_state)
 
@@ -147,10 +150,12 @@ class Trainer:
             register("ema", self.ema)
         register("optimizer", OptimizerState(self.pipe, self.optimizer, self.fsdp, dict(
             lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)))
+        register("lr_scheduler", self.lr_scheduler)  # after the optimizer: it sets the resumed lr
         register("counters", self.counters)
         register("sampler", SamplerState(self.sampler, self.counters, env.is_main))
         register("rng", RNGState(self.generator, env.device, env.rank, cfg.seed, self.counters, self.sampler))
         register("replicas", ReplicaChecksums(self.pipe, self.fsdp, self.counters))
+        register("running_means", self.running_means)
         if self.adversarial is not None:
             for name, state in self.adversarial.states().items():
                 register(name, state)
@@ -340,7 +345,7 @@ class Trainer:
         cfg, env, counters = self.cfg, self.env, self.counters
         total = self.total_steps()
         log = TrainLogger(self.outputs, env.is_main, total, self.global_step, cfg.log_every, cfg.wandb,
-                          run_config=cfg.to_dict())
+                          run_config=cfg.to_dict(), means=self.running_means)
         result = TrainResult(self.global_step, None)
         self._seen_skips: dict[str, str] = {}
         last_saved = self.global_step if self.resumed else -1
@@ -368,6 +373,7 @@ class Trainer:
                     now = time.perf_counter()
                     metrics = self._metrics(out, now - tick)
                     tick = now
+                    self.lr_scheduler.step()  # once per global step: the rate is a function of the step
                     log.log_step(step, metrics)
                     if out.preview is not None:
                         log.log_preview(step, out.preview)

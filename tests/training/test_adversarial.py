@@ -46,7 +46,7 @@ def vae_terms(video, x_rec):
 def setup():
     torch.manual_seed(1)
     gen = ToyGenerator()
-    phase = AdversarialPhase(gan_cfg(), ENV, gen.conv_out)
+    phase = AdversarialPhase(gan_cfg(), ENV, gen.conv_out, 10)
     video = torch.rand(2, 3, FRAMES, SIZE, SIZE) * 2 - 1
     return gen, phase, video
 
@@ -89,14 +89,14 @@ def test_a_last_layer_the_gradient_cannot_reach_is_a_clear_error(setup):
 
     x_rec = gen(FRAMES)
     with pytest.raises(RuntimeError, match="still sharded \\(FSDP\\)"):
-        AdversarialPhase(gan_cfg(), ENV, ShardedLike()).add_generator_term(vae_terms(video, x_rec), x_rec, 1)
+        AdversarialPhase(gan_cfg(), ENV, ShardedLike(), 10).add_generator_term(vae_terms(video, x_rec), x_rec, 1)
     with pytest.raises(RuntimeError, match="output conv weight is not part of this step's graph"):
-        AdversarialPhase(gan_cfg(), ENV, torch.nn.Conv3d(4, 3, 1)).add_generator_term(vae_terms(video, x_rec), x_rec, 1)
+        AdversarialPhase(gan_cfg(), ENV, torch.nn.Conv3d(4, 3, 1), 10).add_generator_term(vae_terms(video, x_rec), x_rec, 1)
 
 
 def test_before_the_start_nothing_is_added_and_d_is_not_updated(setup):
     gen, _, video = setup
-    phase = AdversarialPhase(gan_cfg(discriminator_start=2), ENV, gen.conv_out)
+    phase = AdversarialPhase(gan_cfg(discriminator_start=2), ENV, gen.conv_out, 10)
     before = copy.deepcopy(phase.discriminator.state_dict())
     x_rec = gen(FRAMES)
     terms = vae_terms(video, x_rec)
@@ -135,7 +135,7 @@ def test_discriminator_step_trains_d_on_detached_reconstructions(setup):
 def test_lecam_and_gradient_penalty_enter_the_d_loss_and_the_ema_is_state(setup):
     gen, _, video = setup
     phase = AdversarialPhase(gan_cfg(lecam_loss_weight=0.5, gradient_penalty_loss_weight=10.0), ENV,
-                             gen.conv_out)
+                             gen.conv_out, 10)
     x_rec = gen(FRAMES)
     first = phase.discriminator_step(video, x_rec, step=1)
     # EMAs start at 0: the first penalty is relu(real)^2 + relu(-fake)^2, then the EMAs move by 0.1%.
@@ -147,8 +147,8 @@ def test_lecam_and_gradient_penalty_enter_the_d_loss_and_the_ema_is_state(setup)
 
     # A fresh phase loaded from the states continues identically.
     states = {name: copy.deepcopy(obj.state_dict()) for name, obj in phase.states().items()}
-    assert set(states) == {"discriminator", "discriminator_optimizer", "lecam_ema"}
-    other = AdversarialPhase(gan_cfg(lecam_loss_weight=0.5, gradient_penalty_loss_weight=10.0), ENV, gen.conv_out)
+    assert set(states) == {"discriminator", "discriminator_optimizer", "discriminator_lr_scheduler", "lecam_ema"}
+    other = AdversarialPhase(gan_cfg(lecam_loss_weight=0.5, gradient_penalty_loss_weight=10.0), ENV, gen.conv_out, 10)
     for name, obj in other.states().items():
         obj.load_state_dict(states[name])
     a, b = phase.discriminator_step(video, x_rec, step=3), other.discriminator_step(video, x_rec, step=3)
@@ -156,6 +156,18 @@ def test_lecam_and_gradient_penalty_enter_the_d_loss_and_the_ema_is_state(setup)
     for k, v in phase.discriminator.state_dict().items():
         assert torch.equal(v, other.discriminator.state_dict()[k]), k
     assert torch.equal(phase.lecam.real, other.lecam.real)
+
+
+def test_the_discriminator_lr_schedule_runs_over_the_steps_it_trains(setup):
+    gen, _, video = setup
+    x_rec = gen(FRAMES)
+    schedule = {"kind": "linear", "warmup_steps": 2, "min_lr_ratio": 0.0}
+    phase = AdversarialPhase(gan_cfg(discriminator_start=3, discriminator_lr=1e-4,
+                                     discriminator_lr_schedule=schedule), ENV, gen.conv_out, 7)
+    lrs = [phase.discriminator_step(video, x_rec, step).get("gan/d_lr") for step in range(1, 8)]
+    # Steps 1-3 are before the start; then warmup over 2 of the 4 active steps, linear decay to 0 at the last.
+    assert lrs[:3] == [None] * 3
+    assert lrs[3:] == pytest.approx([0.5e-4, 1e-4, 1e-4, 0.0])
 
 
 def test_a_non_finite_d_gradient_skips_the_d_update(setup):
@@ -252,5 +264,5 @@ def test_a_tiny_run_trains_the_discriminator_and_logs_its_terms(tmp_path):
         "discriminator": None}, cli={"data_path": str(csv), "outputs": str(tmp_path / "out"), "load": "auto"})
     with pytest.raises(StateWouldVanishError) as err:
         Trainer(off)
-    assert "'discriminator', 'discriminator_optimizer', 'lecam_ema'" in str(err.value)
+    assert "'discriminator', 'discriminator_lr_scheduler', 'discriminator_optimizer', 'lecam_ema'" in str(err.value)
     assert "discriminator=<the run's dict" in str(err.value)

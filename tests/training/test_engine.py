@@ -271,3 +271,19 @@ def test_the_trainer_adds_its_log_file_and_keeps_the_callers_logging(tmp_path, m
         assert added[0].baseFilename == str(tmp_path / "out" / "train.log")
     finally:
         setup_logging()  # drops the file handler again
+
+
+def test_the_running_mean_continues_after_a_resume(tmp_path, media_csv):
+    """Issue 23.7: the log's `mean(last N)` restarted at each resume."""
+    options = dict(ckpt_every=2, seed=0, deterministic=True)
+    straight = Trainer(tiny_train_cfg(1, tmp_path / "a", media_csv, max_steps=4, **options))
+    straight.fit()
+    Trainer(tiny_train_cfg(1, tmp_path / "b", media_csv, max_steps=2, **options)).fit()
+    resumed = Trainer(tiny_train_cfg(1, tmp_path / "b", media_csv, max_steps=4, load="auto", **options))
+    assert resumed.running_means.count("loss/loss") == 2  # steps 1 and 2, from the checkpoint
+    resumed.fit()
+    means = straight.running_means.state_dict()
+    assert len(means["loss/loss"]) == 4
+    assert resumed.running_means.state_dict().keys() == means.keys()
+    for name, values in means.items():
+        assert resumed.running_means.state_dict()[name] == pytest.approx(values, rel=1e-6), name

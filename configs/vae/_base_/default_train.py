@@ -68,6 +68,15 @@ wandb = False
 # them is still kept by pruning.
 drop_state = []
 
+# Learning-rate schedule (training/schedule.py), per optimizer step: an optional linear warmup over
+# `warmup_steps`, then "constant" (the reference: lr throughout), "linear" or "cosine" decay to
+# min_lr_ratio * lr at the last step (max_steps, or epochs x steps per epoch). Saved in checkpoints.
+lr_schedule = dict(
+    kind="constant",
+    warmup_steps=0,
+    min_lr_ratio=0.0,
+)
+
 # Adversarial phase (training/adversarial.py; off by default: the three stages train without it,
 # configs/vae/train/stage3_gan.py turns it on). Names and defaults are the reference train_vae.py's.
 # discriminator = dict(filters=128, channel_multipliers=(2, 4, 4, 4, 4), num_groups=32) turns it on:
@@ -87,3 +96,9 @@ discriminator_adam_betas = (0.9, 0.999)
 discriminator_adam_eps = 1e-8
 discriminator_weight_decay = 0.0
 discriminator_grad_clip = 1.0  # None: no clipping
+# Its learning-rate schedule (as lr_schedule), over the steps it trains: discriminator_start to the end.
+discriminator_lr_schedule = dict(
+    kind="constant",
+    warmup_steps=0,
+    min_lr_ratio=0.0,
+)

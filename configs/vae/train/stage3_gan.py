@@ -22,3 +22,4 @@ discriminator_adam_eps = 1e-8
 discriminator_weight_decay = 0.0
 discriminator_grad_clip = 1.0
 outputs = "outputs/vae_stage3_gan"
+discriminator_lr_schedule = dict(kind="constant", warmup_steps=0, min_lr_ratio=0.0)  # the reference: none
