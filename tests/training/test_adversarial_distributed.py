@@ -63,7 +63,8 @@ def test_ddp_run_with_the_discriminator_resumes_bit_identically(tmp_path, csv):
     a, b = straight / "step_000000004", split / "step_000000004"
     assert (a / "model/model.safetensors").read_bytes() == (b / "model/model.safetensors").read_bytes()
     state_a, state_b = read_training_state(a), read_training_state(b)
-    for key in ("discriminator", "discriminator_optimizer", "lecam_ema", "optimizer", "rng", "sampler"):
+    for key in ("discriminator", "discriminator_optimizer", "discriminator_lr_scheduler", "lecam_ema", "optimizer",
+                "lr_scheduler", "rng", "sampler"):
         _same(state_a[key], state_b[key], key)
     # The discriminator trained (its weights moved from the step-2 ones) and the EMAs moved from 0.
     mid = read_training_state(split / "step_000000002")
