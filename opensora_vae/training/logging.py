@@ -16,6 +16,11 @@ from ..errors import UserError
 
 logger = logging.getLogger("opensora_vae.training")
 
+MAX_SKIP_EXAMPLES = 5  # unreadable files named per rank, and in all, by the abort message
+# Distinct unreadable paths remembered for "warn once" (a 30M-row table with 1 % bad rows would
+# otherwise keep 300k of them): a path seen again after this many others is warned about again.
+SKIP_MEMORY = 10_000
+
 
 def format_duration(seconds: float | None) -> str:
     """`1h02m`, `3m05s`, `12s`; `?` when unknown."""
@@ -39,6 +44,29 @@ def preview_image(x_frame: torch.Tensor, rec_frame: torch.Tensor) -> torch.Tenso
     """`input | reconstruction` side by side, (3, H, 2W) in [0, 1], from frames in [-1, 1]."""
     both = torch.cat([x_frame.float(), rec_frame.float()], dim=-1)
     return ((both.clamp(-1, 1) + 1) / 2).cpu()
+
+
+class SkipLog:
+    """This rank's unreadable samples: a warning for each path (once among the last SKIP_MEMORY
+    distinct ones) and the first MAX_SKIP_EXAMPLES kept for the abort message. The counts are
+    the trainer's counters; the memory held here is bounded however long the run."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.warned: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.examples: list[tuple[str, str]] = []
+
+    def note(self, skipped: list[tuple[str, str]]) -> None:
+        for path, reason in skipped:
+            if path in self.warned:
+                self.warned.move_to_end(path)
+                continue
+            self.warned[path] = None
+            if len(self.warned) > SKIP_MEMORY:
+                self.warned.popitem(last=False)
+            if len(self.examples) < MAX_SKIP_EXAMPLES:
+                self.examples.append((path, reason))
+            logger.warning("unreadable sample skipped (rank %d): %s: %s", self.rank, path, reason)
 
 
 class RunningMeans:

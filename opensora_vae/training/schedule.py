@@ -12,6 +12,7 @@ rate is a function of the step alone.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Mapping
 
 import torch
@@ -44,6 +45,13 @@ class LRSchedule(LambdaLR):
     def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[int], float]):
         super().__init__(optimizer, factor)
         self.configured_lrs = list(self.base_lrs)
+
+    def step(self, epoch: int | None = None) -> None:
+        with warnings.catch_warnings():
+            # A skipped (non-finite) first update is not a misordered call here: the rate is a
+            # closed form of the step count, so no value of the schedule is skipped.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            super().step(epoch)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         configured = self.configured_lrs  # the saved dict holds the saving run's

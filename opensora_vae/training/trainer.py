@@ -33,7 +33,7 @@ from ..precision import autocast
 from .adversarial import AdversarialPhase
 from .checkpoint import CheckpointManager
 from .ema import EMA
-from .logging import RunningMeans, TrainLogger, check_wandb_available, preview_image
+from .logging import MAX_SKIP_EXAMPLES, RunningMeans, SkipLog, TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
 from .schedule import build_lr_scheduler
 from .states import (Counters, ModelState, OptimizerState, ReplicaChecksums, RNGState, SamplerState,
@@ -43,8 +43,9 @@ logger = logging.getLogger("opensora_vae.training")
 
 # The unreadable-sample fraction is only judged after this many read attempts (all ranks).
 MIN_ATTEMPTS_FOR_SKIP_CHECK = 20
-MAX_SKIP_EXAMPLES = 5  # unreadable files named per rank, and in all, by the abort message
-HISTORY_LIMIT = 10_000  # per-step metrics kept in memory for callers (tests, notebooks)
+# Per-step metrics kept in memory for callers (tests, notebooks): the last steps only, so a long
+# run stays flat; the whole record is in TensorBoard (and train.log).
+HISTORY_LIMIT = 1_000
 # torch.compile backend for `compile=True`; tests use "aot_eager" (same graphs, no C++ build).
 COMPILE_BACKEND = "inductor"
 
@@ -313,7 +314,7 @@ class Trainer:
                 and counters.skipped_total > cfg.max_skip_fraction * counters.attempts_total):
             # Every rank is here at the same step (the counts are sums over ranks): gathering is safe.
             seen: dict[str, str] = {}
-            for skips in all_gather_objects(list(self._seen_skips.items())[:MAX_SKIP_EXAMPLES]):
+            for skips in all_gather_objects(self.skips.examples):
                 seen.update(skips)
             examples = "; ".join(f"{p}: {r}" for p, r in list(seen.items())[:MAX_SKIP_EXAMPLES])
             window = cfg.dataset.num_frames * cfg.dataset.frame_interval
@@ -324,12 +325,6 @@ class Trainer:
                 f"Either remove or fix those rows (`python scripts/make_csv.py <folder> <csv> --min-frames "
                 f"{window}` leaves out clips shorter than a {window}-frame window) and resume with --load auto, "
                 f"or allow more with --cfg-options max_skip_fraction=<a higher fraction>")
-
-    def _log_new_skips(self, skipped: list[tuple[str, str]]) -> None:
-        for path, reason in skipped:
-            if path not in self._seen_skips:
-                self._seen_skips[path] = reason
-                logger.warning("unreadable sample skipped (rank %d): %s: %s", self.env.rank, path, reason)
 
     def total_steps(self) -> int:
         total = self.cfg.epochs * self.steps_per_epoch
@@ -347,7 +342,7 @@ class Trainer:
         log = TrainLogger(self.outputs, env.is_main, total, self.global_step, cfg.log_every, cfg.wandb,
                           run_config=cfg.to_dict(), means=self.running_means)
         result = TrainResult(self.global_step, None)
-        self._seen_skips: dict[str, str] = {}
+        self.skips = SkipLog(env.rank)
         last_saved = self.global_step if self.resumed else -1
         samples_per_step = cfg.batch_size * env.world_size
         try:
@@ -362,7 +357,7 @@ class Trainer:
                 self.dataset.set_epoch(counters.epoch)
                 for batch in self.loader:
                     step = self.global_step + 1
-                    self._log_new_skips(batch["skipped"])
+                    self.skips.note(batch["skipped"])
                     video = batch["video"].to(env.device, non_blocking=True)
                     preview = bool(cfg.preview_every) and step % cfg.preview_every == 0
                     out = self.train_step(video, step, len(batch["skipped"]), want_preview=preview)
