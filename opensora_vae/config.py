@@ -56,6 +56,11 @@ TYPES_WHEN_SET = {
 TYPES_WHEN_SET["encode"] = TYPES_WHEN_SET["inference"]  # the export reuses the inference settings
 
 
+# Adversarial phase (training/adversarial.py).
+TYPES_WHEN_SET["train"].update({"discriminator": dict, "lecam_loss_weight": float,
+                                "gradient_penalty_loss_weight": float, "discriminator_grad_clip": float})
+
+
 def _matches(value: Any, kind: type | tuple) -> bool:
     """isinstance, except that bools are not numbers and an int key takes no float (1.5 steps)."""
     if kind is bool:
@@ -176,6 +181,7 @@ def _rules(kind: str) -> dict[str, Rule]:
                               "export.qa_every": at_least(0)})
         return inference
     from .training.mixing import MIXED_STRATEGIES
+    from .training.schedule import LR_SCHEDULE_KINDS
 
     return {
         **shared,
@@ -200,6 +206,12 @@ def _rules(kind: str) -> dict[str, Rule]:
         "ckpt_every": at_least(0),  # 0: only the final checkpoint
         "keep_last_ckpts": optional(at_least(1)),
         "preview_every": at_least(0),
+        "drop_state": lambda v: (None if all(isinstance(x, str) and x for x in v)
+                                 else "a list of checkpoint state names, e.g. ['ema']"),
+        "lr_schedule.kind": one_of(*LR_SCHEDULE_KINDS),
+        "lr_schedule.warmup_steps": at_least(0),
+        "lr_schedule.min_lr_ratio": within(0, 1),
+        **_adversarial_rules(),
     }
 
 
@@ -226,6 +238,7 @@ def _check_values(data: dict, kind: str, errors: list[str]) -> None:
                           "adds a term on 1-frame steps")
         if data.get("ema_decay") == 0:
             errors.append("'ema_decay' = 0: must be None (no EMA) or in (0, 1)")
+        _check_discriminator(data, errors)
 
 
 def _similar(a: str, b: str) -> bool:
@@ -294,3 +307,70 @@ def load_config(path: str | Path, kind: str = "train", cfg_options: Iterable[str
     validate(cfg, kind)
     cfg.config_path = str(path)
     return cfg
+
+
+# ----------------------------------------------------------------------------- adversarial phase
+# The `discriminator` dict's keys: StyleGANDiscriminator3D's architecture (its image size and
+# window length are the dataset's image_size and num_frames).
+DISCRIMINATOR_KEYS = {"filters": int, "channel_multipliers": (list, tuple), "num_groups": int}
+
+
+def _adversarial_rules() -> dict[str, Rule]:
+    from .losses import DISCRIMINATOR_LOSS_TYPES, GENERATOR_LOSS_TYPES
+    from .training.schedule import LR_SCHEDULE_KINDS
+
+    return {
+        "discriminator_start": at_least(-1),
+        "discriminator_factor": at_least(0),
+        "generator_factor": at_least(0),
+        "generator_loss_type": one_of(*GENERATOR_LOSS_TYPES),
+        "discriminator_loss_type": one_of(*DISCRIMINATOR_LOSS_TYPES),
+        "lecam_loss_weight": optional(at_least(0)),
+        "gradient_penalty_loss_weight": optional(at_least(0)),
+        "discriminator_lr": above(0),
+        "discriminator_adam_betas": each(within(0, 1, high_open=True), length=2),
+        "discriminator_adam_eps": above(0),
+        "discriminator_weight_decay": at_least(0),
+        "discriminator_grad_clip": optional(above(0)),
+        "discriminator_lr_schedule.kind": one_of(*LR_SCHEDULE_KINDS),
+        "discriminator_lr_schedule.warmup_steps": at_least(0),
+        "discriminator_lr_schedule.min_lr_ratio": within(0, 1),
+    }
+
+
+def _check_discriminator(data: dict, errors: list[str]) -> None:
+    """The discriminator's keys and types, and whether it can be built for the dataset's clips
+    (built on the meta device: no memory, the model's own size checks)."""
+    arch = data.get("discriminator")
+    if arch is None:
+        return
+    bad = False
+    for key, value in arch.items():
+        if key not in DISCRIMINATOR_KEYS:
+            close = [k for k in DISCRIMINATOR_KEYS if _similar(k, key)]
+            hint = f" (did you mean {', '.join(repr('discriminator.' + c) for c in close)}?)" if close else ""
+            errors.append(f"unknown key 'discriminator.{key}'{hint}; its keys are {', '.join(DISCRIMINATOR_KEYS)}")
+            bad = True
+        elif not _matches(value, DISCRIMINATOR_KEYS[key]) or (
+                key == "channel_multipliers" and not (value and all(_matches(m, int) and m >= 1 for m in value))) or (
+                key != "channel_multipliers" and value < 1):
+            errors.append(f"'discriminator.{key}' = {value!r}: must be "
+                          + ("a non-empty list of integers >= 1" if key == "channel_multipliers" else "an integer >= 1"))
+            bad = True
+    if not data.get("use_real_rec_loss"):
+        errors.append("'discriminator' is set: the discriminator judges decoded pixels, so it needs "
+                      "use_real_rec_loss=True (stage 3)")
+    if bad:
+        return
+    import torch
+
+    from .models.discriminator import StyleGANDiscriminator3D
+
+    dataset = data.get("dataset", {})
+    try:
+        with torch.device("meta"):
+            StyleGANDiscriminator3D(image_size=dataset.get("image_size"), num_frames=dataset.get("num_frames"),
+                                    **arch)
+    except ValueError as err:  # sizes (the model's checks) or GroupNorm channel/group counts
+        errors.append(f"'discriminator' = {arch!r} does not fit dataset.image_size "
+                      f"{tuple(dataset.get('image_size'))} / num_frames {dataset.get('num_frames')}: {err}")

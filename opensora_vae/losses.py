@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .models.distributions import DiagonalGaussian
 
@@ -141,3 +142,59 @@ def freeze_unreached_params(pipe: VideoVAEPipeline, settings: LossSettings) -> l
                 module.requires_grad_(False)
                 frozen.append(f"spatial_vae.module.{name}")
     return frozen
+
+
+# ----------------------------------------------------------------------------- adversarial phase
+# The reference's formulas (`opensora/models/vae/losses.py`, v1.2.0); logits are (B, 1).
+DISCRIMINATOR_LOSS_TYPES = ("hinge", "vanilla", "non-saturating")
+GENERATOR_LOSS_TYPES = ("hinge", "non-saturating")  # the reference raises for "vanilla"
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """hinge: `0.5(mean relu(1 − r) + mean relu(1 + f))`; vanilla: `0.5(mean softplus(−r) +
+    mean softplus(f))`; non-saturating: MAGVIT's sigmoid cross-entropy with labels 1 (real) and
+    0 (fake), halved (the same value as vanilla)."""
+    real, fake = real_logits.float(), fake_logits.float()
+    if kind == "hinge":
+        return 0.5 * (torch.relu(1.0 - real).mean() + torch.relu(1.0 + fake).mean())
+    if kind in ("vanilla", "non-saturating"):
+        # softplus(-x) is the sigmoid cross-entropy with label 1, softplus(x) with label 0.
+        return 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
+    raise ValueError(f"unknown discriminator loss type {kind!r}, expected one of {DISCRIMINATOR_LOSS_TYPES}")
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """hinge: `−mean f`; non-saturating: the sigmoid cross-entropy with label 1, `mean softplus(−f)`."""
+    fake = fake_logits.float()
+    if kind == "hinge":
+        return -fake.mean()
+    if kind == "non-saturating":
+        return F.softplus(-fake).mean()
+    raise ValueError(f"unknown generator loss type {kind!r}, expected one of {GENERATOR_LOSS_TYPES}")
+
+
+def lecam_penalty(real_mean: torch.Tensor, fake_mean: torch.Tensor, ema_real: torch.Tensor | float,
+                  ema_fake: torch.Tensor | float) -> torch.Tensor:
+    """LeCam regularisation (Tseng et al. 2021): `relu(real − ema_fake)² + relu(ema_real − fake)²`
+    of the batch-mean logits against the EMAs of the other side."""
+    return torch.relu(real_mean - ema_fake) ** 2 + torch.relu(ema_real - fake_mean) ** 2
+
+
+def adaptive_weight(nll: torch.Tensor, gen: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """`‖∇_W nll‖ / (‖∇_W gen‖ + 1e-4)` clamped to [0, 1e4], detached (VQGAN's balance of the
+    adversarial term against the reconstruction at the decoder's last layer W).
+
+    The two gradients are taken one after the other and only their norms are kept, so at most
+    one gradient of W exists at a time; the graph is kept for the training backward.
+    """
+    nll_norm = torch.linalg.vector_norm(torch.autograd.grad(nll, last_layer, retain_graph=True)[0].float())
+    gen_norm = torch.linalg.vector_norm(torch.autograd.grad(gen, last_layer, retain_graph=True)[0].float())
+    return torch.clamp(nll_norm / (gen_norm + 1e-4), 0.0, 1e4).detach()
+
+
+def gradient_penalty(inputs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The reference's WGAN-GP form: `mean_b (‖∇_x D(x)_b‖₂ − 1)²` on the inputs D saw (which
+    must require grad); differentiable (create_graph) so the penalty trains D."""
+    grads = torch.autograd.grad(logits, inputs, grad_outputs=torch.ones_like(logits),
+                                create_graph=True, retain_graph=True)[0]
+    return ((grads.flatten(1).float().norm(2, dim=1) - 1) ** 2).mean()

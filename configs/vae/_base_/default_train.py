@@ -61,3 +61,44 @@ ckpt_every = 1000  # 0: only the final checkpoint
 keep_last_ckpts = 3
 preview_every = 500  # TensorBoard input|recon image every N steps (0 = never)
 wandb = False
+
+# Resuming (training/checkpoint.py): a checkpoint holding state that this config does not continue
+# (e.g. an EMA, and no ema_decay) is refused, so that state is never lost silently. Name such state
+# entries here to drop them on purpose, e.g. drop_state = ["ema"]; the newest checkpoint holding
+# them is still kept by pruning.
+drop_state = []
+
+# Learning-rate schedule (training/schedule.py), per optimizer step: an optional linear warmup over
+# `warmup_steps`, then "constant" (the reference: lr throughout), "linear" or "cosine" decay to
+# min_lr_ratio * lr at the last step (max_steps, or epochs x steps per epoch). Saved in checkpoints.
+lr_schedule = dict(
+    kind="constant",
+    warmup_steps=0,
+    min_lr_ratio=0.0,
+)
+
+# Adversarial phase (training/adversarial.py; off by default: the three stages train without it,
+# configs/vae/train/stage3_gan.py turns it on). Names and defaults are the reference train_vae.py's.
+# discriminator = dict(filters=128, channel_multipliers=(2, 4, 4, 4, 4), num_groups=32) turns it on:
+# a StyleGANDiscriminator3D judging windows of dataset.num_frames frames at dataset.image_size
+# (shorter clips and images repeat their last frame to fill the window).
+discriminator = None
+discriminator_start = -1  # no adversarial terms (and no D updates) in the first N steps; -1/0: from step 1
+discriminator_factor = 1.0  # weight of the D loss and of the generator term; 0 turns both off
+generator_factor = 0.5  # the generator term is factor × adaptive weight × g_loss
+generator_loss_type = "hinge"  # or "non-saturating"
+discriminator_loss_type = "hinge"  # or "vanilla", "non-saturating"
+lecam_loss_weight = None  # e.g. 0.001: LeCam regularisation of D (EMAs of the logits, decay 0.999)
+gradient_penalty_loss_weight = None  # e.g. 10: WGAN-GP on the real clips
+# The discriminator's own AdamW (the reference used the VAE's lr and weight decay) and grad clip.
+discriminator_lr = 1e-5
+discriminator_adam_betas = (0.9, 0.999)
+discriminator_adam_eps = 1e-8
+discriminator_weight_decay = 0.0
+discriminator_grad_clip = 1.0  # None: no clipping
+# Its learning-rate schedule (as lr_schedule), over the steps it trains: discriminator_start to the end.
+discriminator_lr_schedule = dict(
+    kind="constant",
+    warmup_steps=0,
+    min_lr_ratio=0.0,
+)
