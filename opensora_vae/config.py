@@ -11,11 +11,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from .errors import UserError
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vae"
-SCHEMAS = {"train": "default_train.py", "inference": "default_inference.py"}
+# The schema files: default_train.py and default_inference.py inherit model_v1_2.py (the model.* keys).
+SCHEMAS = {"train": "default_train.py", "inference": "default_inference.py", "model": "model_v1_2.py"}
 
 # Flags of the entry scripts that set config keys (reference CLI names).
 CLI_KEYS = {
@@ -78,13 +79,18 @@ def _type_ok(value: Any, default: Any) -> bool:
     return _matches(value, dict if isinstance(default, dict) else type(default))
 
 
+def _unknown_key(name: str, key: str, prefix: str, level: dict, where: str = "") -> str:
+    """`unknown key 'name'`, with the keys of the same section that look alike."""
+    close = [k for k in level if _similar(k, key)]
+    hint = f" (did you mean {', '.join(repr(prefix + c) for c in close)}?)" if close else ""
+    return f"unknown key '{name}'{where}{hint}"
+
+
 def _validate(cfg: dict, schema: dict, prefix: str, errors: list[str], when_set: dict) -> None:
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if key not in schema:
-            close = [k for k in schema if _similar(k, key)]
-            hint = f" (did you mean {', '.join(repr(prefix + c) for c in close)}?)" if close else ""
-            errors.append(f"unknown key '{name}'{hint}")
+            errors.append(_unknown_key(name, key, prefix, schema))
             continue
         default = schema[key]
         if not _type_ok(value, default):
@@ -139,6 +145,20 @@ def each(rule: Rule, length: int | None = None) -> Rule:
     return check
 
 
+# Frames are encoded in 8x8 pixel blocks (the spatial VAE); PSNR/SSIM/LPIPS need every side >= the
+# SSIM window. A size that fails either is refused here, not after hours of work.
+SPATIAL_DOWNSAMPLE = 8
+
+
+def frame_side(v: Any) -> str | None:
+    from .metrics.ssim import WINDOW_SIZE
+
+    smallest = -(-WINDOW_SIZE // SPATIAL_DOWNSAMPLE) * SPATIAL_DOWNSAMPLE
+    ok = isinstance(v, int) and not isinstance(v, bool) and v % SPATIAL_DOWNSAMPLE == 0 and v >= smallest
+    return None if ok else (f"a multiple of {SPATIAL_DOWNSAMPLE} (the spatial VAE's downsampling) and >= "
+                            f"{smallest} (the SSIM window is {WINDOW_SIZE} pixels)")
+
+
 def _non_empty_path(v: Any) -> str | None:
     return None if isinstance(v, (str, os.PathLike)) and str(v).strip() else "a non-empty path"
 
@@ -150,7 +170,7 @@ def _rules(kind: str) -> dict[str, Rule]:
     shared = {
         "dataset.num_frames": at_least(1),
         "dataset.frame_interval": at_least(1),
-        "dataset.image_size": each(at_least(1), length=2),
+        "dataset.image_size": each(frame_side, length=2),
         "dataset.transform_name": one_of(*TRANSFORM_NAMES),
         "dataset.max_retries": at_least(1),
         "num_workers": at_least(0),
@@ -166,6 +186,9 @@ def _rules(kind: str) -> dict[str, Rule]:
     for key in ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks", "num_groups"):
         shared[f"model.temporal.{key}"] = at_least(1)
     shared["model.temporal.channel_multipliers"] = each(at_least(1))
+    # An empty path ("$CKPT" of an unset variable) is a mistake, never "none": None is the unset value.
+    for key in ("dataset.data_path", "ckpt_path", "model.from_pretrained", "model.spatial.from_pretrained"):
+        shared[key] = optional(_non_empty_path)
     if kind == "inference":
         return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
     from .training.mixing import MIXED_STRATEGIES
@@ -193,6 +216,8 @@ def _rules(kind: str) -> dict[str, Rule]:
         "ckpt_every": at_least(0),  # 0: only the final checkpoint
         "keep_last_ckpts": optional(at_least(1)),
         "preview_every": at_least(0),
+        "load": optional(_non_empty_path),
+        "perceptual_backbone_path": optional(_non_empty_path),
     }
 
 
@@ -236,11 +261,81 @@ def validate(cfg: Config | dict, kind: str) -> None:
         _check_values(data, kind, errors)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors)
-                          + f"\nevery valid key is listed in {schema_path(kind)}")
+                          + f"\nevery valid key is listed, with its default, in {schema_path(kind)} "
+                          f"and, for model.*, in {schema_path('model')}")
+
+
+def _balanced(text: str) -> bool:
+    depth = {"(": 0, "[": 0}
+    closing = {")": "(", "]": "["}
+    for char in text:
+        if char in depth:
+            depth[char] += 1
+        elif char in closing:
+            depth[closing[char]] -= 1
+            if depth[closing[char]] < 0:
+                return False
+    return not any(depth.values())
+
+
+def _split_top_level(text: str) -> list[str]:
+    """`"1, (2, 3), [4]"` → `["1", " (2, 3)", " [4]"]`: commas inside brackets do not split."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _scalar(text: str) -> Any:
+    """int, float, bool (true/false in any case) or None, as mmengine's DictAction parses them;
+    anything else is the string exactly as given (a path keeps its spaces)."""
+    stripped = text.strip()
+    for parse in (int, float):
+        try:
+            return parse(stripped)
+        except ValueError:
+            pass
+    if stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    if stripped == "None":
+        return None
+    return text
+
+
+def parse_value(text: str) -> Any:
+    """One `--cfg-options` value: mmengine's syntax (`1`, `1e-4`, `True`, `None`, `[1,2]`, `(a, b)`,
+    `0.9,0.99`), except that strings reach the config verbatim: mmengine's DictAction deletes
+    every space (`outputs=/t/cfg out` became `/t/cfgout`). A value quoted whole ('...' or "...")
+    is that string. Nothing is evaluated: values are parsed, never run."""
+    if not _balanced(text):
+        raise ConfigError(f"--cfg-options value {text!r} has unbalanced brackets")
+    stripped = text.strip()
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+        return stripped[1:-1]
+    brackets = {"(": ")", "[": "]"}
+    if stripped[:1] in brackets and stripped.endswith(brackets[stripped[0]]) and _balanced(stripped[1:-1]):
+        inner = stripped[1:-1]
+        items = [parse_value(part.strip()) for part in _split_top_level(inner)] if inner.strip() else []
+        if items and items[-1] == "":
+            items.pop()  # "[1, 2,]": a trailing comma, as in Python
+        return tuple(items) if stripped[0] == "(" else items
+    if "," in stripped:
+        # An unbracketed list of numbers/bools ("0.9,0.99"); a string with a comma stays a string.
+        items = [_scalar(part) for part in _split_top_level(stripped)]
+        if not any(isinstance(item, str) for item in items):
+            return items
+    return _scalar(text)
 
 
 def parse_options(options: Iterable[str] | dict | None) -> dict:
-    """`["a.b=1", "c=[1,2]"]` → {"a.b": 1, "c": [1, 2]} with mmengine's value parsing."""
+    """`["a.b=1", "c=[1,2]"]` → {"a.b": 1, "c": [1, 2]} (see `parse_value`)."""
     if options is None:
         return {}
     if isinstance(options, dict):
@@ -250,7 +345,7 @@ def parse_options(options: Iterable[str] | dict | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"--cfg-options expects key=value, got '{item}'")
         key, value = item.split("=", 1)
-        out[key] = DictAction._parse_iterable(value)
+        out[key.strip()] = parse_value(value)
     return out
 
 
@@ -268,18 +363,22 @@ def load_config(path: str | Path, kind: str = "train", cfg_options: Iterable[str
     for flag, value in (cli or {}).items():
         if flag not in CLI_KEYS:
             raise ConfigError(f"no config key for command-line flag '{flag}'")
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"--{flag.replace('_', '-')} is empty ({value!r}; config key {CLI_KEYS[flag]}): "
+                              "pass a value, or leave the flag out (an unset shell variable?)")
         if value is not None:
             overrides[CLI_KEYS[flag]] = value
     # Unknown dotted keys must fail, not create new entries: check before merging.
     schema = Config.fromfile(str(schema_path(kind))).to_dict()
     errors: list[str] = []
     for dotted in overrides:
-        node = schema
+        node, prefix = schema, ""
         for part in dotted.split("."):
             if not isinstance(node, dict) or part not in node:
-                errors.append(f"unknown key '{dotted}' in overrides")
+                level = node if isinstance(node, dict) else {}
+                errors.append(_unknown_key(dotted, part, prefix, level, " in overrides"))
                 break
-            node = node[part]
+            node, prefix = node[part], prefix + part + "."
     if errors:
         raise ConfigError("invalid overrides:\n  " + "\n  ".join(errors))
     if overrides:
