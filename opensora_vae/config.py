@@ -244,6 +244,13 @@ def _check_values(data: dict, kind: str, errors: list[str]) -> None:
                           "adds a term on 1-frame steps")
         if data.get("ema_decay") == 0:
             errors.append("'ema_decay' = 0: must be None (no EMA) or in (0, 1)")
+        model = data.get("model", {})
+        if not errors:  # the sizes together (group counts divide widths, ceilings), once each is in range
+            spatial = model["spatial"]
+            errors.extend(architecture_problems(
+                model["temporal"], spatial["config"] if isinstance(spatial.get("config"), dict) else None,
+                {"micro_frame_size": model["micro_frame_size"], "micro_batch_size": spatial["micro_batch_size"],
+                 "scaling_factor": spatial["scaling_factor"], "shift": model["shift"], "scale": model["scale"]}))
 
 
 def _similar(a: str, b: str) -> bool:
@@ -386,3 +393,86 @@ def load_config(path: str | Path, kind: str = "train", cfg_options: Iterable[str
     validate(cfg, kind)
     cfg.config_path = str(path)
     return cfg
+
+
+# ----------------------------------------------------------------------------- architecture
+# The sizes a train config's `model` section or a checkpoint's config.json may describe, checked
+# before anything is built: a zero group count or a negative width would otherwise surface as a
+# ZeroDivisionError or a torch RuntimeError deep in a constructor, and an absurd width would try to
+# allocate it. The ceilings are far above any real model (the released one is 512 channels wide,
+# 4 levels, 4 blocks per level).
+MAX_CHANNELS = 8192
+MAX_BLOCKS = 64
+MAX_LEVELS = 8
+
+
+def _count(high: int) -> Rule:
+    def rule(v):
+        ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high
+        return None if ok else f"an integer in [1, {high}]"
+    return rule
+
+
+def model_defaults() -> dict:
+    """The `model` section of the schema (configs/vae/_base_/model_v1_2.py): the released
+    Open-Sora 1.2 pipeline. The one place its sizes, latent statistics and spatial VAE live; code
+    that needs them (a config.json lacking keys, the released checkpoint's defaults) reads them here."""
+    return Config.fromfile(str(schema_path("model"))).model.to_dict()
+
+
+def architecture_problems(temporal: dict, spatial: dict | None, settings: dict,
+                          names: tuple[str, str, str] = ("model.temporal.", "model.spatial.config.", "model.")
+                          ) -> list[str]:
+    """What is wrong with a pipeline's sizes (empty when it can be built).
+
+    `temporal`: TemporalVAE arguments (all of them); `spatial`: an AutoencoderKL config (None = the
+    bundled SDXL one); `settings`: any of micro_frame_size, micro_batch_size, scaling_factor, shift,
+    scale. `names`: the key prefixes of the three parts in the caller's format, for the messages.
+    """
+    t_name, s_name, p_name = names
+    problems: list[str] = []
+
+    def check(name: str, value: Any, rule: Rule) -> bool:
+        want = rule(value)
+        if want is not None:
+            problems.append(f"'{name}' = {value!r}: must be {want}")
+        return want is None
+
+    channels, blocks = _count(MAX_CHANNELS), _count(MAX_BLOCKS)
+    t_ok = all([check(t_name + k, temporal.get(k), channels)
+                for k in ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_groups")]
+               + [check(t_name + "num_res_blocks", temporal.get("num_res_blocks"), blocks)])
+    mults = temporal.get("channel_multipliers")
+    if check(t_name + "channel_multipliers", mults, each(_count(MAX_CHANNELS))) and t_ok:
+        widths = [temporal["filters"] * m for m in [1, *mults]]
+        check(t_name + "channel_multipliers", mults, lambda v: None if len(v) <= MAX_LEVELS and max(widths) <= MAX_CHANNELS
+              else f"at most {MAX_LEVELS} levels of at most {MAX_CHANNELS} channels (filters x multiplier)")
+        check(t_name + "num_groups", temporal["num_groups"], lambda g: None if all(w % g == 0 for w in widths)
+              else f"a divisor of every level's channels {sorted(set(widths))} (GroupNorm)")
+        down = temporal.get("temporal_downsample")
+        check(t_name + "temporal_downsample", down, lambda v: None if isinstance(v, (list, tuple)) and len(v) == len(mults) - 1
+              and all(isinstance(x, bool) for x in v) else f"a list of {len(mults) - 1} bools (one per level transition)")
+    if spatial is not None:  # keys it lacks take diffusers' defaults
+        s_ok = all([check(s_name + k, spatial[k], channels)
+                    for k in ("in_channels", "out_channels", "latent_channels", "norm_num_groups") if k in spatial]
+                   + [check(s_name + "layers_per_block", spatial[k], blocks) for k in ("layers_per_block",) if k in spatial])
+        widths = spatial.get("block_out_channels")
+        if (widths is None or check(s_name + "block_out_channels", widths, each(channels))) and s_ok \
+                and {"block_out_channels", "norm_num_groups", "latent_channels"} <= set(spatial):
+            check(s_name + "block_out_channels", widths, lambda v: None if len(v) <= MAX_LEVELS else f"at most {MAX_LEVELS} levels")
+            check(s_name + "norm_num_groups", spatial["norm_num_groups"], lambda g: None if all(w % g == 0 for w in widths)
+                  else f"a divisor of every block's channels {widths} (GroupNorm)")
+        if s_ok and t_ok:
+            check(t_name + "in_out_channels", temporal["in_out_channels"], lambda c: None if c == spatial["latent_channels"]
+                  else f"the spatial VAE's latent_channels ({spatial['latent_channels']})")
+    spatial_name = s_name.removesuffix("config.")  # micro_batch_size, scaling_factor sit beside the config
+    for key, rule in (("micro_frame_size", optional(_count(1 << 20))), ("micro_batch_size", optional(_count(1 << 20))),
+                      ("scaling_factor", above(0))):
+        if key in settings:
+            check((p_name if key == "micro_frame_size" else spatial_name) + key, settings[key], rule)
+    embed = temporal.get("embed_dim")
+    for key, rule in (("shift", at_least(float("-inf"))), ("scale", above(0))):
+        if key in settings and check(p_name + key, settings[key], each(rule)) and isinstance(embed, int):
+            check(p_name + key, settings[key], lambda v: None if len(v) == embed
+                  else f"one value per latent channel (embed_dim = {embed})")
+    return problems

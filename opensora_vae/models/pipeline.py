@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
+from ..config import architecture_problems, model_defaults
 from .checkpoint_io import (RELEASED_REPO, CheckpointError, load_state_dict_file, load_weights_into,
                             read_pipeline_config, resolve_checkpoint_files, write_pipeline_dir)
 from .distributions import DiagonalGaussian
@@ -292,17 +293,24 @@ class VideoVAEPipeline(nn.Module):
         """Random weights (or `meta` tensors) from a config.json dict, the released one or ours
         (`export_config`); keys it lacks take the constructors' defaults (the released model)."""
         _check_overrides(overrides)
+        released = model_defaults()
         spatial_cfg = config.get("vae_2d", {}) or {}
-        spatial_kwargs = {k: spatial_cfg[k] for k in ("micro_batch_size", "scaling_factor") if k in spatial_cfg}
+        spatial_kwargs = {k: spatial_cfg.get(k, released["spatial"][k]) for k in ("micro_batch_size", "scaling_factor")}
         if "micro_batch_size" in overrides:
             spatial_kwargs["micro_batch_size"] = overrides.pop("micro_batch_size")
-        settings = {k: config[k] for k in ("shift", "scale") if config.get(k) is not None}
-        if "micro_frame_size" in config:
-            settings["micro_frame_size"] = config["micro_frame_size"]  # None = the whole clip
+        settings = {k: config[k] if config.get(k) is not None else released[k] for k in ("shift", "scale")}
+        # A config.json without micro_frame_size is the released one's; None = the whole clip.
+        settings["micro_frame_size"] = config.get("micro_frame_size", released["micro_frame_size"])
         settings.update({k: v for k, v in overrides.items() if v is not None or k == "micro_frame_size"})
+        temporal_kwargs = {**released["temporal"], **_temporal_kwargs(config.get("vae_temporal", {}) or {})}
+        architecture = _spatial_architecture(spatial_cfg)
+        problems = architecture_problems(temporal_kwargs, architecture, {**settings, **spatial_kwargs},
+                                         names=("vae_temporal.", "vae_2d.config.", ""))
+        if problems:  # before anything is built: no ZeroDivisionError or huge allocation from a bad file
+            raise ValueError("; ".join(problems))
         with torch.device(device) if device is not None else contextlib.nullcontext():
-            spatial = SpatialVAE.from_config(_spatial_architecture(spatial_cfg), **spatial_kwargs)
-            temporal = TemporalVAE(**_temporal_kwargs(config.get("vae_temporal", {}) or {}))
+            spatial = SpatialVAE.from_config(architecture, **spatial_kwargs)
+            temporal = TemporalVAE(**temporal_kwargs)
             return cls(spatial, temporal, **settings)
 
     @classmethod

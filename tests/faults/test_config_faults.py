@@ -169,3 +169,13 @@ def test_unknown_key_message_names_the_file_that_lists_it(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(bad)
     assert "configs/vae/_base_/model_v1_2.py" in str(err.value) and "default_train.py" in str(err.value)
+
+
+@pytest.mark.parametrize("option", ["model.temporal.num_groups=7", "model.temporal.filters=100000",
+                                    "model.shift=[0.0,0.0]", "model.temporal.temporal_downsample=[True]"])
+def test_train_model_sizes_are_checked_together(option):
+    """The checks a checkpoint's config.json gets (issue 19.10) apply to a train config's model too."""
+    from opensora_vae.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=option.split("=")[0].replace(".", r"\.")):
+        load_config(TINY_STAGE1, cfg_options=[option])

@@ -222,3 +222,52 @@ def test_training_step_dirs_load_and_run_dirs_are_refused(tiny_pipeline, tmp_pat
         assert torch.equal(a, b)
     with pytest.raises(CheckpointError, match="training run dir with 2 checkpoints.*step_000000020"):
         VideoVAEPipeline.from_pretrained(tmp_path / "run")
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("vae_temporal", "num_groups", 0),  # was ZeroDivisionError
+    ("vae_temporal", "num_groups", 7),  # does not divide the channels
+    ("vae_temporal", "filters", -16),
+    ("vae_temporal", "filters", 10 ** 9),  # absurd: the size ceiling
+    ("vae_temporal", "num_res_blocks", 0),
+    ("vae_temporal", "channel_multipliers", []),
+    ("vae_temporal", "channel_multipliers", [1, 0, 2, 2]),
+    ("vae_temporal", "temporal_downsample", [True]),
+    ("vae_temporal", "filters", "16"),
+    ("vae_2d.config", "norm_num_groups", 0),
+    ("vae_2d.config", "block_out_channels", [16, -32, 32, 32]),
+    ("vae_2d.config", "block_out_channels", [10 ** 8, 32, 32, 32]),
+    ("vae_2d.config", "latent_channels", 0),
+    ("vae_2d.config", "layers_per_block", -1),
+    ("vae_2d", "micro_batch_size", 0),
+    ("vae_2d", "scaling_factor", 0),
+    ("", "micro_frame_size", 0),
+    ("", "micro_frame_size", 2.5),
+    ("", "scale", [1.0, 0.0, 1.0, 1.0]),
+    ("", "shift", [0.0, 0.0]),  # one value per latent channel (4)
+])
+def test_config_json_with_bad_sizes_is_refused_before_building(tiny_pipeline, tmp_path, section, key, value):
+    """Issue 19.10: checked before anything is built, naming the key (was ZeroDivisionError/RuntimeError)."""
+    tiny_pipeline.save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(path.read_text())
+    node = config
+    for part in filter(None, section.split(".")):
+        node = node[part]
+    node[key] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"does not describe a pipeline this code can build.*{key}"):
+        VideoVAEPipeline.from_pretrained(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("name", ["./ckpts/run1", "../ckpts/run1", "~/no_such_ckpt_dir", "ckpts/run1/step_000000010",
+                                  "/abs/no/such", "ckpts/run1/"])
+def test_missing_local_path_is_not_treated_as_a_hub_id(name, tmp_path, monkeypatch):
+    """Issue 19.11: a path-looking string that does not exist says what was looked for, where,
+    instead of suggesting `huggingface-cli download`."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        VideoVAEPipeline.from_pretrained(name)
+    message = str(err.value)
+    assert "huggingface-cli" not in message and "no such local" in message
+    assert str((tmp_path / name).expanduser().resolve()) in message or str(__import__("pathlib").Path(name).expanduser()) in message
