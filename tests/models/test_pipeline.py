@@ -269,5 +269,5 @@ def test_missing_local_path_is_not_treated_as_a_hub_id(name, tmp_path, monkeypat
     with pytest.raises(CheckpointError) as err:
         VideoVAEPipeline.from_pretrained(name)
     message = str(err.value)
-    assert "huggingface-cli" not in message and "no such local" in message
+    assert "huggingface-cli" not in message and "no such local directory (looked for " in message
     assert str((tmp_path / name).expanduser().resolve()) in message or str(__import__("pathlib").Path(name).expanduser()) in message
