@@ -221,6 +221,24 @@ def _rules(kind: str) -> dict[str, Rule]:
     }
 
 
+# Keys a run cannot start without (their schema default is None, "unset"), with what to pass.
+# Not part of load_config: a config may be loaded (and checked) without them, e.g. to build a model.
+REQUIRED = {
+    "train": {"dataset.data_path": "no training data: pass --data-path (a CSV/parquet with a 'path' column)"},
+    "inference": {"dataset.data_path": "no data: pass --data-path (a CSV/parquet with a 'path' column)",
+                  "ckpt_path": "no checkpoint: pass --ckpt-path (a save_pretrained dir, a training step dir, "
+                               "or a hub id such as the released one of configs/vae/inference/video.py)"},
+}
+
+
+def check_required(cfg: Config | dict, kind: str) -> None:
+    """ConfigError naming every key of `REQUIRED[kind]` that is unset: called by a run before any work."""
+    data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
+    missing = [message for key, message in REQUIRED[kind].items() if _lookup(data, key)[1] is None]
+    if missing:
+        raise ConfigError("; ".join(missing))
+
+
 def _lookup(data: dict, dotted: str) -> tuple[bool, Any]:
     node: Any = data
     for part in dotted.split("."):

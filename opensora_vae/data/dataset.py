@@ -76,8 +76,6 @@ class VideoDataset(Dataset):
         max_retries: int,
         table: PathTable | None = None,
     ):
-        if num_frames < 1 or frame_interval < 1 or max_retries < 1:
-            raise ValueError("num_frames, frame_interval and max_retries must be >= 1")
         self.data_path = str(data_path)
         # Only the paths, in one buffer: no per-row objects to copy into each worker (table.py).
         # `table`: data_path's table loaded already (training loads it once per node).

@@ -179,3 +179,24 @@ def test_train_model_sizes_are_checked_together(option):
 
     with pytest.raises(ConfigError, match=option.split("=")[0].replace(".", r"\.")):
         load_config(TINY_STAGE1, cfg_options=[option])
+
+
+@pytest.mark.parametrize("option", ["model.temporal.filters=8", "model.spatial.from_pretrained=x/y",
+                                    "model.shift=[0.0,0.0,0.0,0.0]", "dataset.max_retries=3"])
+def test_inference_keys_that_would_do_nothing_are_refused(option, data_csv, tmp_path, capsys):
+    """The architecture and statistics come from the checkpoint and a bad sample is never replaced:
+    these keys did nothing (issue 18.3); a key that does nothing is a typo-class error."""
+    code = run_entry(INFER_ENTRY, [TINY_INFER, "--ckpt-path", tmp_path / "no_ckpt", "--data-path", data_csv,
+                                   "--save-dir", tmp_path / "rec", "--cfg-options", option])
+    err = capsys.readouterr().err
+    assert code == 2 and f"unknown key '{option.split('=')[0]}'" in err, err
+
+
+@pytest.mark.parametrize("kind,config,missing", [("train", TINY_STAGE1, ["--data-path"]),
+                                                 ("inference", TINY_INFER, ["--data-path", "--ckpt-path"])])
+def test_required_keys_are_named_together(kind, config, missing):
+    from opensora_vae.config import ConfigError, check_required, load_config
+
+    with pytest.raises(ConfigError) as err:
+        check_required(load_config(config, kind=kind), kind)
+    assert all(flag in str(err.value) for flag in missing)
