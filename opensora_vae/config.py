@@ -7,6 +7,8 @@ range (`_rules`) is an error before any work starts: a typo must never be silent
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -14,7 +16,16 @@ from typing import Any, Callable, Iterable
 from mmengine.config import Config
 from .errors import UserError
 
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vae"
+
+
+def _config_dir() -> Path:
+    """`configs/vae`: the checkout's, or the copy an installed package holds (setup.py ships it as
+    `opensora_vae/configs`), so a config loads without a checkout."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "configs" / "vae"
+
+
+CONFIG_DIR = _config_dir()  # holds _base_/ (the schema), train/ and inference/
 # The schema files: default_train.py and default_inference.py inherit model_v1_2.py (the model.* keys).
 SCHEMAS = {"train": "default_train.py", "inference": "default_inference.py", "model": "model_v1_2.py"}
 
@@ -39,9 +50,10 @@ class ConfigError(UserError, ValueError):
 def schema_path(kind: str) -> Path:
     if kind not in SCHEMAS:
         raise ValueError(f"unknown config kind '{kind}', expected one of {sorted(SCHEMAS)}")
-    path = REPO_CONFIG_DIR / "_base_" / SCHEMAS[kind]
+    path = CONFIG_DIR / "_base_" / SCHEMAS[kind]
     if not path.is_file():
-        raise FileNotFoundError(f"config schema {path} is missing (run from a checkout of the repo)")
+        raise FileNotFoundError(f"config schema {path} is missing: reinstall the package (setup.py ships "
+                                "configs/vae as opensora_vae/configs) or run from a checkout")
     return path
 
 
@@ -431,11 +443,22 @@ def _count(high: int) -> Rule:
     return rule
 
 
+@functools.lru_cache(maxsize=None)
+def _read(path: Path) -> dict:
+    return Config.fromfile(str(path)).to_dict()
+
+
 def model_defaults() -> dict:
     """The `model` section of the schema (configs/vae/_base_/model_v1_2.py): the released
     Open-Sora 1.2 pipeline. The one place its sizes, latent statistics and spatial VAE live; code
-    that needs them (a config.json lacking keys, the released checkpoint's defaults) reads them here."""
-    return Config.fromfile(str(schema_path("model"))).model.to_dict()
+    that needs them (a config.json lacking keys, the models' defaults) reads them here."""
+    return copy.deepcopy(_read(schema_path("model"))["model"])
+
+
+def released_checkpoint() -> str:
+    """Hub id of the released pipeline checkpoint: `ckpt_path` of configs/vae/inference/video.py
+    (its one place; inference/image.py inherits it)."""
+    return _read(CONFIG_DIR / "inference" / "video.py")["ckpt_path"]
 
 
 def architecture_problems(temporal: dict, spatial: dict | None, settings: dict,

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from ..config import released_checkpoint
 from ..errors import UserError
 
-RELEASED_REPO = "hpcai-tech/OpenSora-VAE-v1.2"
+RELEASED_REPO = released_checkpoint()  # its one place: configs/vae/inference/video.py (ckpt_path)
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 MODEL_SUBDIR = "model"  # <outputs>/step_XXXXXXXXX/model holds a training step's save_pretrained files
 MAX_LISTED = 5  # tensors named in an error message

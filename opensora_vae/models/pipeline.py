@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from ..config import architecture_problems, model_defaults
-from .checkpoint_io import (RELEASED_REPO, CheckpointError, load_state_dict_file, load_weights_into,
+from .checkpoint_io import (CheckpointError, load_state_dict_file, load_weights_into,
                             read_pipeline_config, resolve_checkpoint_files, write_pipeline_dir)
 from .distributions import DiagonalGaussian
 from .spatial import SpatialVAE
@@ -27,12 +27,13 @@ from .tiling import tiled_spatial_apply
 
 logger = logging.getLogger(__name__)
 
-# Per-channel latent statistics of the released model, used to normalise z for diffusion.
-SHIFT = (-0.10, 0.34, 0.27, 0.98)
-SCALE = (3.85, 2.32, 2.33, 3.06)
+# Per-channel latent statistics of the released model, used to normalise z for diffusion. Their one
+# place is configs/vae/_base_/model_v1_2.py (model.shift, model.scale); these names read it.
+SHIFT = tuple(model_defaults()["shift"])
+SCALE = tuple(model_defaults()["scale"])
 
-# config.json keys of the temporal VAE's architecture; absent ones take the TemporalVAE defaults,
-# which are the released model (the reference's VAE_Temporal_SD factory names no sizes).
+# config.json keys of the temporal VAE's architecture; absent ones take the released model's
+# (model_v1_2.py: the reference's VAE_Temporal_SD factory names no sizes).
 TEMPORAL_KEYS = ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks",
                  "channel_multipliers", "temporal_downsample", "num_groups")
 # Runtime settings a caller may override when building from a config.json.
@@ -71,9 +72,8 @@ class VideoVAEPipeline(nn.Module):
     release, `None` = whole clip), so latent length is `5*(T//17) + ceil((T%17)/4)`.
     """
 
-    def __init__(self, spatial: SpatialVAE, temporal: TemporalVAE, micro_frame_size: int | None = 17,
-                 shift: Sequence[float] = SHIFT, scale: Sequence[float] = SCALE,
-                 freeze_spatial: bool = False):
+    def __init__(self, spatial: SpatialVAE, temporal: TemporalVAE, micro_frame_size: int | None,
+                 shift: Sequence[float], scale: Sequence[float], freeze_spatial: bool = False):
         super().__init__()
         self.spatial_vae = spatial
         self.temporal_vae = temporal
@@ -268,9 +268,10 @@ class VideoVAEPipeline(nn.Module):
         write_pipeline_dir(save_dir, self.export_config(), self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path = RELEASED_REPO, **overrides) -> "VideoVAEPipeline":
+    def from_pretrained(cls, path_or_repo: str | Path, **overrides) -> "VideoVAEPipeline":
         """Loads our `save_pretrained` dirs (or a training step dir) and the released HF
-        checkpoint (dir or hub id); architecture and weights both come from the checkpoint.
+        checkpoint (dir or hub id, `config.released_checkpoint()`); architecture and weights both
+        come from the checkpoint.
 
         `overrides` replace runtime settings: micro_frame_size, micro_batch_size, shift, scale,
         freeze_spatial.
@@ -291,7 +292,7 @@ class VideoVAEPipeline(nn.Module):
     def from_config(cls, config: dict, device: str | torch.device | None = None,
                     **overrides) -> "VideoVAEPipeline":
         """Random weights (or `meta` tensors) from a config.json dict, the released one or ours
-        (`export_config`); keys it lacks take the constructors' defaults (the released model)."""
+        (`export_config`); keys it lacks take the released model's (`config.model_defaults()`)."""
         _check_overrides(overrides)
         released = model_defaults()
         spatial_cfg = config.get("vae_2d", {}) or {}
