@@ -27,6 +27,7 @@ def test_stage_recipes(stage, frames, freeze, real, zrec, ident, mix):
         assert cfg.mixed_image_ratio == 0.2
 
 
+# What configs/vae/train/tiny/sizes.py sets (plus each stage's run folder).
 SIZE_KEYS = {"model", "num_workers", "dtype", "grad_checkpoint", "ckpt_every", "preview_every", "outputs",
              "config_path"}
 
@@ -45,6 +46,12 @@ def test_tiny_stage_is_the_same_recipe(stage):
             assert tiny[key] == full[key], key
     assert tiny["model"]["freeze_spatial"] == full["model"]["freeze_spatial"]
     assert tiny["model"]["micro_frame_size"] == full["model"]["micro_frame_size"]
+    # the recipe file is the base; the sizes come from the one shared file
+    from mmengine.config import Config
+    sizes = Config.fromfile(str(TRAIN / "tiny/sizes.py")).to_dict()
+    assert set(sizes) | {"outputs", "config_path"} == SIZE_KEYS | {"dataset"}
+    assert tiny["model"]["temporal"] == {**full["model"]["temporal"], **sizes["model"]["temporal"]}
+    assert tiny["dataset"]["image_size"] == sizes["dataset"]["image_size"]
 
 
 def test_inference_configs():
