@@ -89,3 +89,46 @@ def test_typo_in_config_file_fails_clearly(tmp_path):
     assert "unknown key 'dataset.num_frame'" in str(err.value)
     with pytest.raises(ConfigError):
         load_config(tmp_path / "missing.py")
+
+
+def test_an_installed_package_loads_configs_without_a_checkout(tmp_path):
+    """setup.py ships configs/vae (the schema in _base_/, stage and inference configs) as
+    opensora_vae/configs: built as pip builds it, imported from elsewhere, configs load and are
+    checked against the schema (issue 18.5)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REPO / "setup.py", src)
+    for name in ("opensora_vae", "configs"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "site")],
+                   cwd=src, check=True, capture_output=True)
+    shutil.rmtree(src)  # no checkout left to fall back on
+    code = """
+import json, sys
+from opensora_vae import config
+cfg = config.load_config(config.CONFIG_DIR / "train/tiny/stage1.py", cfg_options=["max_steps=3"])
+mine = sys.argv[1]
+open(mine, "w").write(f'_base_ = ["{config.CONFIG_DIR}/train/stage2.py"]\\nmax_step = 3\\n')
+try:
+    config.load_config(mine)
+    refused = ""
+except config.ConfigError as err:
+    refused = str(err)
+print(json.dumps({"file": config.__file__, "dir": str(config.CONFIG_DIR), "max_steps": cfg.max_steps,
+                  "size": list(cfg.dataset.image_size), "refused": refused,
+                  "released": config.released_checkpoint()}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "mine.py")], cwd=tmp_path, env=env,
+                         check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["file"].startswith(str(tmp_path / "site")) and result["dir"] == str(tmp_path / "site/opensora_vae/configs")
+    assert result["max_steps"] == 3 and result["size"] == [64, 64]
+    assert "unknown key 'max_step' (did you mean 'max_steps'?)" in result["refused"]
+    assert result["released"] == "hpcai-tech/OpenSora-VAE-v1.2"
