@@ -335,7 +335,8 @@ class VideoVAEPipeline(nn.Module):
                 local_files_only=spatial_cfg.get("local_files_only", False), **common)
         else:
             spatial = SpatialVAE.from_config(spatial_cfg.get("config"), **common)
-        temporal = TemporalVAE(**dict(model_cfg["temporal"]))
+        # A hand-made section may name only some sizes: the others are the released model's.
+        temporal = TemporalVAE(**{**model_defaults()["temporal"], **dict(model_cfg["temporal"])})
         pipe = cls(spatial, temporal, micro_frame_size=model_cfg["micro_frame_size"],
                    shift=model_cfg["shift"], scale=model_cfg["scale"],
                    freeze_spatial=model_cfg["freeze_spatial"])
