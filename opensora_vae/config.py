@@ -392,6 +392,8 @@ def load_config(path: str | Path, kind: str = "train", cfg_options: Iterable[str
 
     `cli` maps entry-script flag names (see CLI_KEYS) to values; None values are ignored.
     """
+    if kind not in ("train", "inference"):
+        raise ValueError(f"load_config: kind must be 'train' or 'inference', got {kind!r}")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
