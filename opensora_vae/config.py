@@ -505,7 +505,7 @@ def architecture_problems(temporal: dict, spatial: dict | None, settings: dict,
             check(s_name + "block_out_channels", widths, lambda v: None if len(v) <= MAX_LEVELS else f"at most {MAX_LEVELS} levels")
             check(s_name + "norm_num_groups", spatial["norm_num_groups"], lambda g: None if all(w % g == 0 for w in widths)
                   else f"a divisor of every block's channels {widths} (GroupNorm)")
-        if s_ok and t_ok:
+        if s_ok and t_ok and "latent_channels" in spatial:
             check(t_name + "in_out_channels", temporal["in_out_channels"], lambda c: None if c == spatial["latent_channels"]
                   else f"the spatial VAE's latent_channels ({spatial['latent_channels']})")
     spatial_name = s_name.removesuffix("config.")  # micro_batch_size, scaling_factor sit beside the config
