@@ -195,12 +195,12 @@ def _rules(kind: str) -> dict[str, Rule]:
         "model.spatial.micro_batch_size": optional(at_least(1)),
         "model.spatial.scaling_factor": above(0),
     }
-    for key in ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks", "num_groups"):
-        shared[f"model.temporal.{key}"] = at_least(1)
-    shared["model.temporal.channel_multipliers"] = each(at_least(1))
     # An empty path ("$CKPT" of an unset variable) is a mistake, never "none": None is the unset value.
     for key in ("dataset.data_path", "ckpt_path", "model.from_pretrained", "model.spatial.from_pretrained"):
         shared[key] = optional(_non_empty_path)
+    for key in ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks", "num_groups"):
+        shared[f"model.temporal.{key}"] = at_least(1)
+    shared["model.temporal.channel_multipliers"] = each(at_least(1))
     if kind == "inference":
         return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
     from .training.mixing import MIXED_STRATEGIES
