@@ -35,10 +35,11 @@ def _peak_mb() -> float:
 def run_train_step(checkpointing: bool, filters: int, frames: int, size: int, repeats: int) -> dict:
     import torch
 
+    from opensora_vae.config import model_defaults
     from opensora_vae.models import TemporalVAE
 
     torch.manual_seed(0)
-    model = TemporalVAE(filters=filters).train()
+    model = TemporalVAE(**{**model_defaults()["temporal"], "filters": filters}).train()
     model.set_gradient_checkpointing(checkpointing)
     x = torch.randn(1, 4, frames, size, size)
 
@@ -111,6 +112,7 @@ def run_step_option(net: str, option: str, repeats: int, out_file: str, filters:
     parameters; option "eager" = foreach, "fused" = fused)."""
     import torch
 
+    from opensora_vae.config import model_defaults
     from opensora_vae.losses import build_perceptual
     from opensora_vae.models import TemporalVAE
 
@@ -124,7 +126,8 @@ def run_step_option(net: str, option: str, repeats: int, out_file: str, filters:
         def loss_fn():
             return model(*inputs).sum()
     else:
-        model = TemporalVAE(filters=filters, num_res_blocks=res_blocks, num_groups=8).train()
+        model = TemporalVAE(**{**model_defaults()["temporal"], "filters": filters, "num_res_blocks": res_blocks,
+                               "num_groups": 8}).train()
         x = torch.randn(1, 4, frames, size, size)
         inputs, grads_of = (x,), list(model.parameters())
 

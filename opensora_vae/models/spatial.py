@@ -10,12 +10,15 @@ import torch.nn as nn
 from diffusers import AutoencoderKL
 
 from .checkpoint_io import RELEASED_REPO
+from ..config import model_defaults
 from ..errors import MissingWeightsError
 
-# The released Open-Sora 1.2 weights were trained with SD's 0.18215, not the SDXL config's 0.13025.
-SCALING_FACTOR = 0.18215
+# The released model's spatial VAE settings; their one place is configs/vae/_base_/model_v1_2.py
+# (model.spatial): SD's scaling factor 0.18215, not the SDXL config's 0.13025, and the hub id.
+_RELEASED = model_defaults()["spatial"]
+SCALING_FACTOR = _RELEASED["scaling_factor"]
+DEFAULT_SPATIAL_REPO = _RELEASED["from_pretrained"]
 SDXL_VAE_CONFIG_PATH = Path(__file__).with_name("configs") / "sdxl_vae.json"
-DEFAULT_SPATIAL_REPO = "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"
 
 
 def sdxl_vae_config() -> dict:
@@ -29,7 +32,7 @@ class SpatialVAE(nn.Module):
     Frames are processed `micro_batch_size` at a time so peak memory does not grow with T.
     """
 
-    def __init__(self, module: AutoencoderKL, micro_batch_size: int | None = 4,
+    def __init__(self, module: AutoencoderKL, micro_batch_size: int | None = _RELEASED["micro_batch_size"],
                  scaling_factor: float = SCALING_FACTOR):
         super().__init__()
         self.module = module
@@ -46,7 +49,8 @@ class SpatialVAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, repo_or_path: str, subfolder: str | None = None,
-                        micro_batch_size: int | None = 4, scaling_factor: float = SCALING_FACTOR,
+                        micro_batch_size: int | None = _RELEASED["micro_batch_size"],
+                        scaling_factor: float = SCALING_FACTOR,
                         local_files_only: bool = False, cache_dir: str | None = None) -> "SpatialVAE":
         """A diffusers AutoencoderKL from a hub id or local dir, e.g. the released spatial VAE:
         `SpatialVAE.from_pretrained(DEFAULT_SPATIAL_REPO, subfolder="vae")`."""

@@ -175,12 +175,12 @@ class Decoder(_CheckpointedStack):
 
 
 class TemporalVAE(nn.Module):
-    """Causal temporal VAE; default arguments are the released Open-Sora 1.2 model (309.7 M)."""
+    """Causal temporal VAE. Every size is an argument: the released Open-Sora 1.2 model's (309.7 M)
+    are `config.model_defaults()["temporal"]` (configs/vae/_base_/model_v1_2.py)."""
 
-    def __init__(self, in_out_channels: int = 4, latent_embed_dim: int = 4, embed_dim: int = 4,
-                 filters: int = 128, num_res_blocks: int = 4,
-                 channel_multipliers: Sequence[int] = (1, 2, 2, 4),
-                 temporal_downsample: Sequence[bool] = (False, True, True), num_groups: int = 32):
+    def __init__(self, *, in_out_channels: int, latent_embed_dim: int, embed_dim: int, filters: int,
+                 num_res_blocks: int, channel_multipliers: Sequence[int], temporal_downsample: Sequence[bool],
+                 num_groups: int):
         super().__init__()
         if len(temporal_downsample) != len(channel_multipliers) - 1:
             raise ValueError("temporal_downsample needs one entry per level transition "

@@ -23,6 +23,8 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from ..cli import add_log_file
+
+from ..config import check_required
 from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader, load_table_once_per_node
 from ..distributed import DistEnv, all_gather_objects, all_reduce_sum, init_distributed
 from ..errors import UserError, check_folder_location
@@ -99,8 +101,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg, env = self.cfg, self.env
-        if cfg.dataset.data_path is None:
-            raise UserError("no training data: pass --data-path (a CSV/parquet with a 'path' column)")
+        check_required(cfg, "train")
         if cfg.wandb:
             check_wandb_available()
         check_folder_location(self.outputs, "--outputs")

@@ -150,3 +150,27 @@ def test_diffusers_planted_bin_runs_nothing(tmp_path):
     with pytest.raises(MissingWeightsError):
         SpatialVAE.from_pretrained(str(folder), local_files_only=True)
     assert not marker.exists()
+
+
+def test_weights_folder_variable_and_default(tmp_path, monkeypatch, caplog):
+    """One folder for every converted weight, named for what it holds (issue 18.8):
+    $OPENSORA_VAE_WEIGHTS_DIR, default ~/.cache/opensora_vae/weights; the old
+    $OPENSORA_VAE_LPIPS_DIR still works (with a deprecation warning), and an existing install in the
+    old default folder (~/.cache/opensora_vae/lpips_backbones) is still found."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OPENSORA_VAE_WEIGHTS_DIR", raising=False)
+    monkeypatch.delenv("OPENSORA_VAE_LPIPS_DIR", raising=False)
+    cache = tmp_path / "home" / ".cache" / "opensora_vae"
+    assert weights.WEIGHTS_DIR_ENV == "OPENSORA_VAE_WEIGHTS_DIR"
+    assert weights.weights_dir() == cache / "weights"  # a fresh machine
+    (cache / "lpips_backbones").mkdir(parents=True)
+    assert weights.weights_dir() == cache / "lpips_backbones"  # an earlier install is kept in use
+    (cache / "weights").mkdir()
+    assert weights.weights_dir() == cache / "weights"
+    monkeypatch.setenv("OPENSORA_VAE_LPIPS_DIR", str(tmp_path / "old_var"))
+    weights._warn_deprecated_variable.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert weights.weights_dir() == tmp_path / "old_var"
+    assert "OPENSORA_VAE_WEIGHTS_DIR" in caplog.text  # the deprecation note names the new variable
+    monkeypatch.setenv("OPENSORA_VAE_WEIGHTS_DIR", str(tmp_path / "new_var"))
+    assert weights.weights_dir() == tmp_path / "new_var"

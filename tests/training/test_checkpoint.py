@@ -202,8 +202,6 @@ def test_mixed_video_random_draws_prefix_lengths_uniformly():
     assert set(counts) == set(range(1, 34))
     assert max(counts.values()) < 2 * min(counts.values())  # ~200 each
     assert mixed_num_frames(None, 0.5, 17, seed=1, step=5) == 17
-    with pytest.raises(ValueError, match="unknown mixed_strategy"):
-        mixed_num_frames("mixed_video_typo", 0.5, 17, seed=1, step=5)
 
 
 def test_mixed_draw_is_stable_across_processes():

@@ -1,14 +1,22 @@
 # Every inference setting and its default. A key not defined here is rejected as a typo.
 _base_ = ["./model_v1_2.py"]
 
+# Architecture, weights and latent statistics come from the checkpoint (ckpt_path): of the model
+# section only the chunk sizes apply here (defaults: the released model's, from model_v1_2.py).
+# Any other model.* key would do nothing, so it is refused as unknown.
+model = dict(
+    _delete_=True,
+    micro_frame_size=_base_.model.micro_frame_size,  # frames per temporal VAE chunk; None = whole clip
+    spatial=dict(micro_batch_size=_base_.model.spatial.micro_batch_size),  # frames per spatial VAE call
+)
+
 dataset = dict(
     data_path=None,
     num_frames=17,
     frame_interval=1,
     image_size=(256, 256),
     transform_name="center",
-    max_retries=20,
-)
+)  # an unreadable sample is skipped and reported, never replaced: no max_retries here
 num_workers = 2
 ckpt_path = None  # pipeline checkpoint: ours (save_pretrained / training step dir) or the released one
 save_dir = "samples/vae_video"  # writes <save_dir>_ori, _rec, _spatial (NNN.mp4 / NNN.png) and _metrics.json

@@ -25,7 +25,7 @@ use_image_identity_loss = True  # on 1-frame steps: L1 between x_z and the tempo
 perceptual_loss_weight = 0.1  # LPIPS(VGG), added to every pixel's L1
 kl_loss_weight = 1e-6
 perceptual_backbone_path = None  # VGG16 ImageNet weights file; default: torchvision cache, then
-# the converted file of tools/install_lpips_backbones.py
+# the converted file of tools/install_weights.py
 perceptual_random_backbone = False  # tests only: a random VGG when no weights are installed
 detach_z_target = True  # reference did not detach x_z: a trainable spatial encoder can collapse
 

@@ -1,30 +1,8 @@
-# Tiny stage 1 for CPU tests and the quickstart demo: same recipe as ../stage1.py, small sizes.
-# tests/test_configs.py checks that tiny stage N differs from stage N only in the sizes below.
+# Tiny stage 1: exactly the ../stage1.py recipe, with the tiny sizes of ./sizes.py (the same for
+# every tiny stage; tests/test_configs.py checks that nothing else differs).
 _base_ = ["../stage1.py"]
 
-dataset = dict(image_size=(64, 64))
-model = dict(
-    spatial=dict(
-        from_pretrained=None,
-        config=dict(
-            _delete_=True,  # the base value is None: replace, do not merge
-            _class_name="AutoencoderKL",
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4,
-            block_out_channels=[16, 32, 32, 32],
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=64,
-        ),
-    ),
-    temporal=dict(filters=16, num_res_blocks=1, num_groups=8),
-)
-num_workers = 0
-dtype = "fp32"
-grad_checkpoint = False
-ckpt_every = 50
-preview_every = 0
+# mmengine's Python configs run as code: ./sizes.py's assignments apply here, over the base.
+with open("{{ fileDirname }}/sizes.py", encoding="utf-8") as __sizes:
+    exec(__sizes.read())
 outputs = "outputs/tiny_stage1"

@@ -1,6 +1,8 @@
-# Tiny stage 2: the ../stage2.py recipe on the tiny model of ./stage1.py.
-_base_ = ["./stage1.py"]
+# Tiny stage 2: exactly the ../stage2.py recipe, with the tiny sizes of ./sizes.py (the same for
+# every tiny stage; tests/test_configs.py checks that nothing else differs).
+_base_ = ["../stage2.py"]
 
-model = dict(freeze_spatial=False)
-use_image_identity_loss = False
+# mmengine's Python configs run as code: ./sizes.py's assignments apply here, over the base.
+with open("{{ fileDirname }}/sizes.py", encoding="utf-8") as __sizes:
+    exec(__sizes.read())
 outputs = "outputs/tiny_stage2"

@@ -1,10 +1,8 @@
-# Tiny stage 3: the ../stage3.py recipe on the tiny model of ./stage1.py.
-_base_ = ["./stage1.py"]
+# Tiny stage 3: exactly the ../stage3.py recipe, with the tiny sizes of ./sizes.py (the same for
+# every tiny stage; tests/test_configs.py checks that nothing else differs).
+_base_ = ["../stage3.py"]
 
-dataset = dict(num_frames=33)
-model = dict(freeze_spatial=False)
-mixed_strategy = "mixed_video_random"
-use_real_rec_loss = True
-use_z_rec_loss = False
-use_image_identity_loss = False
+# mmengine's Python configs run as code: ./sizes.py's assignments apply here, over the base.
+with open("{{ fileDirname }}/sizes.py", encoding="utf-8") as __sizes:
+    exec(__sizes.read())
 outputs = "outputs/tiny_stage3"
