@@ -22,7 +22,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..data import build_dataloader
-from ..distributed import DistEnv, all_gather_objects, barrier, broadcast_object, destroy, init_distributed
+from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed, rank0_decides
 from ..errors import UserError, check_folder_location
 from ..inference.dataset import collate_items
 from ..models import VideoVAEPipeline
@@ -37,20 +37,6 @@ from .storage import (INDEX_NAME, LATENT_DTYPES, MANIFEST_NAME, SHARD_DIR, STATU
                       write_json, write_shard)
 
 logger = logging.getLogger(__name__)
-
-
-def _shared(info: DistEnv, work) -> Any:
-    """`work()` on rank 0, its result (or its user error) on every rank: no rank waits forever."""
-    result, problem = None, None
-    if info.is_main:
-        try:
-            result = work()
-        except UserError as err:
-            problem = err.one_line()
-    result, problem = broadcast_object((result, problem))
-    if problem:
-        raise ExportError(problem)
-    return result
 
 
 def _prepare_folder(folder: Path, stamp: dict, ckpt_path: str, data_path: str) -> None:
@@ -96,7 +82,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
                         frame_interval=ds_cfg.frame_interval, image_size=tuple(ds_cfg.image_size),
                         transform_name=ds_cfg.transform_name, seed=cfg.seed)
     num_rows = len(clips) if cfg.num_samples is None else min(cfg.num_samples, len(clips))
-    hashes = _shared(info, lambda: (sha256_file(weights_path), sha256_file(ds_cfg.data_path)))
+    hashes = rank0_decides(lambda: (sha256_file(weights_path), sha256_file(ds_cfg.data_path)))
     pipe = VideoVAEPipeline.from_pretrained(config_path.parent, micro_frame_size=cfg.model.micro_frame_size,
                                             micro_batch_size=cfg.model.spatial.micro_batch_size)
     pipe = pipe.to(info.device).eval()
@@ -112,7 +98,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
         compute={"dtype": cfg.dtype, "tiling": bool(cfg.tiling), "batch_size": cfg.batch_size},
         storage={"latent_dtype": ex.latent_dtype, "shard_size": ex.shard_size, "qa_every": ex.qa_every},
         data_sha256=hashes[1], num_rows=num_rows)
-    _shared(info, lambda: _prepare_folder(folder, stamp, str(cfg.ckpt_path), str(ds_cfg.data_path)))
+    rank0_decides(lambda: _prepare_folder(folder, stamp, str(cfg.ckpt_path), str(ds_cfg.data_path)))
 
     num_shards = math.ceil(num_rows / ex.shard_size)
     shard_dir = folder / SHARD_DIR
@@ -140,7 +126,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     channels = pipe.shift.numel()
     local = ChannelMoments.merged([ChannelMoments.from_dict(m["moments"]) for m in mine], channels)
     gathered = all_gather_objects(local.to_dict())
-    manifest = _shared(info, lambda: _finish(folder, stamp, num_shards, gathered, channels, cfg, start, verbose))
+    manifest = rank0_decides(lambda: _finish(folder, stamp, num_shards, gathered, channels, cfg, start, verbose))
     barrier()
     return manifest
 
