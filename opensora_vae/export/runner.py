@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..data import build_dataloader
 from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed, rank0_decides
-from ..errors import UserError, check_folder_location
+from ..errors import check_folder_location
 from ..inference.dataset import collate_items
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import read_pipeline_config, resolve_checkpoint_files
