@@ -1,9 +1,9 @@
 """CSV/parquet-driven dataset of videos and images, and its DataLoader.
 
 Design choices (differences from the Open-Sora 1.2 reference are deliberate):
-- Videos shorter than ``num_frames * frame_interval`` are skipped with the reason
-  "too short (N < M)". The reference padded them by repeating frames, which teaches the
-  temporal VAE that motion stops; a 1-frame video is treated as an image.
+- Clips are read by `clips.ClipReader` with a `RandomWindow`: videos shorter than
+  ``num_frames * frame_interval`` are skipped with the reason "too short (N < M)" (the reference
+  padded them by repeating frames); a 1-frame video is treated as an image.
 - Images are read as one frame and tiled to ``num_frames`` (static clips, as in the
   reference), so they batch with videos; the training loop decides how frames are used.
 - An unreadable sample is never fatal: it is recorded in the item's ``skipped`` list (which the
@@ -25,16 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .clips import READ_ERRORS, ClipReader, RandomWindow, skip_reason
 from .table import PathTable, load_table
-from .transforms import VideoTransform, frames_to_clip, temporal_indices
-from .video_io import MediaReadError, VideoFile, is_image, read_image
+from .transforms import VideoTransform
 from ..errors import UserError
 
 logger = logging.getLogger(__name__)
-
-
-class SampleSkipped(Exception):
-    """A readable sample that cannot be used (e.g. a video shorter than the clip)."""
 
 
 class UnreadableSamplesError(UserError, RuntimeError):
@@ -85,6 +81,7 @@ class VideoDataset(Dataset):
         self.num_frames = num_frames
         self.frame_interval = frame_interval
         self.transform = VideoTransform(transform_name, image_size)
+        self.reader = ClipReader(self.transform, RandomWindow(num_frames, frame_interval))
         self.seed = seed
         self.max_retries = max_retries
         # Shared memory so that set_epoch reaches DataLoader workers, persistent ones included.
@@ -114,24 +111,8 @@ class VideoDataset(Dataset):
         return np.random.default_rng([self.seed, epoch, index])
 
     def load(self, index: int, epoch: int | None = None) -> tuple[torch.Tensor, bool]:
-        """(clip (3, T, H, W), is_image) of one sample; raises MediaReadError / SampleSkipped."""
-        path = self.paths[index]
-        if is_image(path):
-            return self._static_clip(read_image(path)), True
-        video = VideoFile(path)
-        total = video.num_frames
-        if total == 1:
-            return self._static_clip(video.read([0])[0]), True
-        window = self.num_frames * self.frame_interval
-        if total < window:
-            raise SampleSkipped(f"too short ({total} < {window})")
-        indices = temporal_indices(total, self.num_frames, self.frame_interval, self.rng(index, epoch))
-        return self.transform.from_video(video, indices), False
-
-    def _static_clip(self, frame: np.ndarray) -> torch.Tensor:
-        # Transform the single frame, then repeat it: same pixels as transforming T copies.
-        clip = self.transform(frames_to_clip(frame[None]))
-        return clip.expand(-1, self.num_frames, -1, -1).contiguous()
+        """(clip (3, T, H, W), is_image) of one sample; raises one of `clips.READ_ERRORS`."""
+        return self.reader.read(self.paths[index], self.rng(index, epoch))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: list[tuple[str, str]] = []
@@ -140,8 +121,8 @@ class VideoDataset(Dataset):
             i = (int(index) + attempt) % n
             try:
                 video, image = self.load(i)
-            except (MediaReadError, SampleSkipped, OSError) as exc:
-                reason = exc.reason if isinstance(exc, MediaReadError) else str(exc)
+            except READ_ERRORS as exc:
+                reason = skip_reason(exc)
                 skipped.append((self.paths[i], reason))
                 # The caller reports skips (the trainer once per file, with its rank): debug here.
                 logger.debug("skipping sample %d %s: %s", i, self.paths[i], reason)
