@@ -11,14 +11,20 @@ Both windows skip a video that does not hold the whole window ("too short ..."):
 padded such videos by repeating frames, which teaches the temporal VAE that motion stops. A
 1-frame video is read as an image.
 
-    reader = ClipReader(VideoTransform("center", (256, 256)), ProtocolWindow(17, 1))
+    reader = ClipReader(VideoTransform("center", (256, 256)), ProtocolWindow(17, 1), read_timeout_s=600)
     clip = reader.read(path)             # Clip(video, is_image); raises the errors in READ_ERRORS
     clip, reason = reader.try_read(path) # (None, "too short (...)") instead of raising
+
+A read that does not finish within ``read_timeout_s`` (config ``dataset.read_timeout_s``: a hung
+network mount, a device that never answers) raises `ReadTimeoutError` naming the file, in the main
+process and in DataLoader workers alike. That error is not a skip: the run stops, since the reader
+thread it leaves behind cannot be cancelled and the storage is the likely fault, not the file.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, Sequence
 
@@ -27,7 +33,32 @@ import torch
 
 from .transforms import VideoTransform, frames_to_clip, temporal_indices
 from .video_io import MediaReadError, VideoFile, is_image, read_image
+from ..errors import UserError
 from ..metrics.protocol import frame_indices
+
+
+class SampleReadError(UserError, RuntimeError):
+    """A problem with the samples one process read that stops the run (`reason` says which).
+
+    When it is raised in a DataLoader worker, torch raises it again in the main process with the
+    worker's traceback in the message; `reason` is the original message either way.
+    """
+
+    same_on_all_ranks = False  # about the samples this rank read
+
+    def one_line(self) -> str:
+        return self.reason
+
+    @property
+    def reason(self) -> str:
+        text = str(self)
+        if "Original Traceback" not in text:
+            return text
+        return text.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+
+
+class ReadTimeoutError(SampleReadError):
+    """A sample read that did not finish within ``dataset.read_timeout_s``."""
 
 
 class SampleSkipped(Exception):
@@ -107,15 +138,44 @@ class Clip(NamedTuple):
 
 
 class ClipReader:
-    """Reads one sample's clip: `transform` (spatial size and crop) on the frames `window` picks."""
+    """Reads one sample's clip: `transform` (spatial size and crop) on the frames `window` picks,
+    within ``read_timeout_s`` seconds (None: no limit)."""
 
-    def __init__(self, transform: VideoTransform, window: Window):
+    def __init__(self, transform: VideoTransform, window: Window, read_timeout_s: float | None = None):
         self.transform = transform
         self.window = window
+        self.read_timeout_s = read_timeout_s
 
     def read(self, path: str | os.PathLike, rng: np.random.Generator | None = None) -> Clip:
-        """The clip of ``path``; raises one of READ_ERRORS for a sample that cannot be used."""
+        """The clip of ``path``; raises one of READ_ERRORS for a sample that cannot be used, and
+        ReadTimeoutError when the read does not finish in time."""
         path = str(path)
+        if self.read_timeout_s is None:
+            return self._read(path, rng)
+        # The read runs in a daemon thread this one waits for: a read blocked in C (FFmpeg, the
+        # kernel) cannot be interrupted, but the run no longer waits for it. A signal alarm would
+        # work only in the main thread and not while FFmpeg retries an interrupted read.
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["clip"] = self._read(path, rng)
+            except BaseException as exc:  # handed to the waiting thread, raised there
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name="clip-read", daemon=True)
+        thread.start()
+        thread.join(self.read_timeout_s)
+        if thread.is_alive():
+            raise ReadTimeoutError(
+                f"reading {path} did not finish within {self.read_timeout_s:g} s (dataset.read_timeout_s): "
+                f"check the storage it is on, remove the row, or raise the limit with --cfg-options "
+                f"dataset.read_timeout_s=<seconds>")
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        return outcome["clip"]  # type: ignore[return-value]
+
+    def _read(self, path: str, rng: np.random.Generator | None) -> Clip:
         if is_image(path):
             return Clip(self._static_clip(read_image(path)), True)
         with VideoFile(path) as video:

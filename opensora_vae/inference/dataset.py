@@ -32,11 +32,11 @@ class InferenceDataset(Dataset):
     "error": None or the reason the row was skipped}`; T is 1 for images."""
 
     def __init__(self, data_path: str | os.PathLike, *, num_frames: int, frame_interval: int,
-                 image_size: int | tuple[int, int], transform_name: str):
+                 image_size: int | tuple[int, int], transform_name: str, read_timeout_s: float | None):
         self.data_path = str(data_path)
         self.paths = load_table(self.data_path)
         self.reader = ClipReader(VideoTransform(transform_name, image_size),
-                                 ProtocolWindow(num_frames, frame_interval))
+                                 ProtocolWindow(num_frames, frame_interval), read_timeout_s)
 
     def __len__(self) -> int:
         return len(self.paths)

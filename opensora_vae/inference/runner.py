@@ -128,7 +128,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     try:
         dataset = InferenceDataset(ds_cfg.data_path, num_frames=ds_cfg.num_frames,
                                    frame_interval=ds_cfg.frame_interval, image_size=tuple(ds_cfg.image_size),
-                                   transform_name=ds_cfg.transform_name)
+                                   transform_name=ds_cfg.transform_name, read_timeout_s=ds_cfg.read_timeout_s)
     except ValueError as err:
         raise InferenceError(str(err)) from err
     rows = list(range(len(dataset) if cfg.num_samples is None else min(cfg.num_samples, len(dataset))))

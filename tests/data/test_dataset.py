@@ -321,7 +321,8 @@ def test_training_and_inference_read_clips_through_one_reader(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "img.png")
     csv = write_csv(tmp_path / "d.csv", [CLIP_17, "img.png"])
     train = make_dataset(csv, num_frames=17, image_size=16, max_retries=RETRIES)
-    infer = InferenceDataset(csv, num_frames=17, frame_interval=1, image_size=(16, 16), transform_name="center")
+    infer = InferenceDataset(csv, num_frames=17, frame_interval=1, image_size=(16, 16), transform_name="center",
+                             read_timeout_s=None)
     assert not isinstance(infer, VideoDataset)
     assert isinstance(train.reader, ClipReader) and isinstance(infer.reader, ClipReader)
     assert isinstance(train.reader.window, RandomWindow) and isinstance(infer.reader.window, ProtocolWindow)

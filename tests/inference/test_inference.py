@@ -205,10 +205,10 @@ def test_uint8_rounding_and_latent_stats_units():
 def test_dataset_frame_interval_starts_at_zero_and_skips_short(tmp_path):
     csv = tmp_path / "d.csv"
     csv.write_text(f"path\n{CLIP_100}\n{CLIP_17}\n")
-    ds = InferenceDataset(csv, num_frames=9, frame_interval=2, image_size=SIZE, transform_name="center")
+    ds = InferenceDataset(csv, num_frames=9, frame_interval=2, image_size=SIZE, transform_name="center", read_timeout_s=None)
     torch.testing.assert_close(ds[0]["video"], expected_clip(CLIP_100, range(0, 17, 2)), rtol=0, atol=0)
     assert ds[1]["video"].shape[1] == 9 and ds[1]["error"] is None  # 17 frames: 0..16 step 2 fit exactly
-    short = InferenceDataset(csv, num_frames=9, frame_interval=3, image_size=SIZE, transform_name="center")[1]
+    short = InferenceDataset(csv, num_frames=9, frame_interval=3, image_size=SIZE, transform_name="center", read_timeout_s=None)[1]
     assert short["video"] is None and "too short" in short["error"]
 
 

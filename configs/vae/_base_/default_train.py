@@ -61,3 +61,8 @@ ckpt_every = 1000  # 0: only the final checkpoint
 keep_last_ckpts = 3
 preview_every = 500  # TensorBoard input|recon image every N steps (0 = never)
 wandb = False
+
+# Read timeout: a sample read (open + decode) that does not finish within this many seconds stops
+# the run with an error naming the file (a hung network mount, a device that never answers), with
+# or without DataLoader workers. Legitimate reads of long or 4K clips take seconds, not minutes.
+dataset.update(read_timeout_s=600.0)
