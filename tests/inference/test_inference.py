@@ -266,3 +266,39 @@ def test_sampled_latents_are_seeded(workspace, tmp_path):
         recs[name] = read_frames(tmp_path / f"{name}_rec" / "000.png")
     np.testing.assert_array_equal(recs["a"], recs["b"])
     assert not np.array_equal(recs["a"], recs["mode"]) and not np.array_equal(recs["a"], recs["other_seed"])
+
+
+def _metric_inputs_bytes(num_frames: int, monkeypatch) -> tuple[int, dict, tuple]:
+    """The largest float tensor `frame_metrics` hands to PSNR/SSIM (what the metric step holds
+    besides the uint8 frames) on a (num_frames, 64, 64, 3) pair; its values; the pair."""
+    from opensora_vae.inference import report
+
+    largest = [0]
+
+    def watched(metric):
+        def call(a, b):
+            largest[0] = max(largest[0], a.numel() * a.element_size() + b.numel() * b.element_size())
+            return metric(a, b)
+        return call
+
+    monkeypatch.setattr(report, "psnr", watched(report.psnr))
+    monkeypatch.setattr(report, "ssim", watched(report.ssim))
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (num_frames, SIZE, SIZE, 3), dtype=np.uint8)
+    fake = np.clip(real.astype(int) + rng.integers(-9, 10, real.shape), 0, 255).astype(np.uint8)
+    values = report.frame_metrics(real, fake)
+    monkeypatch.undo()
+    return largest[0], values, (real, fake)
+
+
+def test_per_frame_metrics_stream_over_frames_flat_in_clip_length(monkeypatch):
+    """Issue: the whole clip was held in float64 (+0.6 MB per 64x64 frame); frame by frame the
+    memory of the metric step does not grow with the clip (benchmarks/bench_inference_memory.py
+    measures the process), and the values are those of the whole-clip computation, bit for bit."""
+    from opensora_vae.metrics import psnr, ssim
+
+    short, _, _ = _metric_inputs_bytes(4, monkeypatch)
+    long, values, (real, fake) = _metric_inputs_bytes(64, monkeypatch)
+    assert long == short == 2 * SIZE * SIZE * 3 * 8  # one float64 frame of each side
+    a, b = (torch.from_numpy(x).permute(0, 3, 1, 2).to(torch.float64) / 255.0 for x in (real, fake))
+    assert values == {"psnr": psnr(a, b).tolist(), "ssim": ssim(a, b).tolist()}
