@@ -1,9 +1,15 @@
 """Output layout: `<save_dir>_ori/`, `_rec/`, `_spatial/` (and `_grid/`) with `NNN.mp4`/`NNN.png`,
 plus `<save_dir>_metrics.json` beside them (outside the dirs, so the eval's by-name pairing of
-`_ori` and `_rec` sees media files only)."""
+`_ori` and `_rec` sees media files only).
+
+An output set is either complete and described by its report, or visibly incomplete: before the
+first sample is written, an earlier report is removed and each dir gets the marker
+`metrics.protocol.INCOMPLETE_MARKER` (the eval refuses such a dir); the new report is written
+whole (write-then-rename) and only then are the markers removed."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +19,8 @@ import torch
 
 from ..data.video_io import write_image, write_video
 from ..errors import OutputExistsError
+from ..metrics.evaluate import write_results
+from ..metrics.protocol import INCOMPLETE_MARKER
 
 SAMPLE_FILE = re.compile(r"^\d+\.(mp4|png)$")
 
@@ -47,19 +55,37 @@ class OutputLayout:
     def dirs(self) -> list[Path]:
         return [d for d in (self.ori, self.rec, self.spatial, self.grid) if d is not None]
 
-    def prepare(self, overwrite: bool) -> None:
-        """Create the dirs. Earlier samples there would be paired with this run's by the eval,
-        so they are an error, or with `overwrite` removed (only `NNN.mp4`/`NNN.png` files)."""
-        stale = [p for d in self.dirs if d.is_dir() for p in sorted(d.iterdir()) if SAMPLE_FILE.match(p.name)]
+    @property
+    def _all_dirs(self) -> list[Path]:
+        """Every dir of this save_dir, `_grid` too when this run writes none: an earlier run's
+        grids would otherwise stay beside this run's samples."""
+        grid = self.grid if self.grid is not None else self.ori.with_name(self.ori.name[: -len("_ori")] + "_grid")
+        return [self.ori, self.rec, self.spatial, grid]
+
+    def prepare(self, overwrite: bool, planned_samples: int) -> None:
+        """Before the first sample: samples of an earlier run in the dirs are an error (the eval
+        would pair them with this run's), or with `overwrite` removed (only `NNN.mp4`/`NNN.png`
+        files). An earlier report is removed and every dir is marked incomplete until `finish`."""
+        stale = [p for d in self._all_dirs if d.is_dir() for p in sorted(d.iterdir()) if SAMPLE_FILE.match(p.name)]
         if stale and not overwrite:
+            samples = len({p.stem for p in stale})
             raise OutputExistsError(
-                f"{len(stale)} samples of an earlier run are in the output dirs (e.g. {stale[0]}); the eval "
+                f"{samples} samples of an earlier run are in the output dirs (e.g. {stale[0]}); the eval "
                 "would mix them with this run's. Choose another --save-dir or set "
                 "--cfg-options overwrite=True to delete them first.")
-        for path in stale:
-            path.unlink()
         for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
+            (d / INCOMPLETE_MARKER).write_text(json.dumps({"planned_samples": planned_samples,
+                                                           "report": str(self.metrics_json)}) + "\n")
+        self.metrics_json.unlink(missing_ok=True)
+        for path in stale:
+            path.unlink()
+
+    def finish(self, report: dict) -> None:
+        """The report, written whole or not at all; then the set is marked complete."""
+        write_results(self.metrics_json, json.loads(json.dumps(report, default=str)))
+        for d in self.dirs:
+            (d / INCOMPLETE_MARKER).unlink(missing_ok=True)
 
     def write(self, name: str, ori: np.ndarray, spatial: np.ndarray, rec: np.ndarray, fps: float,
               lossless: bool) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
@@ -136,7 +135,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     problem = None
     if info.is_main:
         try:
-            layout.prepare(overwrite=cfg.overwrite)
+            layout.prepare(overwrite=cfg.overwrite, planned_samples=len(rows))
         except FileExistsError as err:
             problem = str(err)
     problem = all_gather_objects(problem)[0]  # every rank raises, none waits for rank 0 forever
@@ -181,9 +180,8 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
         logger.warning("%d of %d samples have non-finite reconstructions (listed as nonfinite_samples in "
                        "%s): the checkpoint is broken or the inputs overflow it", report["num_nonfinite"],
                        len(records), layout.metrics_json)
-    if info.is_main:
-        layout.metrics_json.parent.mkdir(parents=True, exist_ok=True)
-        layout.metrics_json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    if info.is_main:  # every rank's samples are written: the records were gathered above
+        layout.finish(report)
         if verbose:
             print(format_summary(report))
     barrier()
