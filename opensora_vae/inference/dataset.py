@@ -22,11 +22,6 @@ from ..data.table import load_table
 from ..data.transforms import VideoTransform
 
 
-def sample_name(index: int, num_rows: int) -> str:
-    """Zero-padded row index, e.g. `007`: the same name in every output dir, so eval pairs by it."""
-    return f"{index:0{max(3, len(str(num_rows - 1)))}d}"
-
-
 class InferenceDataset(Dataset):
     """Items: `{"index", "path", "video": (3, T, H, W) in [-1, 1] or None, "is_image",
     "error": None or the reason the row was skipped}`; T is 1 for images."""

@@ -10,7 +10,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from tests.helpers import CLIP_17, CLIP_100, REPO, build_tiny_pipeline
-from opensora_vae.config import load_config
+from opensora_vae.config import ConfigError, load_config
 from opensora_vae.data.transforms import center_crop_resize, frames_to_clip
 from opensora_vae.data.video_io import read_image, read_video_frames, video_info
 from opensora_vae.inference import (InferenceDataset, InferenceError, LatentStats, run_inference, sample_name,
@@ -302,3 +302,54 @@ def test_per_frame_metrics_stream_over_frames_flat_in_clip_length(monkeypatch):
     assert long == short == 2 * SIZE * SIZE * 3 * 8  # one float64 frame of each side
     a, b = (torch.from_numpy(x).permute(0, 3, 1, 2).to(torch.float64) / 255.0 for x in (real, fake))
     assert values == {"psnr": psnr(a, b).tolist(), "ssim": ssim(a, b).tolist()}
+
+
+def test_metrics_json_uses_the_eval_schema(run):
+    """`<save_dir>_metrics.json` holds, for `_rec` vs `_ori`, the eval's keys with the eval's
+    meaning (and the same for `_spatial` under "spatial"); the inference keys stay."""
+    from opensora_vae.metrics.evaluate import evaluate_dirs
+    from opensora_vae.metrics.settings import EvalSettings
+
+    root, report = run
+    saved = json.loads((root / "out" / "s_metrics.json").read_text())
+    settings = EvalSettings(metrics=("ssim", "psnr"), num_frames=17, resolution=None, device="cpu")
+    for kind in ("rec", "spatial"):
+        block = saved if kind == "rec" else saved["spatial"]
+        evaluated = evaluate_dirs(root / "out" / "s_ori", root / "out" / f"s_{kind}", settings, progress=False)
+        assert set(evaluated) <= set(block), set(evaluated) - set(block)
+        assert block["real_video_dir"] == evaluated["real_video_dir"]
+        assert block["generated_video_dir"] == evaluated["generated_video_dir"]
+        assert block["per_video"].keys() == evaluated["per_video"].keys() == {"000", "001", "003"}
+        for metric in ("psnr", "ssim"):
+            # The same quantity: the eval of the lossless files reproduces it up to float32 rounding.
+            assert block[metric] == pytest.approx(evaluated[metric], rel=1e-5)
+            assert block[metric] == saved["mean"][kind][metric]  # the old key, kept as an alias
+            assert len(block[f"{metric}_ci95"]) == 2
+        assert block["num_videos"] == 3 and block["num_frames_evaluated"] == 35
+        assert block["protocol"]["name"] == "opensora"
+    assert saved["num_skipped"] == 1 and saved["skipped"][0]["name"] == "002"
+    assert saved["skipped"][0]["reason"] == report["skipped"][0]["reason"]
+    assert saved["num_samples"] == 3 and len(saved["samples"]) == 3  # inference keys kept
+
+
+def test_output_names_are_row_indices_or_source_stems_with_the_mapping_in_the_json(run, workspace, tmp_path):
+    root, _ = run
+    saved = json.loads((root / "out" / "s_metrics.json").read_text())
+    assert saved["output_names"] == "index"
+    assert saved["sources"] == {"000": str(CLIP_17), "001": str(workspace / "still.png"),
+                                "002": str(workspace / "missing.mp4"), "003": str(CLIP_100)}
+    ckpt = workspace / "run" / "step_000000010"
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"path\n{CLIP_17}\n{workspace / 'still.png'}\n")
+    report = run_inference(tiny_config(ckpt, csv, tmp_path / "s", output_names="stem"), verbose=False)
+    assert sorted(p.name for p in (tmp_path / "s_rec").iterdir()) == [f"{CLIP_17.stem}.mp4", "still.png"]
+    assert report["sources"] == {CLIP_17.stem: str(CLIP_17), "still": str(workspace / "still.png")}
+    assert json.loads((tmp_path / "s_metrics.json").read_text())["sources"] == report["sources"]
+    # Two rows with one stem would write one file twice: refused before any output.
+    twice = tmp_path / "twice.csv"
+    twice.write_text(f"path\n{CLIP_17}\n{CLIP_17}\n")
+    with pytest.raises(InferenceError, match=CLIP_17.stem):
+        run_inference(tiny_config(ckpt, twice, tmp_path / "t", output_names="stem"), verbose=False)
+    assert not list(tmp_path.glob("t_*"))
+    with pytest.raises(ConfigError, match="output_names"):
+        tiny_config(ckpt, csv, tmp_path / "u", output_names="basename")
