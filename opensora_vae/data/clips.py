@@ -115,17 +115,19 @@ class RandomWindow:
 @dataclass(frozen=True)
 class ProtocolWindow:
     """The eval protocol's frames 0, s, 2s, ... (``num_frames`` of them, s = ``frame_interval``),
-    all of which the video must hold; an image is one frame."""
+    all of which the video must hold; an image is one frame. ``spread``: the protocol card's
+    `frame_spread` ("stride", or "linspace" for Open-Sora-Plan's; `metrics.protocol.frame_indices`)."""
 
     num_frames: int
     frame_interval: int
+    spread: str = "stride"
 
     @property
     def image_frames(self) -> int:
         return 1
 
     def indices(self, total: int, rng: np.random.Generator | None = None) -> Sequence[int]:
-        indices = frame_indices(self.num_frames, self.frame_interval)
+        indices = frame_indices(self.num_frames, self.frame_interval, spread=self.spread)
         if total <= indices[-1]:
             raise SampleSkipped(f"too short ({total} frames < {indices[-1] + 1} needed for "
                                 f"{self.num_frames} frames at interval {self.frame_interval})")

@@ -337,3 +337,13 @@ def test_training_and_inference_read_clips_through_one_reader(tmp_path):
         CLIP_17, np.random.default_rng(0))
     assert clip is None and reason == "too short (17 < 18)"
     assert ClipReader(T.VideoTransform("center", 16), ProtocolWindow(9, 2)).read(CLIP_17).video.shape[1] == 9
+
+
+def test_protocol_window_follows_the_protocol_cards_frame_spread():
+    from opensora_vae.data.clips import ProtocolWindow, SampleSkipped
+    from opensora_vae.metrics.protocol import frame_indices
+
+    assert list(ProtocolWindow(5, 2, "linspace").indices(100)) == frame_indices(5, 2, spread="linspace") == [0, 2, 4, 6, 9]
+    assert list(ProtocolWindow(5, 2).indices(100)) == [0, 2, 4, 6, 8]
+    with pytest.raises(SampleSkipped, match="too short"):
+        ProtocolWindow(5, 2, "linspace").indices(9)
