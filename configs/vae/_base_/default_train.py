@@ -102,3 +102,8 @@ discriminator_lr_schedule = dict(
     warmup_steps=0,
     min_lr_ratio=0.0,
 )
+
+# Read timeout: a sample read (open + decode) that does not finish within this many seconds stops
+# the run with an error naming the file (a hung network mount, a device that never answers), with
+# or without DataLoader workers. Legitimate reads of long or 4K clips take seconds, not minutes.
+dataset.update(read_timeout_s=600.0)
