@@ -49,7 +49,7 @@ PATH = (str, os.PathLike)
 TYPES_WHEN_SET = {
     "train": {"max_steps": int, "ema_decay": float, "ckpt_path": PATH, "load": PATH,
               "perceptual_backbone_path": PATH, "dataset.data_path": PATH, "model.from_pretrained": PATH,
-              "model.spatial.config": dict},
+              "model.spatial.config": dict, "val_data_path": PATH, "val_max_clips": int},
     "inference": {"num_samples": int, "ckpt_path": PATH, "dataset.data_path": PATH,
                   "model.from_pretrained": PATH, "model.spatial.config": dict},
 }
@@ -168,6 +168,7 @@ def _rules(kind: str) -> dict[str, Rule]:
     shared["model.temporal.channel_multipliers"] = each(at_least(1))
     if kind == "inference":
         return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
+    from .metrics.evaluate import EVAL_METRICS
     from .training.mixing import MIXED_STRATEGIES
 
     return {
@@ -193,6 +194,11 @@ def _rules(kind: str) -> dict[str, Rule]:
         "ckpt_every": at_least(0),  # 0: only the final checkpoint
         "keep_last_ckpts": optional(at_least(1)),
         "preview_every": at_least(0),
+        # Held-out validation (training/validation.py)
+        "val_every": at_least(1),
+        "val_max_clips": optional(at_least(1)),
+        "val_metrics": each(one_of(*EVAL_METRICS)),
+        "val_best_metric": one_of(*EVAL_METRICS),
     }
 
 
@@ -219,6 +225,9 @@ def _check_values(data: dict, kind: str, errors: list[str]) -> None:
                           "adds a term on 1-frame steps")
         if data.get("ema_decay") == 0:
             errors.append("'ema_decay' = 0: must be None (no EMA) or in (0, 1)")
+        from .training.validation import check_val_config
+
+        errors.extend(check_val_config(data))
 
 
 def _similar(a: str, b: str) -> bool:

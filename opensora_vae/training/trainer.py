@@ -40,6 +40,7 @@ from .checkpoint import CheckpointManager
 from .ema import EMA
 from .logging import TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
+from .validation import Validator
 
 logger = logging.getLogger("opensora_vae.training")
 
@@ -138,6 +139,7 @@ class Trainer:
         self.settings = LossSettings.from_config(cfg)
         self.fsdp = cfg.parallel == "fsdp"
         self._build_data()  # reads and sizes the table: a bad one fails before any output exists
+        self.validator = Validator(cfg, env) if cfg.val_data_path is not None else None
 
         # Rank 0 owns the folder and decides what to resume, so all ranks load the same step.
         resume: Any = None
@@ -298,6 +300,7 @@ class Trainer:
                 "parallel": self.cfg.parallel, "ema": ema_state is not None,
                 "replica_checksums": checksums, "nonfinite_streak": self.nonfinite_streak,
                 "skipped_total": self.skipped_total, "attempts_total": self.attempts_total,
+                "validation": self.validator.state_dict() if self.validator is not None else None,
             }
             try:
                 path = self.checkpoints.save(self.global_step, self.pipe.export_config(), model_state,
@@ -355,6 +358,8 @@ class Trainer:
         self.nonfinite_streak = int(state["nonfinite_streak"])
         self.skipped_total = int(state["skipped_total"])
         self.attempts_total = int(state["attempts_total"])
+        if self.validator is not None and state.get("validation"):
+            self.validator.load_state_dict(state["validation"])
         if order_change is not None:
             if "dataset_len" in order_change.changed:  # the saved counts judged the old table's rows
                 self.skipped_total = self.attempts_total = 0
@@ -505,6 +510,7 @@ class Trainer:
                         result.history.append({"step": step, "num_frames": out.num_frames,
                                                "indices": batch["index"].tolist(), **metrics})
                     self._check_health(step, out.skipped_step)
+                    self._validate(log, final=step >= total)  # before the save: it holds the record
                     if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                         result.last_checkpoint = self.save_checkpoint()
                         last_saved = step
@@ -513,6 +519,7 @@ class Trainer:
                         break
                 else:
                     self.epoch += 1
+            self._validate(log, final=True)
             if last_saved != self.global_step:
                 result.last_checkpoint = self.save_checkpoint()
             elif result.last_checkpoint is None and self.resume_dir is not None:
@@ -523,6 +530,12 @@ class Trainer:
             log.close()
         result.global_step = self.global_step
         return result
+
+    def _validate(self, log: TrainLogger, final: bool = False) -> None:
+        if self.validator is not None and self.validator.due(self.global_step, final):
+            ema_state = self.ema.full_state() if self.ema is not None else None
+            self.validator.run(self.global_step, self._model_state(), ema_state, self.pipe.export_config(), log,
+                               final=final)
 
     def _metrics(self, out: StepResult, seconds: float) -> dict[str, float]:
         metrics = {f"loss/{k}": v for k, v in out.losses.items()}
