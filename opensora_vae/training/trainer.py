@@ -533,8 +533,8 @@ class Trainer:
 
     def _validate(self, log: TrainLogger, final: bool = False) -> None:
         if self.validator is not None and self.validator.due(self.global_step, final):
-            ema_state = self.ema.full_state() if self.ema is not None else None
-            self.validator.run(self.global_step, self._model_state(), ema_state, self.pipe.export_config(), log,
+            ema_state = self.ema.shadow if self.ema is not None else None
+            self.validator.run(self.global_step, self.pipe.state_dict(), ema_state, self.pipe.export_config(), log,
                                final=final)
 
     def _metrics(self, out: StepResult, seconds: float) -> dict[str, float]:

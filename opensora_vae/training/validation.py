@@ -44,6 +44,7 @@ from ..metrics.fvd import FVD_NUM_FRAMES, MIN_RELIABLE_VIDEOS
 from ..metrics.protocol import frame_indices, preprocess
 from ..precision import autocast
 from .checkpoint import step_dir_name
+from .ema import full_tensor
 
 logger = logging.getLogger("opensora_vae.training")
 
@@ -128,7 +129,8 @@ def _reason(exc: BaseException) -> str:
 
 class Validator:
     """`Validator(cfg, env)` checks the table and settings (before any output exists); then the
-    trainer calls `run(step, model_state, ema)` on every rank at the same steps."""
+    trainer calls `run(step, model_state, ema_state, pipeline_config)` on every rank at the same
+    steps, with the live (possibly sharded) state dicts of the model and the EMA."""
 
     def __init__(self, cfg: Any, env: DistEnv):
         from ..metrics.evaluate import MetricSuite
@@ -148,7 +150,6 @@ class Validator:
         self.best_metric = cfg.val_best_metric
         # The networks once, before training: a missing LPIPS/I3D weights file fails now, not at step k.
         self.suite = MetricSuite(self.metrics, env.device)
-        self.pipe = None  # the unsharded eval copy, built at the first run
         self.best: dict[str, Any] | None = None
         self.last_step = -1
         self._checkpoint_follows = False
@@ -183,19 +184,21 @@ class Validator:
         for name, state in weights.items():
             pipe = self._load(pipeline_config, state)
             lines.append(self._validate(pipe, step, name, logger_))
+            del pipe  # the weights of an FSDP run were gathered for it: free them now
         self.last_step = step
         return lines
 
     def _load(self, pipeline_config: dict, state: Mapping[str, torch.Tensor]):
+        """A plain module with `state`'s weights, even when training shards the model (FSDP):
+        each rank scores its own clips, so the number of forward calls may differ between ranks.
+        The weights are assigned, not copied: unsharded training tensors are shared, not doubled."""
         from ..models.pipeline import VideoVAEPipeline
 
-        if self.pipe is None:
-            # A plain module even when training shards the model (FSDP): each rank scores its own
-            # clips, so the number of forward calls may differ between ranks.
-            self.pipe = VideoVAEPipeline.from_config(pipeline_config, device="meta")
-        self.pipe.load_state_dict(dict(state), strict=True, assign=True)
-        self.pipe.to(self.env.device).eval().requires_grad_(False)
-        return self.pipe
+        pipe = VideoVAEPipeline.from_config(pipeline_config, device="meta")
+        # full_tensor: FSDP2 shards are gathered (a collective, in state_dict order on every rank).
+        full = {name: full_tensor(t).detach() for name, t in state.items()}
+        pipe.load_state_dict(full, strict=True, assign=True)
+        return pipe.to(self.env.device).eval().requires_grad_(False)
 
     def read_clip(self, row: int) -> torch.Tensor:
         """(3, T, h, w) in [-1, 1]: the eval window of row `row` (an image or 1-frame video is one

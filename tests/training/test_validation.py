@@ -115,3 +115,106 @@ def test_history_best_record_and_tensorboard(trained):
     assert {"val/preview_0", "val/preview_1", "val_ema/preview_0", "val_ema/preview_1"} <= set(images)
     assert "val/preview_2" not in images
     assert [e.step for e in acc.Images("val/preview_1")] == [2, 3]
+
+
+def _validate_checkpoint_in_one_process(cfg, step_dir: Path, step: int) -> list[dict]:
+    """The Validator of this process (no process group) on a checkpoint's raw and EMA weights."""
+    import torch
+
+    from opensora_vae.distributed import DistEnv
+    from opensora_vae.training.checkpoint import read_weights
+    from opensora_vae.training.validation import Validator
+
+    validator = Validator(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
+    config = json.loads((step_dir / "model" / "config.json").read_text())
+    return validator.run(step, read_weights(step_dir / "model"), read_weights(step_dir / "ema"), config)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_give_the_values_of_one(tmp_path, parallel):
+    """2 gloo ranks split the clips (unevenly: 3 readable + 1 broken) and merge their values; one
+    process validating the same checkpoint gets the same numbers, bit for bit."""
+    val_csv = _val_table(tmp_path / "val")
+    train_csv = _val_table(tmp_path / "train", broken=False)
+    outputs = tmp_path / "out"
+    options = ["dataset.image_size=[32,32]", "max_steps=2", "ckpt_every=2", "ema_decay=0.9", "val_every=2",
+               f"val_data_path={val_csv}", f"parallel={parallel}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAIN_ENTRY),
+           str(TINY_TRAIN[1]), "--data-path", str(train_csv), "--outputs", str(outputs), "--cfg-options", *options]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    two = _history(outputs)
+    assert [(h["step"], h["weights"]) for h in two] == [(2, "raw"), (2, "ema")]
+    cfg = tiny_train_cfg(1, tmp_path / "one", train_csv, max_steps=2, ema_decay=0.9, val_data_path=str(val_csv))
+    one = _validate_checkpoint_in_one_process(cfg, outputs / "step_000000002", 2)
+    for a, b in zip(one, two):
+        assert (a["num_clips"], a["skipped"], a["num_frames"]) == (b["num_clips"], b["skipped"], b["num_frames"]) == (
+            3, 1, 51)
+        assert {m: a[m] for m in ("ssim", "psnr", "lpips")} == {m: b[m] for m in ("ssim", "psnr", "lpips")}
+
+
+def test_missing_or_empty_val_table_is_one_line_error_before_training(tmp_path, capsys):
+    train_csv = _val_table(tmp_path / "train", broken=False)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("path\n")
+    for table in (tmp_path / "missing.csv", empty):
+        outputs = tmp_path / f"out_{table.stem}"
+        code = run_entry(TRAIN_ENTRY, [TINY_TRAIN[1], "--data-path", train_csv, "--outputs", outputs,
+                                       "--cfg-options", f"val_data_path={table}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error:") and str(table) in err[0]
+        assert not outputs.exists()  # nothing was written: training never started
+
+
+@pytest.mark.parametrize("options, bad_key", [
+    ({"val_metrics": ["ssim"], "val_best_metric": "lpips"}, "val_best_metric"),
+    ({"val_metrics": ["ssim", "fvd"], "val_best_metric": "ssim", "val_max_clips": 8}, "val_metrics"),
+    ({"val_metrics": ["ssim", "mse"], "val_best_metric": "ssim"}, "val_metrics"),
+    ({"val_every": 0}, "val_every"),
+    ({"val_max_clips": 0}, "val_max_clips"),
+])
+def test_invalid_validation_settings_are_refused(tmp_path, options, bad_key):
+    from opensora_vae.config import ConfigError
+
+    with pytest.raises(ConfigError, match=bad_key):
+        tiny_train_cfg(1, tmp_path / "out", tmp_path / "t.csv", **options)
+
+
+def test_fvd_needs_enough_clips_in_the_table(tmp_path):
+    import torch
+
+    from opensora_vae.distributed import DistEnv
+    from opensora_vae.training.validation import ValidationError, Validator
+
+    val_csv = _val_table(tmp_path / "val")
+    cfg = tiny_train_cfg(1, tmp_path / "out", val_csv, val_data_path=str(val_csv), val_max_clips=None,
+                         val_metrics=["ssim", "fvd"], val_best_metric="ssim")
+    with pytest.raises(ValidationError, match="fvd"):
+        Validator(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
+
+
+def test_resume_keeps_the_record_and_drops_history_after_the_checkpoint(trained, tmp_path):
+    """Resuming from step 2 (an interrupted run had validated step 3 too): step 3's lines go, the
+    best record is the checkpoint's, and the resumed run validates steps 3 and 4 once each."""
+    import shutil
+
+    from opensora_vae.training import train
+    from opensora_vae.training.checkpoint import read_training_state
+
+    root, val_csv, outputs = trained
+    copy = tmp_path / "out"
+    shutil.copytree(outputs, copy)
+    shutil.rmtree(copy / "step_000000003")
+    saved = read_training_state(copy / "step_000000002")["validation"]
+    assert saved["last_step"] == 2 and saved["best"]["step"] == 2
+    cfg = tiny_train_cfg(1, copy, root / "train" / "val.csv", max_steps=4, ckpt_every=2, ema_decay=0.9,
+                         val_every=2, val_data_path=str(val_csv), val_metrics=METRICS, val_best_metric="lpips",
+                         load="auto")
+    train(cfg)
+    history = _history(copy)
+    assert [(h["step"], h["weights"]) for h in history] == [(2, "raw"), (2, "ema"), (4, "raw"), (4, "ema")]
+    assert history[:2] == _history(outputs)[:2]
+    best = json.loads((copy / "val_best.json").read_text())
+    winner = min(history, key=lambda h: h["lpips"])
+    assert (best["step"], best["weights"], best["value"]) == (winner["step"], winner["weights"], winner["lpips"])
