@@ -38,6 +38,7 @@ from ..precision import autocast
 from . import checkpoint as ckpt_io
 from .checkpoint import CheckpointManager
 from .ema import EMA
+from .latent_health import LatentHealth
 from .logging import TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
 from .validation import Validator
@@ -72,6 +73,7 @@ class StepResult:
     skipped_samples: int  # unreadable samples behind this step, summed over ranks
     read_attempts: int
     preview: torch.Tensor | None = field(default=None, repr=False)  # (3, H, 2W) in [0, 1]
+    latent: dict[str, float] = field(default_factory=dict)  # latent health, on its steps
 
 
 def rank_generator_seed(seed: int, rank: int) -> int:
@@ -171,6 +173,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=fused)
         self.ema = EMA(self.pipe, cfg.ema_decay) if cfg.ema_decay else None
+        self.latent_health = LatentHealth(cfg.log_every, track_spatial=not self.pipe.freeze_spatial)
         self.generator = torch.Generator(env.device)
         self.generator.manual_seed(rank_generator_seed(cfg.seed, env.rank))
         perceptual = None
@@ -301,6 +304,7 @@ class Trainer:
                 "replica_checksums": checksums, "nonfinite_streak": self.nonfinite_streak,
                 "skipped_total": self.skipped_total, "attempts_total": self.attempts_total,
                 "validation": self.validator.state_dict() if self.validator is not None else None,
+                "latent_health": self.latent_health.state_dict(),
             }
             try:
                 path = self.checkpoints.save(self.global_step, self.pipe.export_config(), model_state,
@@ -358,6 +362,8 @@ class Trainer:
         self.nonfinite_streak = int(state["nonfinite_streak"])
         self.skipped_total = int(state["skipped_total"])
         self.attempts_total = int(state["attempts_total"])
+        if state.get("latent_health"):
+            self.latent_health.load_state_dict(state["latent_health"])
         if self.validator is not None and state.get("validation"):
             self.validator.load_state_dict(state["validation"])
         if order_change is not None:
@@ -382,6 +388,7 @@ class Trainer:
                              decode_pixels=self.settings.needs_pixels)
         # Losses in fp32, outside autocast: sums over C*H*W are large.
         terms = self.loss_fn(video, out)
+        latent = self.latent_health.measure(self.pipe, out, step) if self.latent_health.due(step) else {}
         x_z_rec = out.x_z_rec.detach()
         names = sorted(terms)
         local = torch.stack([terms[n].detach().float() for n in names])
@@ -393,7 +400,8 @@ class Trainer:
                             torch.nan_to_num(local, nan=0.0, posinf=0.0, neginf=0.0)])
         packed = all_reduce_sum(packed.to(self.env.device)).cpu()
         result = StepResult(losses={}, skipped_step=True, grad_norm=float("nan"), num_frames=num_frames,
-                            skipped_samples=int(packed[1].item()), read_attempts=int(packed[2].item()))
+                            skipped_samples=int(packed[1].item()), read_attempts=int(packed[2].item()),
+                            latent=latent)
         if packed[0].item() > 0:
             del terms
         else:
@@ -545,6 +553,7 @@ class Trainer:
             "speed/steps_per_s": 1.0 / max(seconds, 1e-9),
             "speed/samples_per_s": self.cfg.batch_size * self.env.world_size / max(seconds, 1e-9),
             "data/skipped_total": self.skipped_total, "data/skipped_samples_step": out.skipped_samples,
+            **out.latent,
         })
         if self.env.device.type == "cuda":
             metrics["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.env.device) / 2**20
