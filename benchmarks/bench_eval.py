@@ -227,10 +227,12 @@ def whole_process(real: str, gen: str, metrics: list[str], repeats: int, tmp: st
 def in_process(real: str, gen: str, metrics: list[str], repeats: int) -> dict:
     import torch
 
-    from opensora_vae.metrics import MetricSuite, evaluate_dirs
+    from opensora_vae.metrics import EvalSettings, MetricSuite, evaluate_dirs
 
     lpips_metric, flolpips, random_ok = _networks(metrics)
-    suite = MetricSuite(metrics, "cpu", lpips_metric=lpips_metric, flolpips=flolpips)
+    settings = EvalSettings(metrics=tuple(metrics), num_frames=NUM_FRAMES, resolution=RESOLUTION,
+                            crop_size=RESOLUTION, batch_size=2, device="cpu", bootstrap=0)
+    suite = MetricSuite(settings, lpips_metric=lpips_metric, flolpips=flolpips)
     times: dict[str, list[tuple[float, float]]] = {"reference": [], "ours": []}
     for r in range(repeats):
         for name in (("reference", "ours") if r % 2 == 0 else ("ours", "reference")):
@@ -238,8 +240,7 @@ def in_process(real: str, gen: str, metrics: list[str], repeats: int) -> dict:
             if name == "reference":
                 ref = baseline(real, gen, suite.metrics, torch.device("cpu"), lpips_metric, flolpips)
             else:
-                ours = evaluate_dirs(real, gen, num_frames=NUM_FRAMES, resolution=RESOLUTION, crop_size=RESOLUTION,
-                                     batch_size=2, suite=suite, progress=False)
+                ours = evaluate_dirs(real, gen, settings, suite=suite, progress=False)
             times[name].append((time.perf_counter() - start, _cpu_seconds(resource.RUSAGE_SELF) - cpu))
             print(f"  in process {','.join(metrics)}, repeat {r + 1}: {name} {times[name][-1][0]:.2f} s "
                   f"(CPU {times[name][-1][1]:.2f} s)", flush=True)

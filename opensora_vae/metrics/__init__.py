@@ -14,7 +14,10 @@ from .psnr import psnr
 from .ssim import ssim
 
 _EXPORTS = {
-    "EVAL_METRICS": "evaluate", "MetricSuite": "evaluate", "evaluate_dirs": "evaluate",
+    "EVAL_METRICS": "settings", "EvalSettings": "settings", "resolve_device": "settings",
+    "MetricSuite": "evaluate", "evaluate_dirs": "evaluate", "score_pair": "evaluate", "ClipResult": "evaluate",
+    "gather_results": "summary", "summarize_results": "summary",
+    "PROTOCOL_CARDS": "protocol",
     "EvalError": "protocol", "check_frame_batches": "protocol", "frame_indices": "protocol",
     "pair_files": "protocol", "preprocess": "protocol",
     "FloLPIPS": "flolpips", "flow_weighted_average": "flolpips",

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,13 +47,135 @@ class MediaPair:
     generated: Path
 
 
-def frame_indices(num_frames: int, sample_rate: int, available: int | None = None) -> list[int]:
-    """0, s, 2s, ... (``num_frames`` of them), keeping those below ``available`` (all if None)."""
+# How frames are spread over the window: an exact stride (ours), or the Open-Sora-Plan eval's
+# ``np.linspace(0, s*n - 1, n).astype(int)`` (the same for stride 1).
+SPREADS = ("stride", "linspace")
+# FVD's I3D input: each frame stretched to 224x224 (the TF-Hub I3D's own resize, what StyleGAN-V
+# calls with resize=True), or the short side resized to 224 (ceil) and centre-cropped (the
+# StyleGAN-V port that Open-Sora-Plan's eval calls with resize=False after its own preprocess).
+FVD_INPUTS = ("stretch", "short_side_crop")
+# FVD over all videos at once (one set statistic), or Open-Sora-Plan's: over mini-batches of
+# ``batch_size`` videos in pair order, each the mean over clip lengths 10..T of the FVD of the
+# first t frames, then the mean over mini-batches.
+FVD_AVERAGING = ("set", "minibatch_cliplengths")
+# The reported mean: over all (video, frame) pairs, or Open-Sora-Plan's mean over
+# (mini-batch, frame index) of the mean over the mini-batch's videos at that index.
+MEANS = ("all_pairs", "minibatch_frame")
+
+
+@dataclass(frozen=True)
+class ProtocolCard:
+    """Every choice an eval protocol makes; the results JSON carries it as ``protocol``."""
+
+    name: str
+    source: str
+    frame_spread: str
+    frame_indices: str  # formatted with num_frames, sample_rate, last
+    resize: str
+    crop: str
+    value_range: str
+    pairing: str
+    ssim: str
+    psnr: str
+    lpips: str
+    flolpips: str
+    mean: str
+    aggregation: str  # MEANS
+    fvd: str
+    fvd_input: str
+    fvd_frames: str
+    fvd_min_frames: int
+    fvd_averaging: str
+    defaults: dict[str, Any] = field(default_factory=dict)  # EvalSettings values unless a flag is given
+    fixed: dict[str, Any] = field(default_factory=dict)     # EvalSettings values no flag may change
+    fixed_why: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+
+_SHORT_SIDE = ("short side to `resolution`, torch interpolate bilinear align_corners=False, no antialias, "
+               "float32 [0,1] (new long side = floor(long / short * resolution))")
+_SSIM = "per channel, gaussian 11x11 sigma 1.5, C1=0.01^2, C2=0.03^2, float64, valid region, mean"
+_PSNR = "per frame: 20*log10(1/sqrt(mse)), mse over C*H*W in float64, 100 if mse < 1e-10"
+_LPIPS = "lpips AlexNet v0.1, inputs in [-1,1], mean of the spatial distance map, per frame"
+_FLOLPIPS = ("AlexNet v0.1 layer maps pooled by |flow(real_t,real_t+1) - flow(gen_t,gen_t+1)| (PWC-Net); "
+             "uniform weights where the flows agree exactly; per consecutive frame pair")
+_I3D = ("Kinetics-400 RGB I3D (TF-Hub i3d-kinetics-400/1 weights) pre-softmax logits (400), input in [-1,1]; "
+        "Frechet distance: covariances np.cov ddof 1, float64, Tr((S1 S2)^1/2) as the sum of the singular "
+        "values of A B^T/sqrt((n1-1)(n2-1)) (A, B: centred features), clamped at 0")
+
+PROTOCOL_CARDS: dict[str, ProtocolCard] = {
+    "opensora": ProtocolCard(
+        name="opensora",
+        source="hpcaitech/Open-Sora v1.2.0 eval/vae/eval_common_metric.py (numbers reproduced exactly), plus rFVD",
+        frame_spread="stride",
+        frame_indices="0, {sample_rate}, ..., {last} (fewer if the video is shorter)",
+        resize=_SHORT_SIDE, crop="centre crop `crop_size` (torchvision CenterCropVideo offsets)",
+        value_range="[0,1] float32", pairing="by file name without extension",
+        ssim=_SSIM, psnr=_PSNR, lpips=_LPIPS, flolpips=_FLOLPIPS,
+        mean="all (video, frame) pairs (FloLPIPS: all consecutive frame pairs)", aggregation="all_pairs",
+        fvd="Kinetics-400 RGB I3D logits (400) of the first 16 evaluated frames resized to 224x224 "
+            "(bilinear, no antialias) in [-1,1]; Frechet distance of the real vs generated sets "
+            "(np.cov ddof 1, float64, trace of the square root from singular values, clamped at 0); "
+            "a set statistic over all videos",
+        fvd_input="stretch", fvd_frames="first 16 evaluated frames", fvd_min_frames=16, fvd_averaging="set",
+    ),
+    "styleganv": ProtocolCard(
+        name="styleganv",
+        source="universome/stylegan-v src/metrics/frechet_video_distance.py (what TokenBench uses)",
+        frame_spread="stride",
+        frame_indices="0, 1, ..., 15: 16 consecutive frames from the first (StyleGAN-V samples clips of 16 "
+                      "frames, subsample_factor 1; a reconstruction eval takes them from frame 0)",
+        resize="none unless `resolution` is given (StyleGAN-V evaluates videos at their stored resolution)",
+        crop="none unless `crop_size` is given", value_range="uint8 frames scaled to [0,1]; I3D input [-1,1]",
+        pairing="by file name without extension",
+        ssim=_SSIM, psnr=_PSNR, lpips=_LPIPS, flolpips=_FLOLPIPS,
+        mean="all (video, frame) pairs (FloLPIPS: all consecutive frame pairs)", aggregation="all_pairs",
+        fvd=_I3D + "; frames stretched to 224x224 (TF-Hub I3D resize=True, rescale=True); one set statistic "
+                   "over all videos",
+        fvd_input="stretch", fvd_frames="16", fvd_min_frames=16, fvd_averaging="set",
+        defaults={"num_frames": 16, "sample_rate": 1, "resolution": None, "crop_size": None},
+        fixed={"num_frames": 16, "sample_rate": 1},
+        fixed_why="StyleGAN-V's FVD is computed on 16 consecutive frames",
+    ),
+    "osp": ProtocolCard(
+        name="osp",
+        source="PKU-YuanGroup/Open-Sora-Plan opensora/eval/eval_common_metric.py + cal_fvd.py "
+               "(common_metrics_on_video_quality, method styleganv)",
+        frame_spread="linspace",
+        frame_indices="np.linspace(0, {sample_rate}*{num_frames} - 1, {num_frames}).astype(int); a shorter video: "
+                      "int(total / ({sample_rate}*{num_frames}) * {num_frames}) frames spread over 0..total-1",
+        resize=_SHORT_SIDE + " (pytorchvideo ShortSideScale)",
+        crop="centre crop `crop_size` (torchvision CenterCropVideo)", value_range="[0,1] float32",
+        pairing="by file name without extension (Open-Sora-Plan pairs by sorted position)",
+        ssim=_SSIM, psnr=_PSNR, lpips=_LPIPS, flolpips=_FLOLPIPS,
+        mean="per mini-batch of `batch_size` videos (pair order) and frame index, the mean over the mini-batch's "
+             "videos; then the mean of those", aggregation="minibatch_frame",
+        fvd=_I3D + "; per clip length t = 10..T, the first t frames, short side resized to 224 (ceil, bilinear) "
+                   "and centre-cropped to 224x224; per mini-batch of `batch_size` videos the mean over t of the "
+                   "FVD of the mini-batch (a single video: the mean term only), then the mean over mini-batches",
+        fvd_input="short_side_crop", fvd_frames="10..T (every clip length)", fvd_min_frames=10,
+        fvd_averaging="minibatch_cliplengths",
+    ),
+}
+
+
+def frame_indices(num_frames: int, sample_rate: int, available: int | None = None,
+                  spread: str = "stride") -> list[int]:
+    """The evaluated frames of a video of ``available`` frames (None: unlimited).
+
+    ``stride``: 0, s, 2s, ... (``num_frames`` of them), keeping those below ``available``.
+    ``linspace``: Open-Sora-Plan's spread (see PROTOCOL_CARDS["osp"])."""
     if num_frames < 1 or sample_rate < 1:
         raise EvalError(f"num_frames and sample_rate must be >= 1, got {num_frames}, {sample_rate}")
-    stop = num_frames * sample_rate
-    if available is not None:
-        stop = min(stop, available)
+    window = num_frames * sample_rate
+    if spread == "linspace":
+        if available is None or available >= window:
+            return [int(i) for i in np.linspace(0, window - 1, num_frames).astype(int)]
+        count = int(available / window * num_frames)
+        return [int(i) for i in np.linspace(0, available - 1, count).astype(int)]
+    stop = window if available is None else min(window, available)
     return list(range(0, stop, sample_rate))
 
 

@@ -64,6 +64,11 @@ def decodes(monkeypatch) -> list:
     ("--subset_size", -1), ("--subset_size", 0), ("--resolution", 0), ("--resolution", -8),
     ("--num_frames", 0), ("--sample_rate", 0), ("--sample_rate", -2), ("--batch_size", 0),
     ("--crop_size", 0), ("--device", "foo"), ("--device", "cuda:x"),
+    # Issue 19 item 9: crops the VAE's 8x grid cannot take, or smaller than SSIM's 11x11 window,
+    # and a crop larger than the resized short side, are refused before any decode.
+    ("--crop_size", 28), ("--crop_size", 8), ("--crop_size", 40),
+    ("--protocol", "styleganv"),  # fixes 16 frames; these flags ask for 5
+    ("--protocol", "nope"), ("--bootstrap", -1), ("--worst_k", -1),
 ])
 def test_bad_setting_is_an_error_before_any_decode(tmp_path, frames, decodes, flag, value):
     real, gen = _folders(tmp_path, frames)
@@ -143,3 +148,35 @@ def test_generated_video_at_another_fps_is_flagged(tmp_path, frames):
     assert run_entry(EVAL_ENTRY, _argv(same, same_gen, "--res_dir", tmp_path / "res2")) == 0
     result = json.loads((tmp_path / "res2" / RESULTS).read_text())
     assert result["num_fps_mismatch"] == 0 and not result["per_video"]["a"]["fps_mismatch"]
+
+
+def test_fvd_with_images_names_and_counts_them_up_front(tmp_path, decodes):
+    """Issue 23 item 2: images (and videos too short for FVD) never enter FVD: they are named and
+    counted, the other metrics still score them; with fewer than 2 videos left for FVD the run is
+    refused before any decode, never halfway."""
+    from opensora_vae.data.video_io import write_image
+
+    clip = read_video_frames(CLIP_17, range(17))[:, 64:96, 64:96]
+    real, gen = tmp_path / "real", tmp_path / "gen"
+    real.mkdir(), gen.mkdir()
+    write_image(real / "still.png", clip[0])
+    write_image(gen / "still.png", _noisy(clip[:1], 9)[0])
+    write_video(real / "short.mp4", clip[:6], 24, lossless=True)
+    write_video(gen / "short.mp4", _noisy(clip[:6], 8), 24, lossless=True)
+    write_video(real / "v1.mp4", clip, 24, lossless=True)
+    write_video(gen / "v1.mp4", _noisy(clip, 1), 24, lossless=True)
+    base = ["--real_video_dir", real, "--generated_video_dir", gen, "--num_frames", 16, "--resolution", 32,
+            "--device", "cpu", "--no_progress", "--bootstrap", 0, "--metric", "psnr", "fvd"]
+    # One video can enter FVD: refused before any decode, and no results file.
+    decodes.clear()  # the clip read above
+    assert run_entry(EVAL_ENTRY, [*base, "--res_dir", tmp_path / "res1"]) == 2
+    assert decodes == [] and not (tmp_path / "res1").exists()
+    write_video(real / "v2.mp4", clip[::-1].copy(), 24, lossless=True)
+    write_video(gen / "v2.mp4", _noisy(clip[::-1].copy(), 2), 24, lossless=True)
+    assert run_entry(EVAL_ENTRY, [*base, "--res_dir", tmp_path / "res"]) == 0
+    saved = json.loads((tmp_path / "res" / "metric_16f_32res.json").read_text())
+    assert saved["num_videos"] == 4 and set(saved["per_video"]) == {"still", "short", "v1", "v2"}
+    assert saved["fvd_num_videos"] == 2 and saved["fvd_num_excluded"] == 2 and saved["fvd"] >= 0
+    assert {e["name"] for e in saved["fvd_excluded"]} == {"still", "short"}
+    assert saved["per_video"]["still"]["fvd_excluded"] and saved["per_video"]["v1"]["fvd_excluded"] is None
+    assert saved["per_video"]["still"]["psnr"] is not None  # the other metrics still use it

@@ -8,12 +8,21 @@ import torch
 
 from opensora_vae.data.video_io import MediaReadError, read_video_frames, write_image, write_video
 from opensora_vae.lpips import build_lpips
-from opensora_vae.metrics import FloLPIPS, LPIPSMetric, MetricSuite, build_pwcnet, evaluate_dirs, psnr, ssim
+from opensora_vae.metrics import EvalSettings, FloLPIPS, LPIPSMetric, MetricSuite, build_pwcnet, evaluate_dirs, psnr, ssim
 from opensora_vae.metrics.evaluate import resolve_device
 from opensora_vae.metrics.protocol import preprocess
 from tests.helpers import CLIP_17
 
 CLIP = str(CLIP_17)
+
+
+def _evaluate(real_dir, gen_dir, suite=None, **settings):
+    """evaluate_dirs with EvalSettings of these values (device cpu, 17 frames, short side 256
+    unless given)."""
+    settings = {"num_frames": 17, "resolution": 256, "device": "cpu", **settings}
+    if "metrics" in settings:
+        settings["metrics"] = tuple(settings["metrics"])
+    return evaluate_dirs(real_dir, gen_dir, EvalSettings(**settings), suite=suite, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +51,13 @@ def suite():
     torch.manual_seed(0)
     lpips_metric = LPIPSMetric(allow_random_backbone=True)
     flolpips = FloLPIPS(build_lpips("alex", allow_random_backbone=True), build_pwcnet(allow_random=True))
-    return MetricSuite(device="cpu", lpips_metric=lpips_metric, flolpips=flolpips)
+    return MetricSuite(EvalSettings(device="cpu"), lpips_metric=lpips_metric, flolpips=flolpips)
 
 
 def test_values_equal_direct_metric_calls(tmp_path, clip, suite):
     real_dir, gen_dir = _folders(tmp_path, clip)
-    res = evaluate_dirs(real_dir, gen_dir, num_frames=6, sample_rate=1, resolution=64, crop_size=64,
-                        batch_size=2, suite=suite, progress=False)
+    res = _evaluate(real_dir, gen_dir, num_frames=6, sample_rate=1, resolution=64, crop_size=64,
+                        batch_size=2, suite=suite)
     assert set(res) >= {"ssim", "psnr", "lpips", "flolpips", "per_video", "protocol", "num_videos"}
     assert res["num_videos"] == 3 and res["num_frames_evaluated"] == 18
     all_vals = {m: [] for m in ("ssim", "psnr", "lpips", "flolpips")}
@@ -76,8 +85,8 @@ def test_short_videos_warn_and_use_the_shorter(tmp_path, clip, suite, caplog):
     write_video(real_dir / "v.mp4", clip[:5], 24, lossless=True)
     write_video(gen_dir / "v.mp4", clip[:5], 24, lossless=True)
     with caplog.at_level(logging.WARNING):
-        res = evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=8, resolution=None,
-                            suite=MetricSuite(["psnr"]), progress=False)
+        res = _evaluate(real_dir, gen_dir, metrics=["psnr"], num_frames=8, resolution=None,
+                            suite=MetricSuite(EvalSettings(metrics=("psnr",), device="cpu")))
     assert res["per_video"]["v"]["num_frames"] == 5
     assert "v: shorter than requested" in caplog.text and "using 5 frames" in res["warnings"][0]
     assert res["psnr"] == 100.0  # lossless copies of the same frames
@@ -89,20 +98,20 @@ def test_size_mismatch_and_image_video_mismatch(tmp_path, clip):
     write_video(real_dir / "v.mp4", clip[:3], 24, lossless=True)
     write_video(gen_dir / "v.mp4", clip[:3, :64, :64], 24, lossless=True)
     with pytest.raises(ValueError, match="frame sizes differ"):
-        evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=3, progress=False)
+        _evaluate(real_dir, gen_dir, metrics=["psnr"], num_frames=3)
     (gen_dir / "v.mp4").unlink(), (real_dir / "v.mp4").unlink()
     write_image(gen_dir / "w.png", clip[0])
     write_video(real_dir / "w.mp4", clip[:3], 24, lossless=True)
     with pytest.raises(ValueError, match="image is paired with a video"):
-        evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=3, subset_size=None, progress=False)
+        _evaluate(real_dir, gen_dir, metrics=["psnr"], num_frames=3, subset_size=None)
 
 
 def test_corrupt_video_error_or_counted_skip(tmp_path, clip):
     real_dir, gen_dir = _folders(tmp_path, clip, names=("a", "b"), frames=3)
     (gen_dir / "b.mkv").write_bytes(b"\x00not a video" * 50)
     with pytest.raises(MediaReadError, match="b.mkv"):
-        evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=3, progress=False)
-    res = evaluate_dirs(real_dir, gen_dir, metrics=["psnr"], num_frames=3, skip_bad=True, progress=False)
+        _evaluate(real_dir, gen_dir, metrics=["psnr"], num_frames=3)
+    res = _evaluate(real_dir, gen_dir, metrics=["psnr"], num_frames=3, skip_bad=True)
     assert res["num_videos"] == 1 and res["num_skipped"] == 1
     assert res["skipped"][0]["name"] == "b" and "b.mkv" in res["skipped"][0]["reason"]
     assert list(res["per_video"]) == ["a"]
@@ -114,7 +123,7 @@ def test_images_are_one_frame_videos_without_flolpips(tmp_path, clip, suite):
     for i in range(2):
         write_image(real_dir / f"im{i}.png", clip[i])
         write_image(gen_dir / f"im{i}.png", _noisy(clip[i:i + 1], 8, i)[0])
-    res = evaluate_dirs(real_dir, gen_dir, num_frames=17, resolution=None, suite=suite, progress=False)
+    res = _evaluate(real_dir, gen_dir, num_frames=17, resolution=None, suite=suite)
     assert res["flolpips"] is None and res["per_video"]["im0"]["flolpips"] is None
     assert any("flolpips skipped for 2" in w for w in res["warnings"])
     real = preprocess(clip[:1], None, None, torch.device("cpu"))
@@ -128,18 +137,18 @@ def test_device_and_metric_validation():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown"):
-        MetricSuite(["vmaf"])  # not a metric of this eval
+        EvalSettings(metrics=("vmaf",), device="cpu")  # not a metric of this eval
 
 
 def test_results_do_not_depend_on_decode_threads_or_batching(tmp_path, clip, suite):
     """Pairs are decoded and scored by SSIM/PSNR in threads, networks run on batches in order:
     every value, entry and warning is the same bit for bit whatever the thread count."""
     real_dir, gen_dir = _folders(tmp_path, clip, names=("a", "b", "c", "d", "e"), frames=3)
-    runs = [evaluate_dirs(real_dir, gen_dir, num_frames=3, resolution=None, batch_size=2, suite=suite,
-                          progress=False, decode_workers=workers) for workers in (1, 3)]
+    runs = [_evaluate(real_dir, gen_dir, num_frames=3, resolution=None, batch_size=2, suite=suite,
+                          decode_workers=workers) for workers in (1, 3)]
     assert runs[0] == runs[1]
-    frame_only = [evaluate_dirs(real_dir, gen_dir, metrics=["ssim", "psnr"], num_frames=3, resolution=None,
-                                batch_size=batch, progress=False, decode_workers=workers)
+    frame_only = [_evaluate(real_dir, gen_dir, metrics=["ssim", "psnr"], num_frames=3, resolution=None,
+                                batch_size=batch, decode_workers=workers)
                   for batch, workers in ((1, 1), (4, 2))]
     assert frame_only[0] == frame_only[1]
     assert all(frame_only[0]["per_video"][n][m] == runs[0]["per_video"][n][m] for n in "abcde" for m in ("ssim", "psnr"))

@@ -259,6 +259,17 @@ def test_frechet_distance_against_float64_oracle(n, d):
     assert frechet_distance(torch.from_numpy(a32), torch.from_numpy(b)) == frechet_distance(a32, b)
 
 
+@pytest.mark.parametrize("n", [2, 3, 5, 40])
+def test_frechet_distance_of_a_set_against_itself_is_zero_never_negative(n):
+    """Issue 19 item 6: scipy's sqrtm of the rank-deficient 400-d product gave -0.01 for a set
+    of 2 videos against itself; a distance is >= 0 and identical sets give ~0."""
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, 400)) * 5 + 3  # I3D-logit-like scale, fewer videos than dims
+    assert 0.0 <= frechet_distance(a, a) < 1e-9 * np.sum(np.var(a, axis=0))
+    b = a + 1e-3 * rng.standard_normal(a.shape)  # nearly identical: small, never negative
+    assert 0.0 <= frechet_distance(a, b) < 1e-3 * np.sum(np.var(a, axis=0))
+
+
 def test_frechet_distance_closed_form_1d():
     a = np.array([[0.0], [2.0], [4.0]])  # mean 2, variance 4 (ddof 1)
     b = np.array([[1.0], [2.0]])  # mean 1.5, variance 0.5
