@@ -168,7 +168,7 @@ def _rules(kind: str) -> dict[str, Rule]:
     shared["model.temporal.channel_multipliers"] = each(at_least(1))
     if kind == "inference":
         return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
-    from .metrics.evaluate import EVAL_METRICS
+    from .metrics.settings import EVAL_METRICS
     from .training.mixing import MIXED_STRATEGIES
 
     return {

@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from ..data.table import load_table
@@ -42,6 +39,7 @@ from ..distributed import DistEnv, all_gather_objects
 from ..errors import UserError
 from ..metrics.fvd import FVD_NUM_FRAMES, MIN_RELIABLE_VIDEOS
 from ..metrics.protocol import frame_indices, preprocess
+from ..metrics.settings import EvalSettings
 from ..precision import autocast
 from .checkpoint import step_dir_name
 from .ema import full_tensor
@@ -79,44 +77,22 @@ def check_val_config(data: Mapping[str, Any]) -> list[str]:
     return errors
 
 
-@dataclass(frozen=True)
-class ValWindow:
-    """The clip window of validation: the training clip (`dataset.num_frames` frames at
-    `dataset.frame_interval`, from frame 0) at `dataset.image_size` as the eval protocol sizes
-    frames (short side to the smaller side, then a centre crop when the size is square)."""
-
-    num_frames: int
-    sample_rate: int
-    resolution: int
-    crop_size: int | None
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "ValWindow":
-        height, width = (cfg.dataset.image_size, cfg.dataset.image_size) if isinstance(
-            cfg.dataset.image_size, int) else tuple(cfg.dataset.image_size)
-        return cls(num_frames=cfg.dataset.num_frames, sample_rate=cfg.dataset.frame_interval,
-                   resolution=min(height, width), crop_size=height if height == width else None)
-
-    def eval_flags(self) -> list[str]:
-        """The eval CLI flags that score the inference outputs of these clips the same way (the
-        files hold the selected frames already, hence stride 1)."""
-        flags = ["--num_frames", str(self.num_frames), "--sample_rate", "1", "--resolution", str(self.resolution)]
-        return flags + (["--crop_size", str(self.crop_size)] if self.crop_size else [])
+def val_eval_settings(cfg: Any, device: torch.device) -> EvalSettings:
+    """The eval settings of validation: `val_metrics` on the training clip window
+    (`dataset.num_frames` frames at `dataset.frame_interval` from frame 0, short side resized to
+    the smaller side of `dataset.image_size`, centre-cropped when it is square), on the training
+    device. Validated by `EvalSettings` (e.g. the crop a multiple of 8) before training starts."""
+    size = cfg.dataset.image_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return EvalSettings(metrics=tuple(cfg.val_metrics), num_frames=cfg.dataset.num_frames,
+                        sample_rate=cfg.dataset.frame_interval, resolution=min(height, width),
+                        crop_size=height if height == width else None, device=device, batch_size=1,
+                        skip_bad=True, bootstrap=0,
+                        chunk_frames=cfg.model.micro_frame_size or cfg.dataset.num_frames)
 
 
 class ClipSkipped(Exception):
     """A validation row that gives no clip (the message is the reason)."""
-
-
-@dataclass
-class ClipScore:
-    """One clip's values: per frame (ssim, psnr, lpips), per frame pair (flolpips), I3D features."""
-
-    index: int
-    num_frames: int
-    values: dict[str, list[float]] = field(default_factory=dict)
-    features: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, reconstruction) for fvd
-    preview: torch.Tensor | None = None
 
 
 def _reason(exc: BaseException) -> str:
@@ -137,7 +113,7 @@ class Validator:
 
         self.cfg, self.env = cfg, env
         self.outputs = Path(cfg.outputs).expanduser()
-        self.window = ValWindow.from_config(cfg)
+        self.settings = val_eval_settings(cfg, env.device)
         table = load_table(cfg.val_data_path)  # TableError (a UserError) when missing or empty
         num = len(table) if cfg.val_max_clips is None else min(len(table), cfg.val_max_clips)
         if "fvd" in cfg.val_metrics and num < MIN_RELIABLE_VIDEOS:
@@ -146,10 +122,10 @@ class Validator:
                                   "leave fvd out of val_metrics")
         self.paths = [table[i] for i in range(num)]
         self.rows = list(range(num))[env.rank::env.world_size]  # round-robin: balanced, no overlap
-        self.metrics = list(cfg.val_metrics)
+        self.metrics = list(self.settings.metrics)
         self.best_metric = cfg.val_best_metric
         # The networks once, before training: a missing LPIPS/I3D weights file fails now, not at step k.
-        self.suite = MetricSuite(self.metrics, env.device)
+        self.suite = MetricSuite(self.settings)
         self.best: dict[str, Any] | None = None
         self.last_step = -1
         self._checkpoint_follows = False
@@ -200,73 +176,70 @@ class Validator:
         pipe.load_state_dict(full, strict=True, assign=True)
         return pipe.to(self.env.device).eval().requires_grad_(False)
 
-    def read_clip(self, row: int) -> torch.Tensor:
-        """(3, T, h, w) in [-1, 1]: the eval window of row `row` (an image or 1-frame video is one
-        frame, as inference treats it)."""
-        path, w = self.paths[row], self.window
+    def read_clip(self, row: int) -> tuple[torch.Tensor, list[int]]:
+        """(3, T, h, w) in [-1, 1], the eval window of row `row`, and its frame indices (an image
+        or a 1-frame video is one frame, as inference treats it)."""
+        path, s = self.paths[row], self.settings
+        indices = [0]
         if is_image(path):
             frames = read_image(path)[None]
         else:
             with VideoFile(path) as video:
                 total = video.num_frames
-                indices = [0] if total == 1 else frame_indices(w.num_frames, w.sample_rate)
+                indices = [0] if total == 1 else frame_indices(s.num_frames, s.sample_rate)
                 if total <= indices[-1]:
                     raise ClipSkipped(f"too short ({total} frames < {indices[-1] + 1} needed for "
-                                      f"{w.num_frames} frames at interval {w.sample_rate})")
+                                      f"{s.num_frames} frames at interval {s.sample_rate})")
                 frames = video.read(indices)
-        unit = preprocess(frames, w.resolution, w.crop_size)  # (T, 3, h, w) in [0, 1]
-        return (unit * 2.0 - 1.0).permute(1, 0, 2, 3).contiguous()
+        unit = preprocess(frames, s.resolution, s.crop_size)  # (T, 3, h, w) in [0, 1]
+        return (unit * 2.0 - 1.0).permute(1, 0, 2, 3).contiguous(), indices
 
     @torch.no_grad()
-    def _score(self, pipe, row: int, preview: bool) -> ClipScore:
+    def _score(self, pipe, row: int) -> tuple[Any, torch.Tensor]:
+        """The eval's result of one clip (`ClipResult`) and its input | reconstruction preview."""
         from ..inference.outputs import to_uint8_frames
+        from ..metrics.evaluate import score_pair
+        from .logging import preview_image
 
         device = self.env.device
-        x = self.read_clip(row).unsqueeze(0).to(device)
+        clip, indices = self.read_clip(row)
+        x = clip.unsqueeze(0).to(device)
         with autocast(device, self.cfg.dtype):
             rec = pipe.reconstruct(x, sample=False, rec=True).rec
-        real_u8, rec_u8 = to_uint8_frames(x[0]), to_uint8_frames(rec[0])
-        score = ClipScore(index=row, num_frames=real_u8.shape[0])
-        # As the eval reads the written files: uint8 frames, preprocessed (identity at this size).
-        real = preprocess(real_u8, self.window.resolution, self.window.crop_size, self.suite.device)
-        fake = preprocess(rec_u8, self.window.resolution, self.window.crop_size, self.suite.device)
-        for metric, values in self.suite.frame_metrics(real, fake).items():
-            score.values[metric] = values.double().cpu().tolist()
-        for metric, values in self.suite.batch_metrics(real, fake, [real.shape[0]]).items():
-            if metric == "flolpips" and score.num_frames < 2:
-                continue  # no frame pair: the eval leaves the clip out of the mean too
-            score.values[metric] = values[0].double().tolist()
-        if self.suite.i3d is not None:
-            score.features = (self.suite.video_features([real]).cpu(), self.suite.video_features([fake]).cpu())
-        if preview:
-            from .logging import preview_image
-
-            score.preview = preview_image(x[0, :, 0], rec[0, :, 0].to(x.dtype))
-        return score
+        # The uint8 frames inference writes, scored as the eval scores those files.
+        result = score_pair(to_uint8_frames(x[0]), to_uint8_frames(rec[0]), self.settings, self.suite,
+                            name=Path(self.paths[row]).name, index=row, frame_indices=indices)
+        return result, preview_image(x[0, :, 0], rec[0, :, 0])
 
     def _validate(self, pipe, step: int, weights: str, logger_: Any) -> dict[str, Any]:
+        from ..metrics.summary import gather_results
+
         start = time.perf_counter()
-        scores, skipped = [], []
+        results, skipped, previews = [], [], []
         for row in self.rows:
             try:
-                # Each rank previews its first readable clips: among them are the table's first ones.
-                scores.append(self._score(pipe, row, preview=len(scores) < PREVIEW_CLIPS))
+                result, preview = self._score(pipe, row)
             except (MediaReadError, ClipSkipped, OSError, ValueError) as exc:
                 skipped.append({"index": row, "path": self.paths[row], "reason": _reason(exc)})
-        gathered = all_gather_objects({"scores": scores, "skipped": skipped})
-        scores = sorted((s for g in gathered for s in g["scores"]), key=lambda s: s.index)
+                continue
+            results.append(result)
+            if len(previews) < PREVIEW_CLIPS:  # each rank's first: among them are the table's first clips
+                previews.append((row, preview))
+        results = gather_results(results)
+        gathered = all_gather_objects({"skipped": skipped, "previews": previews})
         skipped = sorted((s for g in gathered for s in g["skipped"]), key=lambda s: s["index"])
+        previews = [image for _, image in sorted(p for g in gathered for p in g["previews"])][:PREVIEW_CLIPS]
         seconds = max(all_gather_objects(time.perf_counter() - start))
         line: dict[str, Any] = {"step": step, "weights": weights}
-        line.update(merge_scores(scores, self.metrics))
-        line.update(num_clips=len(scores), num_frames=sum(s.num_frames for s in scores), skipped=len(skipped),
-                    skipped_clips=skipped, seconds=seconds)
+        line.update(merge_results(results, self.settings))
+        line.update(num_clips=len(results), num_frames=sum(r.num_frames for r in results),
+                    skipped=len(skipped), skipped_clips=skipped, seconds=seconds)
         if self.env.is_main:
-            self._report(line, scores, logger_)
+            self._report(line, previews, logger_)
         return line
 
     # ------------------------------------------------------------------ outputs (rank 0)
-    def _report(self, line: dict[str, Any], scores: list[ClipScore], logger_: Any) -> None:
+    def _report(self, line: dict[str, Any], previews: list[torch.Tensor], logger_: Any) -> None:
         step, weights = line["step"], line["weights"]
         prefix = "val" if weights == "raw" else f"val_{weights}"
         for item in line["skipped_clips"]:
@@ -284,9 +257,8 @@ class Validator:
             scalars = {f"{prefix}/{m}": line[m] for m in self.metrics if line.get(m) is not None}
             scalars.update({f"{prefix}/seconds": line["seconds"], f"{prefix}/skipped": line["skipped"]})
             logger_.log_scalars(step, scalars)
-            previews = [s for s in scores if s.preview is not None][:PREVIEW_CLIPS]
-            for k, score in enumerate(previews):
-                logger_.log_image(f"{prefix}/preview_{k}", score.preview, step)
+            for k, image in enumerate(previews):
+                logger_.log_image(f"{prefix}/preview_{k}", image, step)
         value = line.get(self.best_metric)
         if value is not None and self._better(value):
             # Null when no checkpoint holds these weights (val_every is not a multiple of ckpt_every).
@@ -327,23 +299,17 @@ class Validator:
             os.replace(tmp, path)
 
 
-def merge_scores(scores: list[ClipScore], metrics: list[str]) -> dict[str, float | None]:
-    """Each metric's mean over all (clip, frame) values (flolpips: frame pairs), an exact sum
-    (`math.fsum`) as the eval takes it, so the result does not depend on how clips were split
-    over ranks; fvd from the I3D features of all clips in row order."""
-    out: dict[str, float | None] = {}
-    for metric in metrics:
-        if metric == "fvd":
-            continue
-        values = [v for s in scores for v in s.values.get(metric, ())]
-        out[metric] = math.fsum(values) / len(values) if values else None
-    if "fvd" in metrics:
-        from ..metrics.fvd import fvd
+def merge_results(results: list[Any], settings: EvalSettings) -> dict[str, float | int | None]:
+    """The eval's value of each metric from every clip's result in row order (`metrics.summary`:
+    exact sums, so 1 or N ranks give the same numbers); None for a metric without values."""
+    from ..metrics.summary import fvd_value, metric_mean
 
-        if len(scores) >= 2:
-            real = torch.cat([s.features[0] for s in scores])
-            fake = torch.cat([s.features[1] for s in scores])
-            out.update(fvd(real, fake))
-        else:
-            out["fvd"] = None
+    out: dict[str, float | int | None] = {}
+    for metric in settings.metrics:
+        if metric != "fvd":
+            out[metric] = metric_mean(results, metric, settings)
+    if "fvd" in settings.metrics:
+        included = [r for r in results if r.features is not None]
+        out["fvd"] = fvd_value(included, settings) if len(included) >= 2 else None
+        out["fvd_num_videos"] = len(included)
     return out

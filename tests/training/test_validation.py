@@ -57,15 +57,22 @@ def trained(tmp_path_factory):
 
 
 def _infer_then_eval(root: Path, ckpt: Path, val_csv: Path, name: str) -> dict:
-    from opensora_vae.training.validation import ValWindow
+    """What a user runs on checkpoint `ckpt`: inference (lossless files) on the validation table,
+    then the eval CLI on the two folders with the validation's settings (the files hold the
+    selected frames already: stride 1)."""
+    import torch
+
+    from opensora_vae.training.validation import val_eval_settings
 
     save = root / name
     assert run_entry(INFER_ENTRY, [TINY_INFER, "--ckpt-path", ckpt, "--data-path", val_csv, "--save-dir", save,
                                    "--cfg-options", "lossless=True", "dataset.image_size=[32,32]"]) == 0
-    window = ValWindow(num_frames=17, sample_rate=1, resolution=32, crop_size=32)
+    s = val_eval_settings(tiny_train_cfg(1, root / "unused", val_csv, val_metrics=METRICS), torch.device("cpu"))
+    assert (s.num_frames, s.sample_rate, s.resolution, s.crop_size) == (17, 1, 32, 32)
     res = root / f"{name}_eval"
     assert run_entry(EVAL_ENTRY, ["--real_video_dir", f"{save}_ori", "--generated_video_dir", f"{save}_rec",
-                                  *window.eval_flags(), "--metric", *METRICS, "--device", "cpu",
+                                  "--num_frames", s.num_frames, "--sample_rate", 1, "--resolution", s.resolution,
+                                  "--crop_size", s.crop_size, "--metric", *METRICS, "--device", "cpu",
                                   "--res_dir", res, "--skip_bad", "--no_progress"]) == 0
     return json.loads(next(res.glob("metric_*.json")).read_text())
 
