@@ -71,25 +71,38 @@ def current_rank() -> int | None:
 def setup_logging(log_file: str | Path | None = None, rank: int | None = None) -> None:
     """INFO on rank 0 (stderr, and `log_file` if given), warnings only on the other ranks.
 
-    Safe to call again in the same process (tests, or training adding its `train.log`): handlers it
-    added earlier are replaced.
+    Safe to call again in the same process (tests): handlers it added earlier are replaced.
     """
     rank = current_rank() if rank is None else rank
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]:
         root.removeHandler(handler)
         handler.close()
-    fmt = logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [_CurrentStderrHandler()]
-    if log_file is not None and (rank or 0) == 0:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        handler.addFilter(_RankFilter(rank))
-        setattr(handler, _HANDLER_TAG, True)
-        root.addHandler(handler)
+    _add_handler(_CurrentStderrHandler(), rank)
     root.setLevel(logging.INFO if (rank or 0) == 0 else logging.WARNING)
+    if log_file is not None:
+        add_log_file(log_file, rank)
+
+
+def add_log_file(log_file: str | Path, rank: int | None = None) -> None:
+    """Also writes the log to `log_file` on rank 0 (training's `<outputs>/train.log`), keeping the
+    rest of the setup; a log file added earlier in this process is replaced."""
+    rank = current_rank() if rank is None else rank
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)
+                    and isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    if (rank or 0) == 0:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        _add_handler(logging.FileHandler(log_file), rank)
+
+
+def _add_handler(handler: logging.Handler, rank: int | None) -> None:
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.addFilter(_RankFilter(rank))
+    setattr(handler, _HANDLER_TAG, True)
+    logging.getLogger().addHandler(handler)
 
 
 def _record_for_torchrun(message: str, exc: BaseException) -> None:

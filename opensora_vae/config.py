@@ -194,6 +194,8 @@ def _rules(kind: str) -> dict[str, Rule]:
         "ckpt_every": at_least(0),  # 0: only the final checkpoint
         "keep_last_ckpts": optional(at_least(1)),
         "preview_every": at_least(0),
+        "drop_state": lambda v: (None if all(isinstance(x, str) and x for x in v)
+                                 else "a list of checkpoint state names, e.g. ['ema']"),
         # Held-out validation (training/validation.py)
         "val_every": at_least(1),
         "val_max_clips": optional(at_least(1)),

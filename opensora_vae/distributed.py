@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -91,6 +91,37 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def decide_and_agree(decide: Callable[[], Any], deciding: bool) -> list[Any]:
+    """"Some ranks decide, every rank agrees": runs `decide()` where `deciding` is true and returns
+    every rank's outcome (None where it did not decide), in rank order, on every rank.
+
+    When a deciding rank fails, every rank raises: that rank its own exception, the others the
+    same `UserError` (it is what the user must fix), or a RuntimeError naming the failed rank and
+    its error. Outcomes are shared before anyone raises, so no rank ever waits for another forever.
+    """
+    from .errors import UserError
+
+    outcome, failure, error = None, None, None
+    if deciding:
+        try:
+            outcome = decide()
+        except Exception as exc:
+            error = exc
+            failure = exc if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    gathered = all_gather_objects((outcome, failure))
+    if error is not None:
+        raise error
+    for rank, (_, other) in enumerate(gathered):
+        if other is not None:
+            raise other if isinstance(other, UserError) else RuntimeError(f"rank {rank} failed: {other}")
+    return [value for value, _ in gathered]
+
+
+def rank0_decides(decide: Callable[[], Any]) -> Any:
+    """`decide()` run on rank 0 only; its result (or its error) on every rank."""
+    return decide_and_agree(decide, deciding=not is_initialized() or dist.get_rank() == 0)[0]
 
 
 def destroy() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -20,8 +21,35 @@ from ..errors import UserError
 
 RELEASED_REPO = "hpcai-tech/OpenSora-VAE-v1.2"
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-MODEL_SUBDIR = "model"  # <outputs>/step_XXXXXXXXX/model holds a training step's save_pretrained files
 MAX_LISTED = 5  # tensors named in an error message
+
+# ----------------------------------------------------------------------------- training folder layout
+# The one place that knows how a training run lays out `<outputs>` (training/checkpoint.py writes
+# it, `resolve_pipeline_dir` below reads it). A checkpoint is `<outputs>/step_{step:09d}/` with:
+STEP_GLOB = "step_*"
+STEP_DIR = re.compile(r"^step_(\d{9})$")
+MODEL_SUBDIR = "model"  # the model weights as save_pretrained files (config.json + model.safetensors)
+EMA_SUBDIR = "ema"  # the EMA weights, same format, when ema_decay is set
+# Checkpoint state entries stored as save_pretrained dirs named after the entry (in this order);
+# every other entry is stored in STATE_NAME under its own name.
+WEIGHT_DIRS = (MODEL_SUBDIR, EMA_SUBDIR)
+# Entries whose keys sit at the top level of STATE_NAME (the format from before state entries).
+TOP_LEVEL_ENTRIES = ("counters", "replicas")
+STATE_NAME = "training_state.pt"  # every other entry (optimizer, sampler, RNG, ...) and the counters
+CONFIG_DUMP = "config.py"  # the resolved config of the run
+LINEAGE_NAME = "lineage.json"  # {"run_id", "lineage", "step", "entries"}
+TMP_PREFIX = ".tmp_"  # a save in progress (`<outputs>/.tmp_step_...`), never loadable
+LOCK_NAME = ".lock"  # held by the run that owns `<outputs>`
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:09d}"
+
+
+def step_of(path: Path) -> int | None:
+    """The global step a checkpoint dir's name says, None for another name."""
+    match = STEP_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else None
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -47,7 +75,7 @@ def resolve_pipeline_dir(path_or_repo: str | Path | None) -> str:
         return str(path_or_repo)
     if (path / MODEL_SUBDIR).is_dir():
         return str(path / MODEL_SUBDIR)
-    steps = sorted(p for p in path.glob("step_*") if p.is_dir())
+    steps = sorted(p for p in path.glob(STEP_GLOB) if p.is_dir())
     if steps:
         raise CheckpointError(f"'{path}' is a training run dir with {len(steps)} checkpoints; pass one "
                               f"step dir, e.g. {steps[-1]}")

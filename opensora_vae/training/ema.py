@@ -32,12 +32,13 @@ class EMA:
         torch._foreach_lerp_([self.shadow[n] for n in self.names],
                              [params[n].detach() for n in self.names], 1.0 - self.decay)
 
-    def full_state(self) -> dict[str, torch.Tensor]:
-        """Whole EMA tensors on CPU. Every rank must call it (FSDP gathers)."""
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Whole EMA tensors of the trained parameters, on CPU. Every rank must call it (FSDP gathers)."""
         return {n: full_tensor(t).detach().cpu() for n, t in self.shadow.items()}
 
     @torch.no_grad()
-    def load_full_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """From whole tensors (extra keys, e.g. the frozen weights of a saved `ema/` dir, are ignored)."""
         missing = [n for n in self.names if n not in state]
         if missing:
             raise KeyError(f"EMA state lacks {len(missing)} trained parameters, e.g. {missing[:3]}")

@@ -10,7 +10,6 @@ the loss networks are built.
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import math
 import os
@@ -18,29 +17,26 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from ..cli import setup_logging
+from ..cli import add_log_file
 from ..data import StatefulDistributedSampler, VideoDataset, build_dataloader, load_table_once_per_node
-from ..distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, broadcast_object,
-                           init_distributed)
+from ..distributed import DistEnv, all_gather_objects, all_reduce_sum, init_distributed
 from ..errors import UserError, check_folder_location
 from ..losses import LossSettings, VAELoss, build_perceptual, freeze_unreached_params
-from ..models.checkpoint_io import CheckpointError
 from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
 from ..precision import autocast
-from . import checkpoint as ckpt_io
 from .checkpoint import CheckpointManager
 from .ema import EMA
 from .latent_health import LatentHealth
 from .logging import TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
+from .states import (Counters, ModelState, OptimizerState, ReplicaChecksums, RNGState, SamplerState,
+                     rank_generator_seed)
 from .validation import Validator
 
 logger = logging.getLogger("opensora_vae.training")
@@ -76,19 +72,6 @@ class StepResult:
     latent: dict[str, float] = field(default_factory=dict)  # latent health, on its steps
 
 
-def rank_generator_seed(seed: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
-def replica_checksum(module: nn.Module) -> str:
-    """SHA-256 of every parameter's bytes: equal on all DDP ranks iff the replicas are equal."""
-    digest = hashlib.sha256()
-    for name, p in module.named_parameters():
-        digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 def _configure_determinism(enabled: bool) -> None:
     if not enabled:
         return
@@ -96,24 +79,6 @@ def _configure_determinism(enabled: bool) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _agree(value: Any) -> Any:
-    """Rank 0's value, or rank 0's user error raised on every rank (no rank waits forever)."""
-    outcome = broadcast_object(value)
-    if isinstance(outcome, UserError):
-        raise outcome
-    return outcome
 
 
 class Trainer:
@@ -144,20 +109,8 @@ class Trainer:
         self.validator = Validator(cfg, env) if cfg.val_data_path is not None else None
 
         # Rank 0 owns the folder and decides what to resume, so all ranks load the same step.
-        resume: Any = None
-        if env.is_main:
-            try:
-                self.checkpoints.acquire()
-                found = self.checkpoints.resolve(cfg.load, overwrite=cfg.overwrite)
-                resume = (str(found) if found else None, self.checkpoints.lineage,
-                          self.checkpoints.resume_step)
-            except UserError as err:
-                resume = err
-        resume_dir, self.checkpoints.lineage, self.checkpoints.resume_step = _agree(resume) or (None, [], 0)
-        self.resume_dir = Path(resume_dir) if resume_dir else None
-        state = ckpt_io.read_training_state(self.resume_dir) if self.resume_dir else None
-
-        setup_logging(self.outputs / "train.log", env.rank)
+        self.resume_dir = self.checkpoints.start(cfg.load, overwrite=cfg.overwrite)
+        add_log_file(self.outputs / "train.log", env.rank)
         _configure_determinism(cfg.deterministic)
         self.pipe = self._build_model()
         self.model = self._parallelize(self.pipe)
@@ -183,20 +136,36 @@ class Trainer:
             if cfg.compile:
                 perceptual.compile(backend=COMPILE_BACKEND)
         self.loss_fn = VAELoss(self.settings, perceptual)
-        self.global_step = 0
-        self.epoch = 0
-        self.nonfinite_streak = 0
-        self.skipped_total = 0
-        self.attempts_total = 0
-        self.state = state
-        if state is not None:
-            self._restore(state)
+        self.counters = Counters(env.world_size, cfg.batch_size, cfg.parallel)
+        self._register_states()
+        self.resumed = self.checkpoints.restore(drop=cfg.drop_state)
+
+    def _register_states(self) -> None:
+        """Everything a resume needs, as checkpoint entries (restored in this order)."""
+        cfg, env, register = self.cfg, self.env, self.checkpoints.register
+        register("model", ModelState(self.pipe, self.fsdp))
+        if self.ema is not None:
+            register("ema", self.ema)
+        register("optimizer", OptimizerState(self.pipe, self.optimizer, self.fsdp, dict(
+            lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)))
+        register("counters", self.counters)
+        register("sampler", SamplerState(self.sampler, self.counters, env.is_main))
+        register("rng", RNGState(self.generator, env.device, env.rank, cfg.seed, self.counters, self.sampler))
+        register("replicas", ReplicaChecksums(self.pipe, self.fsdp, self.counters))
+        register("latent_health", self.latent_health)
+        if self.validator is not None:
+            register("validation", self.validator)
+
+    @property
+    def global_step(self) -> int:
+        return self.counters.global_step
 
     def _build_model(self) -> VideoVAEPipeline:
         cfg = self.cfg
         # Same seed on every rank: random initial weights are identical before DDP/FSDP.
         torch.manual_seed(cfg.seed)
-        weights = str(self.resume_dir / "model") if self.resume_dir else cfg.ckpt_path
+        resumed = self.checkpoints.weights_dir()
+        weights = str(resumed) if resumed else cfg.ckpt_path
         model_cfg = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
         pipe = VideoVAEPipeline.from_train_config(model_cfg, ckpt_path=weights)
         frozen = freeze_unreached_params(pipe, self.settings)
@@ -257,122 +226,9 @@ class Trainer:
         # so re-creating the iterator on resume does not shift the global RNG stream.
         self.loader.generator = torch.Generator().manual_seed(rank_generator_seed(cfg.seed + 1, env.rank))
 
-    # ------------------------------------------------------------------ checkpoints
-    def _rng_state(self) -> dict[str, torch.Tensor]:
-        state = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
-        if self.env.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.env.device)
-        return state
-
-    def _optimizer_state(self) -> dict:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        # Parameter names as keys (not positions), the same format for DDP and FSDP.
-        opts = StateDictOptions(full_state_dict=self.fsdp, cpu_offload=self.fsdp)
-        return _to_cpu(get_optimizer_state_dict(self.pipe, self.optimizer, options=opts))
-
-    def _model_state(self) -> dict[str, torch.Tensor]:
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            return get_model_state_dict(self.pipe, options=StateDictOptions(full_state_dict=True,
-                                                                            cpu_offload=True))
-        return {k: v.detach().cpu() for k, v in self.pipe.state_dict().items()}
-
     def save_checkpoint(self) -> Path | None:
         """All ranks call it; rank 0 writes. Returns the checkpoint dir on rank 0."""
-        barrier()
-        model_state = self._model_state()
-        optim_state = self._optimizer_state()
-        ema_state = self.ema.full_state() if self.ema is not None else None
-        rng_states = all_gather_objects(self._rng_state())
-        checksums = None
-        if not self.fsdp:
-            checksums = all_gather_objects(replica_checksum(self.pipe))
-            if len(set(checksums)) != 1:
-                raise RuntimeError(f"model replicas differ across ranks at step {self.global_step} "
-                                   f"(parameter checksums {checksums}): training is broken")
-        outcome: Any = None
-        if self.env.is_main:
-            if ema_state is not None:
-                ema_state = {**model_state, **ema_state}  # frozen weights come from the model
-            training_state = {
-                "global_step": self.global_step, "epoch": self.epoch,
-                "sampler": self.sampler.state_dict(), "optimizer": optim_state, "rng": rng_states,
-                "world_size": self.env.world_size, "batch_size": self.cfg.batch_size,
-                "parallel": self.cfg.parallel, "ema": ema_state is not None,
-                "replica_checksums": checksums, "nonfinite_streak": self.nonfinite_streak,
-                "skipped_total": self.skipped_total, "attempts_total": self.attempts_total,
-                "validation": self.validator.state_dict() if self.validator is not None else None,
-                "latent_health": self.latent_health.state_dict(),
-            }
-            try:
-                path = self.checkpoints.save(self.global_step, self.pipe.export_config(), model_state,
-                                             training_state, self.cfg, ema_state)
-                logger.info("saved checkpoint %s", path)
-                outcome = str(path)
-            except UserError as err:  # e.g. a full disk: every rank stops with the same message
-                outcome = err
-        outcome = _agree(outcome)
-        return Path(outcome) if outcome and self.env.is_main else None
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        cfg, env = self.cfg, self.env
-        saved = set(state["optimizer"]["state"])
-        trainable = {n for n, p in self.pipe.named_parameters() if p.requires_grad}
-        if saved and saved != trainable:
-            diff = sorted(saved ^ trainable)
-            raise CheckpointError(
-                f"{self.resume_dir} trained a different set of parameters than this config "
-                f"({len(diff)} differ, e.g. {diff[:3]}): --load resumes the same run; to start a new "
-                "stage from its weights use --ckpt-path")
-        set_optimizer_state_dict(self.pipe, self.optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=self.fsdp))
-        for group in self.optimizer.param_groups:  # this run's config wins over the saved values
-            group.update(lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                         weight_decay=cfg.weight_decay)
-        if self.ema is not None:
-            if state["ema"]:
-                self.ema.load_full_state(ckpt_io.read_weights(self.resume_dir / "ema"))
-            else:
-                logger.warning("checkpoint has no EMA weights: the EMA starts from the loaded model")
-        order_change = self.sampler.load_state_dict(state["sampler"])
-        same_layout = state["world_size"] == env.world_size and state["batch_size"] == cfg.batch_size
-        if same_layout:
-            rng = state["rng"][env.rank]
-            torch.set_rng_state(rng["torch"])
-            self.generator.set_state(rng["generator"])
-            if "cuda" in rng and env.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], env.device)
-        else:
-            # The sampler order is rank-independent, so data continues at the same global
-            # position; sampling noise streams are per rank and are re-seeded from the step.
-            self.generator.manual_seed(rank_generator_seed(cfg.seed * 1_000_003 + state["global_step"],
-                                                           env.rank))
-            if env.is_main:
-                logger.warning("resuming with world size %d / batch size %d (checkpoint: %d / %d): the "
-                               "data continues at global sample %d of epoch %d, but noise streams are "
-                               "re-seeded, so the run is not bit-identical to an uninterrupted one",
-                               env.world_size, cfg.batch_size, state["world_size"], state["batch_size"],
-                               self.sampler.global_consumed, self.sampler.epoch)
-        self.global_step = int(state["global_step"])
-        self.epoch = int(state["epoch"])
-        self.nonfinite_streak = int(state["nonfinite_streak"])
-        self.skipped_total = int(state["skipped_total"])
-        self.attempts_total = int(state["attempts_total"])
-        if state.get("latent_health"):
-            self.latent_health.load_state_dict(state["latent_health"])
-        if self.validator is not None and state.get("validation"):
-            self.validator.load_state_dict(state["validation"])
-        if order_change is not None:
-            if "dataset_len" in order_change.changed:  # the saved counts judged the old table's rows
-                self.skipped_total = self.attempts_total = 0
-            if env.is_main:
-                logger.warning("resuming from %s: %s", self.resume_dir, order_change)
-        if env.is_main:
-            logger.info("resumed from %s at step %d (epoch %d)", self.resume_dir, self.global_step, self.epoch)
+        return self.checkpoints.save(self.global_step, self.cfg)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, video: torch.Tensor, step: int, skipped_samples: int = 0,
@@ -437,18 +293,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _check_health(self, step: int, skipped_step: bool) -> None:
-        cfg = self.cfg
-        self.nonfinite_streak = self.nonfinite_streak + 1 if skipped_step else 0
+        cfg, counters = self.cfg, self.counters
+        counters.nonfinite_streak = counters.nonfinite_streak + 1 if skipped_step else 0
         if skipped_step and self.env.is_main:
             logger.warning("step %d: non-finite loss or gradient norm, update skipped (%d in a row)",
-                           step, self.nonfinite_streak)
-        if self.nonfinite_streak >= cfg.max_nonfinite_steps:
+                           step, counters.nonfinite_streak)
+        if counters.nonfinite_streak >= cfg.max_nonfinite_steps:
             raise TrainingAborted(
-                f"aborting at step {step}: the loss or gradient was non-finite for {self.nonfinite_streak} "
+                f"aborting at step {step}: the loss or gradient was non-finite for {counters.nonfinite_streak} "
                 f"consecutive steps (max_nonfinite_steps={cfg.max_nonfinite_steps}). Lower the learning "
                 f"rate, check the data, or resume from an earlier checkpoint.")
-        if (self.attempts_total >= MIN_ATTEMPTS_FOR_SKIP_CHECK
-                and self.skipped_total > cfg.max_skip_fraction * self.attempts_total):
+        if (counters.attempts_total >= MIN_ATTEMPTS_FOR_SKIP_CHECK
+                and counters.skipped_total > cfg.max_skip_fraction * counters.attempts_total):
             # Every rank is here at the same step (the counts are sums over ranks): gathering is safe.
             seen: dict[str, str] = {}
             for skips in all_gather_objects(list(self._seen_skips.items())[:MAX_SKIP_EXAMPLES]):
@@ -456,7 +312,7 @@ class Trainer:
             examples = "; ".join(f"{p}: {r}" for p, r in list(seen.items())[:MAX_SKIP_EXAMPLES])
             window = cfg.dataset.num_frames * cfg.dataset.frame_interval
             raise TrainingAborted(
-                f"aborting at step {step}: {self.skipped_total} of {self.attempts_total} sample reads "
+                f"aborting at step {step}: {counters.skipped_total} of {counters.attempts_total} sample reads "
                 f"failed (> max_skip_fraction={cfg.max_skip_fraction}). Unreadable: "
                 f"{examples or 'none since this run started (the counts include reads before the resume)'}. "
                 f"Either remove or fix those rows (`python scripts/make_csv.py <folder> <csv> --min-frames "
@@ -480,13 +336,13 @@ class Trainer:
             self.close()
 
     def _fit(self) -> TrainResult:
-        cfg, env = self.cfg, self.env
+        cfg, env, counters = self.cfg, self.env, self.counters
         total = self.total_steps()
         log = TrainLogger(self.outputs, env.is_main, total, self.global_step, cfg.log_every, cfg.wandb,
                           run_config=cfg.to_dict())
         result = TrainResult(self.global_step, None)
         self._seen_skips: dict[str, str] = {}
-        last_saved = self.global_step if self.state is not None else -1
+        last_saved = self.global_step if self.resumed else -1
         samples_per_step = cfg.batch_size * env.world_size
         try:
             if env.is_main:
@@ -495,9 +351,9 @@ class Trainer:
                             f"{env.world_size} × {cfg.parallel}" if env.distributed else "single process")
             done = self.global_step >= total
             tick = time.perf_counter()
-            while not done and self.epoch < cfg.epochs:
-                self.sampler.set_epoch(self.epoch)
-                self.dataset.set_epoch(self.epoch)
+            while not done and counters.epoch < cfg.epochs:
+                self.sampler.set_epoch(counters.epoch)
+                self.dataset.set_epoch(counters.epoch)
                 for batch in self.loader:
                     step = self.global_step + 1
                     self._log_new_skips(batch["skipped"])
@@ -505,9 +361,9 @@ class Trainer:
                     preview = bool(cfg.preview_every) and step % cfg.preview_every == 0
                     out = self.train_step(video, step, len(batch["skipped"]), want_preview=preview)
                     self.sampler.advance(samples_per_step)
-                    self.global_step = step
-                    self.skipped_total += out.skipped_samples
-                    self.attempts_total += out.read_attempts
+                    counters.global_step = step
+                    counters.skipped_total += out.skipped_samples
+                    counters.attempts_total += out.read_attempts
                     now = time.perf_counter()
                     metrics = self._metrics(out, now - tick)
                     tick = now
@@ -526,7 +382,7 @@ class Trainer:
                         done = True
                         break
                 else:
-                    self.epoch += 1
+                    counters.epoch += 1
             self._validate(log, final=True)
             if last_saved != self.global_step:
                 result.last_checkpoint = self.save_checkpoint()
@@ -552,7 +408,7 @@ class Trainer:
             "train/num_frames": out.num_frames, "train/update_skipped": float(out.skipped_step),
             "speed/steps_per_s": 1.0 / max(seconds, 1e-9),
             "speed/samples_per_s": self.cfg.batch_size * self.env.world_size / max(seconds, 1e-9),
-            "data/skipped_total": self.skipped_total, "data/skipped_samples_step": out.skipped_samples,
+            "data/skipped_total": self.counters.skipped_total, "data/skipped_samples_step": out.skipped_samples,
             **out.latent,
         })
         if self.env.device.type == "cuda":

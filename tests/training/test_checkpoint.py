@@ -18,6 +18,7 @@ from opensora_vae.errors import OutputExistsError
 from opensora_vae.training import checkpoint as ckpt_io
 from opensora_vae.training import mixed_num_frames
 from opensora_vae.training.checkpoint import CheckpointManager, DiskFullError, OutputsInUseError
+from opensora_vae.training.states import ModelState
 
 from tests.helpers import TINY_STAGE1
 
@@ -64,25 +65,43 @@ def test_a_fresh_run_or_a_rollback_never_replaces_existing_checkpoints_unless_as
     assert CheckpointManager(tmp_path / "new", 3).resolve(None) is None  # an empty folder is fine
 
 
+class Value:
+    """The smallest stateful object: its state is its value."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def state_dict(self):
+        return self.value
+
+    def load_state_dict(self, state):
+        self.value = state
+
+
+def _manager(outputs, keep_last, pipe, **entries):
+    return CheckpointManager(outputs, keep_last, states={"model": ModelState(pipe, fsdp=False),
+                                                         "counters": Value({"global_step": 0}), **entries})
+
+
 def _save(manager, step, pipe, cfg):
-    state = pipe.state_dict()
-    return manager.save(step, pipe.export_config(), state, {"global_step": step}, cfg)
+    manager.states["counters"].value = {"global_step": step}
+    return manager.save(step, cfg)
 
 
 def test_pruning_removes_only_this_lineage_and_never_a_newer_branch(tmp_path, tiny_pipeline):
     cfg = load_config(TINY_STAGE1)
-    first = CheckpointManager(tmp_path, keep_last=2)
+    first = _manager(tmp_path, 2, tiny_pipeline)
     for step in (1, 2, 3, 4):
         _save(first, step, tiny_pipeline, cfg)
     assert _names(tmp_path) == ["step_000000003", "step_000000004"]
     # A second, unrelated run into the same folder (overwrite=True) prunes only its own.
-    other = CheckpointManager(tmp_path, keep_last=1)
+    other = _manager(tmp_path, 1, tiny_pipeline)
     assert other.resolve(None, overwrite=True) is None
     for step in (5, 6):
         _save(other, step, tiny_pipeline, cfg)
     assert _names(tmp_path) == ["step_000000003", "step_000000004", "step_000000006"]
     # A rollback to step 3 keeps step 4 and 6 (a later branch) until it overwrites them itself.
-    rollback = CheckpointManager(tmp_path, keep_last=1)
+    rollback = _manager(tmp_path, 1, tiny_pipeline)
     assert rollback.resolve(str(tmp_path / "step_000000003"), overwrite=True) == tmp_path / "step_000000003"
     assert rollback.lineage[:-1] == first.lineage
     _save(rollback, 4, tiny_pipeline, cfg)  # replaces the old step 4 (same lineage), prunes step 3
@@ -120,7 +139,7 @@ def test_a_lock_held_by_a_dead_process_does_not_block(tmp_path):
 
 def test_a_full_disk_is_refused_before_writing_and_keeps_older_checkpoints(tmp_path, tiny_pipeline, monkeypatch):
     cfg = load_config(TINY_STAGE1)
-    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager = _manager(tmp_path, 1, tiny_pipeline)
     _save(manager, 1, tiny_pipeline, cfg)
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(ckpt_io.shutil, "disk_usage", lambda path: usage._replace(free=1000))
@@ -132,7 +151,7 @@ def test_a_full_disk_is_refused_before_writing_and_keeps_older_checkpoints(tmp_p
 
 def test_a_write_that_runs_out_of_space_removes_its_partial_dir(tmp_path, tiny_pipeline, monkeypatch):
     cfg = load_config(TINY_STAGE1)
-    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager = _manager(tmp_path, 1, tiny_pipeline)
     _save(manager, 1, tiny_pipeline, cfg)
 
     def no_space(*args, **kwargs):
@@ -147,13 +166,12 @@ def test_a_write_that_runs_out_of_space_removes_its_partial_dir(tmp_path, tiny_p
 
 def test_write_checkpoint_is_complete_and_replaces_the_same_step(tmp_path, tiny_pipeline):
     cfg = load_config(TINY_STAGE1)
-    state = tiny_pipeline.state_dict()
+    state, config = tiny_pipeline.state_dict(), tiny_pipeline.export_config()
     for step in (1, 2, 3):
-        path = ckpt_io.write_checkpoint(tmp_path, step, tiny_pipeline.export_config(), state,
-                                        {"global_step": step}, cfg, ema_state=state)
+        path = ckpt_io.write_checkpoint(tmp_path, step, cfg, config,
+                                        {"model": state, "ema": state, "counters": {"global_step": step}})
         assert ckpt_io.missing_files(path) == []
-    again = ckpt_io.write_checkpoint(tmp_path, 3, tiny_pipeline.export_config(), state,
-                                     {"global_step": 33}, cfg)
+    again = ckpt_io.write_checkpoint(tmp_path, 3, cfg, config, {"model": state, "counters": {"global_step": 33}})
     assert ckpt_io.read_training_state(again)["global_step"] == 33 and not (again / "ema").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(ckpt_io.TMP_PREFIX)]
     # The dumped config is the resolved one and loads back through the schema check.

@@ -255,3 +255,19 @@ def test_a_resumed_run_tells_tensorboard_to_drop_the_steps_it_repeats(tmp_path, 
     starts = [e.step for e in EventFileLoader(str(files[1])).Load()
               if e.HasField("session_log") and e.session_log.status == e.session_log.START]
     assert starts == [3]  # TensorBoard purges the first run's steps >= 3
+
+
+def test_the_trainer_adds_its_log_file_and_keeps_the_callers_logging(tmp_path, media_csv):
+    from opensora_vae.cli import setup_logging
+
+    setup_logging()  # what the entry script did before building the Trainer
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        Trainer(tiny_train_cfg(1, tmp_path / "out", media_csv, max_steps=1)).close()
+        assert all(h in root.handlers for h in before)  # logging was not set up a second time
+        added = [h for h in root.handlers if h not in before]
+        assert [type(h) for h in added] == [logging.FileHandler]
+        assert added[0].baseFilename == str(tmp_path / "out" / "train.log")
+    finally:
+        setup_logging()  # drops the file handler again

@@ -62,6 +62,12 @@ keep_last_ckpts = 3
 preview_every = 500  # TensorBoard input|recon image every N steps (0 = never)
 wandb = False
 
+# Resuming (training/checkpoint.py): a checkpoint holding state that this config does not continue
+# (e.g. an EMA, and no ema_decay) is refused, so that state is never lost silently. Name such state
+# entries here to drop them on purpose, e.g. drop_state = ["ema"]; the newest checkpoint holding
+# them is still kept by pruning.
+drop_state = []
+
 # Held-out validation (README "Validation while training"): every val_every steps and after the
 # last one, the posterior-mode reconstructions of the same clips of val_data_path are scored as the
 # eval scores files (the clip window is the training one: dataset.num_frames frames at

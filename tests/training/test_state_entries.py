@@ -1,0 +1,119 @@
+"""The checkpoint manager owns the training state: a component is one entry of its `states`, and
+state that a resumed run would not continue never vanishes silently."""
+
+import pytest
+import torch
+
+from opensora_vae.config import load_config
+from opensora_vae.training import Trainer
+from opensora_vae.training import checkpoint as ckpt_io
+from opensora_vae.training.checkpoint import CheckpointManager, StateWouldVanishError
+from opensora_vae.training.states import ModelState
+from tests.helpers import TINY_STAGE1, make_media_csv, tiny_train_cfg
+
+
+class Value:
+    """The smallest stateful object: its state is its value."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def state_dict(self):
+        return self.value
+
+    def load_state_dict(self, state):
+        self.value = state
+
+
+def _states(pipe, **extra):
+    return {"model": ModelState(pipe, fsdp=False), "counters": Value({"global_step": 0}), **extra}
+
+
+def _save(manager, step, cfg):
+    manager.states["counters"].value = {"global_step": step}
+    return manager.save(step, cfg)
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("step_"))
+
+
+def test_a_new_component_is_two_entries_and_nothing_else(tmp_path, tiny_pipeline):
+    """What the adversarial phase needs: a module and its optimizer, saved and restored exactly."""
+    cfg = load_config(TINY_STAGE1)
+    torch.manual_seed(0)
+    disc = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(disc.parameters(), lr=1e-3)
+    disc(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    manager = CheckpointManager(tmp_path, 2, states=_states(tiny_pipeline, discriminator=disc,
+                                                            discriminator_optimizer=opt))
+    path = _save(manager, 1, cfg)
+    assert {"discriminator", "discriminator_optimizer"} <= ckpt_io.held_entries(path)
+
+    fresh = torch.nn.Linear(4, 1)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    resumed = CheckpointManager(tmp_path, 2, states=_states(tiny_pipeline, discriminator=fresh,
+                                                            discriminator_optimizer=fresh_opt))
+    assert resumed.start("auto") == path
+    assert resumed.restore()
+    assert all(torch.equal(a, b) for a, b in zip(disc.state_dict().values(), fresh.state_dict().values()))
+    saved, loaded = opt.state_dict()["state"][0], fresh_opt.state_dict()["state"][0]
+    assert all(torch.equal(saved[k], loaded[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
+    assert resumed.states["counters"].value["global_step"] == 1  # top-level entries get the whole file
+    resumed.release()
+
+
+def test_state_a_resume_would_not_continue_is_refused_unless_dropped(tmp_path, tiny_pipeline):
+    cfg = load_config(TINY_STAGE1)
+    manager = CheckpointManager(tmp_path, 5, states=_states(tiny_pipeline, discriminator=Value({"w": 1})))
+    _save(manager, 1, cfg)
+    without = CheckpointManager(tmp_path, 5, states=_states(tiny_pipeline))
+    without.start("auto")
+    with pytest.raises(StateWouldVanishError, match=r"'discriminator'.*drop_state=\[discriminator\]"):
+        without.restore()
+    assert without.restore(drop=["discriminator"])
+    without.release()
+
+
+def test_pruning_keeps_the_newest_checkpoint_holding_state_that_newer_ones_lack(tmp_path, tiny_pipeline):
+    cfg = load_config(TINY_STAGE1)
+    first = CheckpointManager(tmp_path, 1, states=_states(tiny_pipeline, ema=Value({})))
+    for step in (1, 2):
+        _save(first, step, cfg)
+    assert _names(tmp_path) == ["step_000000002"]
+    second = CheckpointManager(tmp_path, 1, states=_states(tiny_pipeline))
+    second.start("auto")
+    second.restore(drop=["ema"])
+    for step in (3, 4, 5):
+        _save(second, step, cfg)
+    # step 2 is the last one with ema/: kept, whatever keep_last_ckpts says; the rest rotate.
+    assert _names(tmp_path) == ["step_000000002", "step_000000005"]
+    assert (tmp_path / "step_000000002" / "ema" / "model.safetensors").is_file()
+    second.release()
+
+
+@pytest.fixture(scope="module")
+def media_csv(tmp_path_factory):
+    return make_media_csv(tmp_path_factory.mktemp("media"), num_images=2)
+
+
+def test_an_ema_is_never_lost_on_resume(tmp_path, media_csv):
+    """Issue 19.1: a resume without ema_decay continued silently, then pruning deleted every ema/."""
+    out = tmp_path / "out"
+    Trainer(tiny_train_cfg(1, out, media_csv, max_steps=2, ckpt_every=1, keep_last_ckpts=1,
+                           ema_decay=0.5)).fit()
+    with pytest.raises(StateWouldVanishError, match=r"'ema'.*--cfg-options ema_decay=.*drop_state=\[ema\]"):
+        Trainer(tiny_train_cfg(1, out, media_csv, max_steps=4, ckpt_every=1, keep_last_ckpts=1, load="auto"))
+    assert _names(out) == ["step_000000002"]
+    # Continued: the EMA goes on from the saved one.
+    kept = Trainer(tiny_train_cfg(1, out, media_csv, max_steps=3, ckpt_every=1, keep_last_ckpts=1,
+                                  ema_decay=0.5, load="auto"))
+    saved = ckpt_io.read_weights(out / "step_000000002" / "ema")
+    assert all(torch.equal(t.cpu(), saved[n]) for n, t in kept.ema.shadow.items())
+    kept.fit()
+    # Dropped on purpose: training goes on, and pruning keeps the newest checkpoint holding ema/.
+    Trainer(tiny_train_cfg(1, out, media_csv, max_steps=5, ckpt_every=1, keep_last_ckpts=1, load="auto",
+                           drop_state=["ema"])).fit()
+    assert _names(out) == ["step_000000003", "step_000000005"]
+    assert (out / "step_000000003" / "ema").is_dir() and not (out / "step_000000005" / "ema").exists()
