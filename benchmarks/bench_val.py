@@ -56,7 +56,7 @@ def _config(args, root: Path):
                "num_workers": 0, "dataset.image_size": [256, 256], "wandb": False, "preview_every": 0}
     if args.model == "full":
         sdxl = json.loads((REPO / "opensora_vae" / "models" / "configs" / "sdxl_vae.json").read_text())
-        options.update({"model.spatial.from_pretrained": None, "model.spatial.config": sdxl})
+        options.update({"model.spatial.from_pretrained": None, "model.spatial.config": {**sdxl, "_delete_": True}})
     return load_config(folder / f"stage{args.stage}.py", cfg_options=options,
                        cli={"outputs": str(root / "out"), "data_path": str(train_csv)})
 
