@@ -269,6 +269,7 @@ class CheckpointManager:
         self.resume_step = 0
         self.resume_dir: Path | None = None
         self.written: set[Path] = set()
+        self.pinned: set[Path] = set()  # never pruned: e.g. validation's best step (val_best.json)
         self._lock_file = None
 
     def register(self, name: str, obj: Stateful) -> None:
@@ -455,7 +456,7 @@ class CheckpointManager:
             if path.resolve() not in self.written and step > self.resume_step:
                 continue  # a later branch of this lineage that a rollback did not overwrite (yet)
             candidates.append(path)
-        doomed = candidates[:-self.keep_last]
+        doomed = [p for p in candidates[:-self.keep_last] if p.resolve() not in self.pinned]
         # Newest first: an entry that no newer surviving checkpoint holds keeps this one alive.
         held_later: set[str] = set()
         for step, path in reversed(existing):

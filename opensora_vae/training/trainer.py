@@ -106,7 +106,7 @@ class Trainer:
         self.settings = LossSettings.from_config(cfg)
         self.fsdp = cfg.parallel == "fsdp"
         self._build_data()  # reads and sizes the table: a bad one fails before any output exists
-        self.validator = Validator(cfg, env) if cfg.val_data_path is not None else None
+        self.validator = Validator(cfg, env, self.checkpoints) if cfg.val_data_path is not None else None
 
         # Rank 0 owns the folder and decides what to resume, so all ranks load the same step.
         self.resume_dir = self.checkpoints.start(cfg.load, overwrite=cfg.overwrite)

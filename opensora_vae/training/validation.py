@@ -40,6 +40,7 @@ from ..errors import UserError
 from ..metrics.fvd import FVD_NUM_FRAMES, MIN_RELIABLE_VIDEOS
 from ..metrics.protocol import frame_indices, preprocess
 from ..metrics.settings import EvalSettings
+from ..metrics.summary import HIGHER_IS_BETTER
 from ..precision import autocast
 from .checkpoint import step_dir_name
 from .ema import full_tensor
@@ -49,8 +50,6 @@ logger = logging.getLogger("opensora_vae.training")
 HISTORY_NAME = "val_history.jsonl"
 BEST_NAME = "val_best.json"
 PREVIEW_CLIPS = 2  # the first readable clips of the table, shown as input | reconstruction (frame 0)
-# Metrics where a smaller value is a better reconstruction; the others (ssim, psnr) are larger-better.
-LOWER_IS_BETTER = frozenset({"lpips", "flolpips", "fvd"})
 
 
 class ValidationError(UserError, ValueError):
@@ -108,10 +107,11 @@ class Validator:
     trainer calls `run(step, model_state, ema_state, pipeline_config)` on every rank at the same
     steps, with the live (possibly sharded) state dicts of the model and the EMA."""
 
-    def __init__(self, cfg: Any, env: DistEnv):
+    def __init__(self, cfg: Any, env: DistEnv, checkpoints: Any = None):
         from ..metrics.evaluate import MetricSuite
 
         self.cfg, self.env = cfg, env
+        self.checkpoints = checkpoints  # the CheckpointManager: pruning keeps the best step's dir
         self.outputs = Path(cfg.outputs).expanduser()
         self.settings = val_eval_settings(cfg, env.device)
         table = load_table(cfg.val_data_path)  # TableError (a UserError) when missing or empty
@@ -137,6 +137,7 @@ class Validator:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = state["best"]
         self.last_step = int(state["last_step"])
+        self._pin_best()
         if self.env.is_main:
             self._truncate_history(self.last_step)
             self._write_best()
@@ -234,12 +235,34 @@ class Validator:
         line.update(merge_results(results, self.settings))
         line.update(num_clips=len(results), num_frames=sum(r.num_frames for r in results),
                     skipped=len(skipped), skipped_clips=skipped, seconds=seconds)
+        improved = self._update_best(line)  # on every rank: the state is the same everywhere
         if self.env.is_main:
-            self._report(line, previews, logger_)
+            self._report(line, previews, logger_, improved)
         return line
 
+    def _update_best(self, line: dict[str, Any]) -> bool:
+        value, step = line.get(self.best_metric), line["step"]
+        if value is None or not self._better(value):
+            return False
+        # Null when no checkpoint holds these weights (val_every is not a multiple of ckpt_every).
+        ckpt = self.outputs / step_dir_name(step)
+        if not (self._checkpoint_follows or ckpt.is_dir()):
+            ckpt = None
+        weights = line["weights"]
+        self.best = {"metric": self.best_metric, "value": value, "step": step, "weights": weights,
+                     "checkpoint": str(ckpt) if ckpt else None,
+                     "weights_dir": str(ckpt / ("model" if weights == "raw" else weights)) if ckpt else None}
+        self._pin_best()
+        return True
+
+    def _pin_best(self) -> None:
+        """`keep_last_ckpts` pruning never removes the step dir the record names."""
+        if self.checkpoints is not None:
+            best = self.best.get("checkpoint") if self.best else None
+            self.checkpoints.pinned = {Path(best).resolve()} if best else set()
+
     # ------------------------------------------------------------------ outputs (rank 0)
-    def _report(self, line: dict[str, Any], previews: list[torch.Tensor], logger_: Any) -> None:
+    def _report(self, line: dict[str, Any], previews: list[torch.Tensor], logger_: Any, improved: bool) -> None:
         step, weights = line["step"], line["weights"]
         prefix = "val" if weights == "raw" else f"val_{weights}"
         for item in line["skipped_clips"]:
@@ -259,22 +282,15 @@ class Validator:
             logger_.log_scalars(step, scalars)
             for k, image in enumerate(previews):
                 logger_.log_image(f"{prefix}/preview_{k}", image, step)
-        value = line.get(self.best_metric)
-        if value is not None and self._better(value):
-            # Null when no checkpoint holds these weights (val_every is not a multiple of ckpt_every).
-            ckpt = self.outputs / step_dir_name(step) if self._checkpoint_follows or (
-                self.outputs / step_dir_name(step)).is_dir() else None
-            self.best = {"metric": self.best_metric, "value": value, "step": step, "weights": weights,
-                         "checkpoint": str(ckpt) if ckpt else None,
-                         "weights_dir": str(ckpt / ("model" if weights == "raw" else weights)) if ckpt else None}
+        if improved:
             self._write_best()
 
     def _better(self, value: float) -> bool:
         if self.best is None or self.best.get("metric") != self.best_metric:
             return True
-        if self.best_metric in LOWER_IS_BETTER:
-            return value < self.best["value"]
-        return value > self.best["value"]
+        if self.best_metric in HIGHER_IS_BETTER:
+            return value > self.best["value"]
+        return value < self.best["value"]  # lpips, flolpips, fvd
 
     def _write_best(self) -> None:
         if self.best is None:

@@ -225,3 +225,19 @@ def test_resume_keeps_the_record_and_drops_history_after_the_checkpoint(trained,
     best = json.loads((copy / "val_best.json").read_text())
     winner = min(history, key=lambda h: h["lpips"])
     assert (best["step"], best["weights"], best["value"]) == (winner["step"], winner["weights"], winner["lpips"])
+
+
+def test_pruning_keeps_the_best_checkpoint(tmp_path):
+    """keep_last_ckpts=1 removes old step dirs, but never the one val_best.json names."""
+    from opensora_vae.training import train
+
+    val_csv = _val_table(tmp_path / "val", broken=False)
+    train_csv = _val_table(tmp_path / "train", broken=False)
+    outputs = tmp_path / "out"
+    # A learning rate far too high: the weights get worse, so an early step is the best.
+    train(tiny_train_cfg(1, outputs, train_csv, max_steps=3, ckpt_every=1, keep_last_ckpts=1, val_every=1,
+                         lr=0.5, val_data_path=str(val_csv), val_metrics=["psnr"], val_best_metric="psnr"))
+    best = json.loads((outputs / "val_best.json").read_text())
+    kept = sorted(p.name for p in outputs.glob("step_*"))
+    assert kept == sorted({"step_000000003", Path(best["checkpoint"]).name})
+    assert Path(best["weights_dir"]).is_dir()
