@@ -125,7 +125,10 @@ def section(r: dict) -> str:
         "V·c / (E·s + V·c) with the measured c (per clip) and s (per step, median of "
         f"{r['steps_timed']} after a warm-up step). A validation clip costs one no-grad posterior-mode "
         "reconstruction (spatial encode, temporal encode/decode, spatial decode) plus the metrics; a training "
-        "step also runs backward (and, in stage 1, no spatial decode).",
+        "step also runs backward (and, in stage 1, no spatial decode). Wall times; other jobs may share the "
+        "machine." + (" The tiny architecture spends relatively more in the metrics (their cost does not shrink "
+                      "with the model): `--model full` on a GPU measures the released architecture."
+                      if r["model"] == "tiny" else ""),
     ])
 
 
