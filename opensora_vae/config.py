@@ -170,6 +170,7 @@ def _rules(kind: str) -> dict[str, Rule]:
         return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
     from .metrics.settings import EVAL_METRICS
     from .training.mixing import MIXED_STRATEGIES
+    from .training.schedule import LR_SCHEDULE_KINDS
 
     return {
         **shared,
@@ -196,6 +197,9 @@ def _rules(kind: str) -> dict[str, Rule]:
         "preview_every": at_least(0),
         "drop_state": lambda v: (None if all(isinstance(x, str) and x for x in v)
                                  else "a list of checkpoint state names, e.g. ['ema']"),
+        "lr_schedule.kind": one_of(*LR_SCHEDULE_KINDS),
+        "lr_schedule.warmup_steps": at_least(0),
+        "lr_schedule.min_lr_ratio": within(0, 1),
         # Held-out validation (training/validation.py)
         "val_every": at_least(1),
         "val_max_clips": optional(at_least(1)),

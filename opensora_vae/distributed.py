@@ -85,14 +85,6 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    if not is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def decide_and_agree(decide: Callable[[], Any], deciding: bool) -> list[Any]:
     """"Some ranks decide, every rank agrees": runs `decide()` where `deciding` is true and returns
     every rank's outcome (None where it did not decide), in rank order, on every rank.

@@ -135,21 +135,17 @@ def load_table_once_per_node(data_path: str | os.PathLike) -> PathTable:
         return load_table(data_path)
     # A node's ranks are the children of one torchrun agent on one host: they see one /dev/shm.
     local_rank, node = int(os.environ.get("LOCAL_RANK", 0)), f"{socket.gethostname()}:{os.getppid()}"
-    table, outcome = None, None
-    if local_rank == 0:
-        try:
-            table = load_table(data_path)
-            outcome = ("loaded", _share(table))
-        except Exception as exc:  # told to every rank below, then raised here
-            outcome, error = ("failed", exc if isinstance(exc, TableError) else None), exc
-    outcomes = distributed.all_gather_objects((node, local_rank, outcome))
-    failures = [o[1] for _, _, o in outcomes if o is not None and o[0] == "failed"]
-    if failures:
-        if local_rank == 0 and outcome[0] == "failed":
-            raise error
-        raise failures[0] or TableError(f"{data_path}: loading the table failed on another rank (see its log)")
+    loaded: dict[str, PathTable] = {}
+
+    def load_and_share() -> tuple[str, str | None]:
+        loaded["table"] = load_table(data_path)
+        return node, _share(loaded["table"])
+
+    # Every node's local rank 0 loads; a failure there is raised on every rank of every node.
+    outcomes = distributed.decide_and_agree(load_and_share, deciding=local_rank == 0)
+    table = loaded.get("table")
     # None: no room to share, or (another launcher) no local rank 0 beside this rank: load it here.
-    folder = next((o[1] for n, r, o in outcomes if n == node and r == 0), None)
+    folder = next((o[1] for o in outcomes if o is not None and o[0] == node), None)
     try:
         if folder is not None:  # rank 0 too: its private copy goes, the shared one stays
             table = PathTable.open(folder, os.path.dirname(os.path.abspath(data_path)))

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data import build_dataloader
-from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed
+from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed, rank0_decides
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import resolve_pipeline_dir
 from ..precision import DTYPES, autocast
@@ -133,15 +133,14 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
         raise InferenceError(str(err)) from err
     rows = list(range(len(dataset) if cfg.num_samples is None else min(cfg.num_samples, len(dataset))))
     layout = OutputLayout.from_save_dir(cfg.save_dir, cfg.save_grid)
-    problem = None
-    if info.is_main:
+
+    def prepare() -> None:
         try:
             layout.prepare(overwrite=cfg.overwrite)
         except FileExistsError as err:
-            problem = str(err)
-    problem = all_gather_objects(problem)[0]  # every rank raises, none waits for rank 0 forever
-    if problem:
-        raise OutputExistsError(problem)
+            raise OutputExistsError(str(err)) from err
+
+    rank0_decides(prepare)  # every rank raises rank 0's refusal, none waits for it forever
 
     my_rows = rows[info.rank::info.world_size]  # every world_size-th row: balanced, no overlap
     # One pass in row order: no persistent workers, and items stay unpinned lists.

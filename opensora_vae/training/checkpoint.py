@@ -469,5 +469,6 @@ class CheckpointManager:
                 held_later |= held
         for path in doomed:
             shutil.rmtree(path, ignore_errors=True)
+            self.written.discard(path.resolve())  # only existing dirs: bounded however long the run
             logger.info("removed old checkpoint %s (keep_last_ckpts=%d)", path, self.keep_last)
         return doomed

@@ -16,6 +16,11 @@ from ..errors import UserError
 
 logger = logging.getLogger("opensora_vae.training")
 
+MAX_SKIP_EXAMPLES = 5  # unreadable files named per rank, and in all, by the abort message
+# Distinct unreadable paths remembered for "warn once" (a 30M-row table with 1 % bad rows would
+# otherwise keep 300k of them): a path seen again after this many others is warned about again.
+SKIP_MEMORY = 10_000
+
 
 def format_duration(seconds: float | None) -> str:
     """`1h02m`, `3m05s`, `12s`; `?` when unknown."""
@@ -41,24 +46,74 @@ def preview_image(x_frame: torch.Tensor, rec_frame: torch.Tensor) -> torch.Tenso
     return ((both.clamp(-1, 1) + 1) / 2).cpu()
 
 
+class SkipLog:
+    """This rank's unreadable samples: a warning for each path (once among the last SKIP_MEMORY
+    distinct ones) and the first MAX_SKIP_EXAMPLES kept for the abort message. The counts are
+    the trainer's counters; the memory held here is bounded however long the run."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.warned: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.examples: list[tuple[str, str]] = []
+
+    def note(self, skipped: list[tuple[str, str]]) -> None:
+        for path, reason in skipped:
+            if path in self.warned:
+                self.warned.move_to_end(path)
+                continue
+            self.warned[path] = None
+            if len(self.warned) > SKIP_MEMORY:
+                self.warned.popitem(last=False)
+            if len(self.examples) < MAX_SKIP_EXAMPLES:
+                self.examples.append((path, reason))
+            logger.warning("unreadable sample skipped (rank %d): %s: %s", self.rank, path, reason)
+
+
+class RunningMeans:
+    """The last `window` values of each loss term, for the log's running means. A checkpoint
+    entry: a resumed run's means continue where the saved run's were (bounded: `window` each)."""
+
+    def __init__(self, window: int = 50):
+        self.window = window
+        self.recent: dict[str, collections.deque] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.recent.setdefault(name, collections.deque(maxlen=self.window)).append(value)
+
+    def mean(self, name: str) -> float | None:
+        values = self.recent.get(name)
+        return sum(values) / len(values) if values else None
+
+    def count(self, name: str) -> int:
+        return len(self.recent.get(name, ()))
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {name: list(values) for name, values in self.recent.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.recent = {name: collections.deque(values, maxlen=self.window) for name, values in state.items()}
+
+
 class TrainLogger:
     """Rank-0 progress: TensorBoard scalars, a tqdm bar on terminals only, and plain log lines.
 
     Each log line has the step, the step's loss terms and their running mean over the last
-    `RUNNING_WINDOW` logged steps (single steps are noisy), speed, and an ETA, so the file
-    log alone shows progress. Does nothing on ranks other than 0 (`enabled=False`).
+    `RUNNING_WINDOW` logged steps (single steps are noisy; `means`, which a resume restores),
+    speed, and an ETA, so the file log alone shows progress. Does nothing on ranks other than 0
+    (`enabled=False`).
     """
 
     RUNNING_WINDOW = 50
 
     def __init__(self, outputs: str | Path, enabled: bool, total_steps: int | None, initial_step: int,
-                 log_every: int, use_wandb: bool = False, run_config: Mapping[str, Any] | None = None):
+                 log_every: int, use_wandb: bool = False, run_config: Mapping[str, Any] | None = None,
+                 means: RunningMeans | None = None):
         self.enabled = enabled
         self.log_every = max(1, int(log_every))
         self.total_steps = total_steps
         self.initial_step = initial_step
         self.started = time.perf_counter()
-        self.recent: dict[str, collections.deque] = {}
+        self.means = means if means is not None else RunningMeans(self.RUNNING_WINDOW)
         self.writer = None
         self.bar = None
         self.wandb_run = None
@@ -81,8 +136,7 @@ class TrainLogger:
             self.wandb_run = wandb.init(config=dict(run_config or {}), dir=str(outputs))
 
     def running_mean(self, name: str) -> float | None:
-        values = self.recent.get(name)
-        return sum(values) / len(values) if values else None
+        return self.means.mean(name)
 
     def eta_seconds(self, step: int) -> float | None:
         done = step - self.initial_step
@@ -96,7 +150,7 @@ class TrainLogger:
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step)
             if name.startswith("loss/"):
-                self.recent.setdefault(name, collections.deque(maxlen=self.RUNNING_WINDOW)).append(value)
+                self.means.add(name, value)
         if self.wandb_run is not None:
             self.wandb_run.log(dict(metrics), step=step)
         self.bar.update(1)
@@ -112,7 +166,7 @@ class TrainLogger:
             logger.info("step %d%s | %s | mean(last %d) loss=%s | grad_norm=%.4g lr=%.3g | %.2f samples/s | "
                         "eta %s | skipped samples %d",
                         step, total, terms or "non-finite loss, step skipped",
-                        len(self.recent.get("loss/loss", ())), "n/a" if mean is None else f"{mean:.5g}",
+                        self.means.count("loss/loss"), "n/a" if mean is None else f"{mean:.5g}",
                         metrics.get("train/grad_norm", float("nan")), metrics.get("train/lr", 0.0),
                         metrics.get("speed/samples_per_s", 0.0), format_duration(eta),
                         int(metrics.get("data/skipped_total", 0)))

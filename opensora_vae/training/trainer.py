@@ -33,8 +33,9 @@ from ..precision import autocast
 from .checkpoint import CheckpointManager
 from .ema import EMA
 from .latent_health import LatentHealth
-from .logging import TrainLogger, check_wandb_available, preview_image
+from .logging import MAX_SKIP_EXAMPLES, RunningMeans, SkipLog, TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
+from .schedule import build_lr_scheduler
 from .states import (Counters, ModelState, OptimizerState, ReplicaChecksums, RNGState, SamplerState,
                      rank_generator_seed)
 from .validation import Validator
@@ -43,8 +44,9 @@ logger = logging.getLogger("opensora_vae.training")
 
 # The unreadable-sample fraction is only judged after this many read attempts (all ranks).
 MIN_ATTEMPTS_FOR_SKIP_CHECK = 20
-MAX_SKIP_EXAMPLES = 5  # unreadable files named per rank, and in all, by the abort message
-HISTORY_LIMIT = 10_000  # per-step metrics kept in memory for callers (tests, notebooks)
+# Per-step metrics kept in memory for callers (tests, notebooks): the last steps only, so a long
+# run stays flat; the whole record is in TensorBoard (and train.log).
+HISTORY_LIMIT = 1_000
 # torch.compile backend for `compile=True`; tests use "aot_eager" (same graphs, no C++ build).
 COMPILE_BACKEND = "inductor"
 
@@ -125,6 +127,7 @@ class Trainer:
         fused = True if env.device.type == "cuda" else None
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=fused)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.lr_schedule, self.total_steps())
         self.ema = EMA(self.pipe, cfg.ema_decay) if cfg.ema_decay else None
         self.latent_health = LatentHealth(cfg.log_every, track_spatial=not self.pipe.freeze_spatial)
         self.generator = torch.Generator(env.device)
@@ -137,6 +140,7 @@ class Trainer:
                 perceptual.compile(backend=COMPILE_BACKEND)
         self.loss_fn = VAELoss(self.settings, perceptual)
         self.counters = Counters(env.world_size, cfg.batch_size, cfg.parallel)
+        self.running_means = RunningMeans(TrainLogger.RUNNING_WINDOW)
         self._register_states()
         self.resumed = self.checkpoints.restore(drop=cfg.drop_state)
 
@@ -148,10 +152,12 @@ class Trainer:
             register("ema", self.ema)
         register("optimizer", OptimizerState(self.pipe, self.optimizer, self.fsdp, dict(
             lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)))
+        register("lr_scheduler", self.lr_scheduler)  # after the optimizer: it sets the resumed lr
         register("counters", self.counters)
         register("sampler", SamplerState(self.sampler, self.counters, env.is_main))
         register("rng", RNGState(self.generator, env.device, env.rank, cfg.seed, self.counters, self.sampler))
         register("replicas", ReplicaChecksums(self.pipe, self.fsdp, self.counters))
+        register("running_means", self.running_means)
         register("latent_health", self.latent_health)
         if self.validator is not None:
             register("validation", self.validator)
@@ -307,7 +313,7 @@ class Trainer:
                 and counters.skipped_total > cfg.max_skip_fraction * counters.attempts_total):
             # Every rank is here at the same step (the counts are sums over ranks): gathering is safe.
             seen: dict[str, str] = {}
-            for skips in all_gather_objects(list(self._seen_skips.items())[:MAX_SKIP_EXAMPLES]):
+            for skips in all_gather_objects(self.skips.examples):
                 seen.update(skips)
             examples = "; ".join(f"{p}: {r}" for p, r in list(seen.items())[:MAX_SKIP_EXAMPLES])
             window = cfg.dataset.num_frames * cfg.dataset.frame_interval
@@ -318,12 +324,6 @@ class Trainer:
                 f"Either remove or fix those rows (`python scripts/make_csv.py <folder> <csv> --min-frames "
                 f"{window}` leaves out clips shorter than a {window}-frame window) and resume with --load auto, "
                 f"or allow more with --cfg-options max_skip_fraction=<a higher fraction>")
-
-    def _log_new_skips(self, skipped: list[tuple[str, str]]) -> None:
-        for path, reason in skipped:
-            if path not in self._seen_skips:
-                self._seen_skips[path] = reason
-                logger.warning("unreadable sample skipped (rank %d): %s: %s", self.env.rank, path, reason)
 
     def total_steps(self) -> int:
         total = self.cfg.epochs * self.steps_per_epoch
@@ -339,9 +339,9 @@ class Trainer:
         cfg, env, counters = self.cfg, self.env, self.counters
         total = self.total_steps()
         log = TrainLogger(self.outputs, env.is_main, total, self.global_step, cfg.log_every, cfg.wandb,
-                          run_config=cfg.to_dict())
+                          run_config=cfg.to_dict(), means=self.running_means)
         result = TrainResult(self.global_step, None)
-        self._seen_skips: dict[str, str] = {}
+        self.skips = SkipLog(env.rank)
         last_saved = self.global_step if self.resumed else -1
         samples_per_step = cfg.batch_size * env.world_size
         try:
@@ -356,7 +356,7 @@ class Trainer:
                 self.dataset.set_epoch(counters.epoch)
                 for batch in self.loader:
                     step = self.global_step + 1
-                    self._log_new_skips(batch["skipped"])
+                    self.skips.note(batch["skipped"])
                     video = batch["video"].to(env.device, non_blocking=True)
                     preview = bool(cfg.preview_every) and step % cfg.preview_every == 0
                     out = self.train_step(video, step, len(batch["skipped"]), want_preview=preview)
@@ -367,6 +367,7 @@ class Trainer:
                     now = time.perf_counter()
                     metrics = self._metrics(out, now - tick)
                     tick = now
+                    self.lr_scheduler.step()  # once per global step: the rate is a function of the step
                     log.log_step(step, metrics)
                     if out.preview is not None:
                         log.log_preview(step, out.preview)

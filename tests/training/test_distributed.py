@@ -95,5 +95,48 @@ def test_fsdp2_on_cpu_matches_ddp(ddp_run):
             assert torch.allclose(ddp[key], fsdp[key], atol=1e-6, rtol=0), (sub, key)
 
 
+def _agree_worker(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    from opensora_vae import distributed
+    from opensora_vae.errors import UserError
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    outcome = {"value": distributed.rank0_decides(lambda: f"chosen by rank {rank}")}
+
+    def refuse():
+        raise UserError("bad input")
+
+    def crash():
+        raise KeyError("bug")
+
+    for name, decide in (("user", refuse), ("bug", crash)):
+        try:
+            distributed.rank0_decides(decide)
+        except Exception as err:
+            outcome[name] = (type(err).__name__, str(err))
+    outcome["each"] = distributed.decide_and_agree(lambda: rank * 10, deciding=rank == 1)
+    results[rank] = outcome
+    dist.destroy_process_group()
+
+
+def test_rank0_decides_and_every_rank_agrees_on_its_value_or_its_error():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_agree_worker, args=(port, results), nprocs=2)
+    for rank in (0, 1):
+        assert results[rank]["value"] == "chosen by rank 0"
+        assert results[rank]["user"] == ("UserError", "bad input")  # the user's error, everywhere
+        assert results[rank]["each"] == [None, 10]
+    assert results[0]["bug"] == ("KeyError", "'bug'")
+    assert results[1]["bug"] == ("RuntimeError", "rank 0 failed: KeyError: 'bug'")
+
+
 if __name__ == "__main__":
     _worker(sys.argv[1:])

@@ -271,3 +271,47 @@ def test_the_trainer_adds_its_log_file_and_keeps_the_callers_logging(tmp_path, m
         assert added[0].baseFilename == str(tmp_path / "out" / "train.log")
     finally:
         setup_logging()  # drops the file handler again
+
+
+def test_the_running_mean_continues_after_a_resume(tmp_path, media_csv):
+    """Issue 23.7: the log's `mean(last N)` restarted at each resume."""
+    options = dict(ckpt_every=2, seed=0, deterministic=True)
+    straight = Trainer(tiny_train_cfg(1, tmp_path / "a", media_csv, max_steps=4, **options))
+    straight.fit()
+    Trainer(tiny_train_cfg(1, tmp_path / "b", media_csv, max_steps=2, **options)).fit()
+    resumed = Trainer(tiny_train_cfg(1, tmp_path / "b", media_csv, max_steps=4, load="auto", **options))
+    assert resumed.running_means.count("loss/loss") == 2  # steps 1 and 2, from the checkpoint
+    resumed.fit()
+    means = straight.running_means.state_dict()
+    assert len(means["loss/loss"]) == 4
+    assert resumed.running_means.state_dict().keys() == means.keys()
+    for name, values in means.items():
+        assert resumed.running_means.state_dict()[name] == pytest.approx(values, rel=1e-6), name
+
+
+def test_per_step_structures_stay_the_same_size_however_long_the_run(tmp_path, monkeypatch):
+    """Issue 24: a 540k-step run must end with the memory it had after warm-up."""
+    from opensora_vae.training import logging as train_logging
+    from opensora_vae.training.logging import TrainLogger
+
+    folder = tmp_path / "data"
+    bad = [f"missing{i}.png" for i in range(120)]
+    csv = make_media_csv(folder, num_images=2, videos=())
+    good = csv.read_text().splitlines()[1:]
+    # every third row readable: each step reads one or more distinct unreadable files
+    rows = [r for i in range(40) for r in (good[i % 2], bad[2 * i], bad[2 * i + 1])]
+    csv.write_text("path\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(trainer_mod, "HISTORY_LIMIT", 3)
+    monkeypatch.setattr(train_logging, "SKIP_MEMORY", 3)
+    monkeypatch.setattr(TrainLogger, "RUNNING_WINDOW", 3)
+
+    def sizes(steps):
+        cfg = tiny_train_cfg(1, tmp_path / f"out{steps}", csv, max_steps=steps, ckpt_every=2, keep_last_ckpts=1,
+                             max_skip_fraction=1.0, seed=0)
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+        assert result.global_step == steps and trainer.counters.skipped_total >= 6
+        return (len(result.history), len(trainer.skips.warned), len(trainer.skips.examples),
+                len(trainer.checkpoints.written), trainer.running_means.count("loss/loss"))
+
+    assert sizes(8) == sizes(32) == (3, 3, 5, 1, 3)

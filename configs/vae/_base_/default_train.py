@@ -68,6 +68,15 @@ wandb = False
 # them is still kept by pruning.
 drop_state = []
 
+# Learning-rate schedule (training/schedule.py), per optimizer step: an optional linear warmup over
+# `warmup_steps`, then "constant" (the reference: lr throughout), "linear" or "cosine" decay to
+# min_lr_ratio * lr at the last step (max_steps, or epochs x steps per epoch). Saved in checkpoints.
+lr_schedule = dict(
+    kind="constant",
+    warmup_steps=0,
+    min_lr_ratio=0.0,
+)
+
 # Held-out validation (README "Validation while training"): every val_every steps and after the
 # last one, the posterior-mode reconstructions of the same clips of val_data_path are scored as the
 # eval scores files (the clip window is the training one: dataset.num_frames frames at
