@@ -148,7 +148,7 @@ class Validator:
         return step != self.last_step and (final or step % self.cfg.val_every == 0)
 
     def run(self, step: int, model_state: Mapping[str, torch.Tensor], ema_state: Mapping[str, torch.Tensor] | None,
-            pipeline_config: dict, logger_: Any = None, final: bool = False) -> list[dict[str, Any]]:
+            pipeline_config: dict, log: Any = None, final: bool = False) -> list[dict[str, Any]]:
         """Validates the raw (and EMA) weights of `step` on every rank; returns the history lines
         (rank 0 also writes them, the scalars and the best record). The trainer calls it before
         it saves the checkpoint of `step` (every `ckpt_every` steps and at the `final` step), so
@@ -160,7 +160,7 @@ class Validator:
         lines = []
         for name, state in weights.items():
             pipe = self._load(pipeline_config, state)
-            lines.append(self._validate(pipe, step, name, logger_))
+            lines.append(self._validate(pipe, step, name, log))
             del pipe  # the weights of an FSDP run were gathered for it: free them now
         self.last_step = step
         return lines
@@ -212,7 +212,7 @@ class Validator:
                             name=Path(self.paths[row]).name, index=row, frame_indices=indices)
         return result, preview_image(x[0, :, 0], rec[0, :, 0])
 
-    def _validate(self, pipe, step: int, weights: str, logger_: Any) -> dict[str, Any]:
+    def _validate(self, pipe, step: int, weights: str, log: Any) -> dict[str, Any]:
         from ..metrics.summary import gather_results
 
         start = time.perf_counter()
@@ -237,7 +237,7 @@ class Validator:
                     skipped=len(skipped), skipped_clips=skipped, seconds=seconds)
         improved = self._update_best(line)  # on every rank: the state is the same everywhere
         if self.env.is_main:
-            self._report(line, previews, logger_, improved)
+            self._report(line, previews, log, improved)
         return line
 
     def _update_best(self, line: dict[str, Any]) -> bool:
@@ -262,7 +262,7 @@ class Validator:
             self.checkpoints.pinned = {Path(best).resolve()} if best else set()
 
     # ------------------------------------------------------------------ outputs (rank 0)
-    def _report(self, line: dict[str, Any], previews: list[torch.Tensor], logger_: Any, improved: bool) -> None:
+    def _report(self, line: dict[str, Any], previews: list[torch.Tensor], log: Any, improved: bool) -> None:
         step, weights = line["step"], line["weights"]
         prefix = "val" if weights == "raw" else f"val_{weights}"
         for item in line["skipped_clips"]:
@@ -276,12 +276,12 @@ class Validator:
         logger.info("step %d validation (%s weights, %d clips, %d skipped, %.1f s): %s", step, weights,
                     line["num_clips"], line["skipped"], line["seconds"],
                     " ".join(f"{m}={line[m]:.5g}" for m in self.metrics if line.get(m) is not None))
-        if logger_ is not None:
+        if log is not None:
             scalars = {f"{prefix}/{m}": line[m] for m in self.metrics if line.get(m) is not None}
             scalars.update({f"{prefix}/seconds": line["seconds"], f"{prefix}/skipped": line["skipped"]})
-            logger_.log_scalars(step, scalars)
+            log.log_scalars(step, scalars)
             for k, image in enumerate(previews):
-                logger_.log_image(f"{prefix}/preview_{k}", image, step)
+                log.log_image(f"{prefix}/preview_{k}", image, step)
         if improved:
             self._write_best()
 
