@@ -88,8 +88,8 @@ def measure(args) -> dict:
             trainer.close()
     defaults = Config.fromfile(str(REPO / "configs" / "vae" / "_base_" / "default_train.py"))
     step_s, clip_s = statistics.median(timed), val_seconds / line["num_clips"]
-    share = {ema: defaults.val_max_clips * clip_s * k / (defaults.val_every * step_s + defaults.val_max_clips * clip_s * k)
-             for ema, k in (("off", 1), ("on", 2))}
+    validation = {ema: defaults.val_max_clips * clip_s * k for ema, k in (("off", 1), ("on", 2))}
+    share = {ema: v / (defaults.val_every * step_s + v) for ema, v in validation.items()}
     return {"model": args.model, "stage": args.stage, "frames": cfg.dataset.num_frames, "size": 256,
             "dtype": cfg.dtype, "device": str(trainer.env.device), "metrics": list(cfg.val_metrics),
             "clips": line["num_clips"], "steps_timed": len(timed), "step_seconds": step_s,

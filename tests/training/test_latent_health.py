@@ -66,7 +66,8 @@ def test_stage2_spatial_latent_collapse_against_step_0():
     health = LatentHealth(log_every=5, track_spatial=True)
     assert health.due(1)  # the reference is taken at the first step, whatever log_every
     first = health.measure(_Pipe(), _random_output(0))
-    assert health.spatial_std_ref == pytest.approx(first["latent/spatial_std"]) and first["latent/spatial_std_ratio"] == 1
+    assert health.spatial_std_ref == pytest.approx(first["latent/spatial_std"])
+    assert first["latent/spatial_std_ratio"] == 1
     assert not health.due(2) and health.due(5)
     healthy = health.measure(_Pipe(), _random_output(1, spatial_scale=0.8))
     assert healthy["latent/spatial_std_ratio"] == pytest.approx(0.8, rel=0.1) and healthy["latent/collapsed"] == 0
