@@ -1,12 +1,15 @@
 """Peak memory of reading one training sample (17 frames -> 256x256, "center") from generated
-1080p and 4K videos, side by side in one run:
+1080p and 4K videos, side by side in one run (part ``decode``):
 
 - full read: every frame at full resolution, then the transform on the whole clip (what
   `VideoDataset.load` did before `VideoTransform.from_video`; `frames_to_clip` now divides in
   place, so this path is already one float32 copy of the clip lighter than it was);
 - from_video: each frame reduced to 256x256 as soon as it is decoded (what it does now).
 
-    python benchmarks/bench_decode_memory.py [--no-write]
+Part ``metrics``: peak memory of inference's per-sample PSNR/SSIM (`inference.report.frame_metrics`)
+as the clip grows, frame by frame (now) against the whole clip in float64 (before).
+
+    python benchmarks/bench_decode_memory.py [--part decode|metrics|all] [--no-write]
 
 The sources are made with PyAV in a temporary folder (H.264 ultrafast, a smooth moving pattern:
 small files whatever the frame size). Every read runs in a fresh subprocess with the video
@@ -37,6 +40,10 @@ SOURCES = {"1080p": (1920, 1080), "4K": (3840, 2160)}
 METHODS = {"full": "full read, then transform (before)", "from_video": "`VideoTransform.from_video` (now)"}
 SAMPLE = dict(start=4, num_frames=17, size=256)  # frames 4..20: a seek, as a random window makes
 SECTION = "bench_decode_memory"
+METRICS_SECTION = "bench_inference_metrics_memory"
+# (height, width) -> clip lengths: 2x and 4x the frames must not raise the peak (issue 19 item 8).
+METRIC_CLIPS = {(256, 256): (17, 34, 68), (1080, 1920): (1, 2, 4)}
+METRIC_METHODS = {"whole_clip": "whole clip in float64 (before)", "per_frame": "`frame_metrics`, frame by frame (now)"}
 
 
 def make_source(path: Path, width: int, height: int, num_frames: int = 24) -> Path:
@@ -88,21 +95,101 @@ def measure(path: str, method: str, start: int, num_frames: int, size: int) -> d
             "sha256": hashlib.sha256(clip.numpy().tobytes()).hexdigest()}
 
 
-def run_child(path: Path, method: str, **sample) -> dict:
-    """`measure` in a fresh interpreter, so that no earlier read's memory hides this one's peak."""
-    args = json.dumps({"path": str(path), "method": method, **{**SAMPLE, **sample}})
+def whole_clip_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, list[float]]:
+    """`frame_metrics` before issue 19 item 8 (commit e7f2af7): the whole clip as float64."""
+    import torch
+
+    from opensora_vae.metrics import psnr, ssim
+
+    def as_unit(frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+
+    a, b = as_unit(real), as_unit(fake)
+    return {"psnr": psnr(a, b).tolist(), "ssim": ssim(a, b).tolist()}
+
+
+def measure_metrics(method: str, num_frames: int, height: int, width: int) -> dict:
+    """In this process: PSNR/SSIM of a random uint8 clip pair with `method`; peak RSS above the
+    RSS with the two clips in memory (the uint8 frames inference writes anyway)."""
+    from opensora_vae.inference.report import frame_metrics
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+    fake = (real ^ rng.integers(0, 8, real.shape, dtype=np.uint8)).astype(np.uint8)
+    fn = frame_metrics if method == "per_frame" else whole_clip_metrics
+    fn(real[:1], fake[:1])  # warm-up: imports, BLAS buffers
+    base = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    t0 = time.perf_counter()
+    values = fn(real, fake)
+    seconds = time.perf_counter() - t0
+    return {"peak_mb": _rss_mb("VmHWM") - base, "seconds": seconds,
+            "sha256": hashlib.sha256(json.dumps(values).encode()).hexdigest()}
+
+
+def run_child(path: Path | None, method: str, **sample) -> dict:
+    """`measure` (or `measure_metrics` without a path) in a fresh interpreter, so that no earlier
+    run's memory hides this one's peak."""
+    args = json.dumps({"path": str(path), "method": method, **{**SAMPLE, **sample}} if path is not None
+                      else {"method": method, **sample})
     out = subprocess.run([sys.executable, __file__, "--child", args], capture_output=True, text=True,
-                         check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                         check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def metrics_table() -> str:
+    rows = {}
+    for (height, width), lengths in METRIC_CLIPS.items():
+        for num_frames in lengths:
+            for method in METRIC_METHODS:
+                rows[height, num_frames, method] = r = run_child(None, method, num_frames=num_frames,
+                                                                 height=height, width=width)
+                print(f"{width}x{height} {num_frames:3} frames {method:10} peak {r['peak_mb']:7.1f} MB  "
+                      f"{r['seconds']:.2f} s", flush=True)
+            assert rows[height, num_frames, "per_frame"]["sha256"] == rows[height, num_frames, "whole_clip"]["sha256"], \
+                f"{width}x{height}, {num_frames} frames: the values differ"
+    lines = [
+        "## Inference: peak memory of the per-sample PSNR/SSIM as the clip grows",
+        "",
+        "`python benchmarks/bench_decode_memory.py --part metrics` — `inference.report.frame_metrics` on a "
+        "random uint8 clip pair; each in a fresh process; peak = peak RSS during the metric step minus RSS "
+        "before it (the uint8 clips, which inference holds anyway, are in the baseline). "
+        f"Measured {time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} on {platform.machine()}, "
+        f"{os.cpu_count()} cores.",
+        "",
+        "| frame size | frames | " + " | ".join(f"{METRIC_METHODS[m]}: peak, time" for m in METRIC_METHODS) + " |",
+        "|---|---|" + "---|" * len(METRIC_METHODS),
+    ]
+    for (height, width), lengths in METRIC_CLIPS.items():
+        for num_frames in lengths:
+            lines.append(f"| {width}×{height} | {num_frames} | " + " | ".join(
+                f"{rows[height, num_frames, m]['peak_mb']:.1f} MB, {rows[height, num_frames, m]['seconds']:.2f} s"
+                for m in METRIC_METHODS) + " |")
+    lines += ["", "Both give the same values (same sha256 of the per-frame lists). Frame by frame the peak is "
+              "one float64 frame pair and the SSIM buffers of one plane, flat in the clip length; the whole "
+              "clip's grows with every frame."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-write", action="store_true", help="print the table only, leave RESULTS.md")
+    parser.add_argument("--part", choices=["decode", "metrics", "all"], default="all")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(**json.loads(args.child))))
+        child = json.loads(args.child)
+        print(json.dumps(measure(**child) if "path" in child else measure_metrics(**child)))
+        return
+    if args.part in ("metrics", "all"):
+        table = metrics_table()
+        print("\n" + table)
+        if not args.no_write:
+            from results_md import write_section  # benchmarks/ is on sys.path: this script's folder
+
+            write_section(METRICS_SECTION, table)
+    if args.part == "metrics":
         return
     rows, sizes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -149,8 +149,10 @@ def measure(impl: str, csv: str, reads: int, workers: int) -> dict:
     table_from, loader_from = (modules[k] for k in IMPLS[impl])
     before = rss_mb()
     start = time.perf_counter()
+    # The current VideoDataset also takes the read timeout (None: no limit); the old one has none.
+    extra = {"read_timeout_s": None} if table_from is modules["new"] else {}
     ds = table_from.VideoDataset(csv, num_frames=17, frame_interval=1, image_size=64, transform_name="center",
-                                 seed=42, max_retries=1)
+                                 seed=42, max_retries=1, **extra)
     seconds = time.perf_counter() - start
     result = {"impl": impl, "rows": len(ds), "load_s": seconds, "rss_before_mb": before,
               "rss_after_mb": rss_mb(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -166,8 +166,12 @@ def _rules(kind: str) -> dict[str, Rule]:
     for key in ("in_out_channels", "latent_embed_dim", "embed_dim", "filters", "num_res_blocks", "num_groups"):
         shared[f"model.temporal.{key}"] = at_least(1)
     shared["model.temporal.channel_multipliers"] = each(at_least(1))
+    shared["dataset.read_timeout_s"] = above(0)
     if kind == "inference":
-        return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path}
+        from .inference.outputs import OUTPUT_NAME_STYLES
+
+        return {**shared, "num_samples": optional(at_least(1)), "fps": above(0), "save_dir": _non_empty_path,
+                "output_names": one_of(*OUTPUT_NAME_STYLES)}
     from .metrics.settings import EVAL_METRICS
     from .training.mixing import MIXED_STRATEGIES
     from .training.schedule import LR_SCHEDULE_KINDS

@@ -81,3 +81,49 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for a damaged header
         raise WeightsIntegrityError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+# ----------------------------------------------------------------------------- downloads
+
+DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: an unreachable host fails in seconds, not minutes
+
+
+def offline() -> bool:
+    """The user asked for no network: ``HF_HUB_OFFLINE`` (the variable this project's offline
+    setup and the hub libraries use) is set to a true value."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def download_verified(url: str, dest: str | os.PathLike, sha256: str | None = None, check=None,
+                      timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Download ``url`` to ``dest``, which appears only once the file is verified: its sha256
+    equals ``sha256`` (when one is pinned) and ``check(path)`` (e.g. a weights_only load) does not
+    raise. The bytes go to a temporary file beside ``dest`` first, removed on any failure, so an
+    interrupted or refused download never leaves a file that a later run would trust.
+
+    Raises WeightsIntegrityError for a file that fails verification, OSError (urllib's URLError
+    included) when the server cannot be reached or the transfer fails."""
+    import tempfile
+    import urllib.request
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        request = urllib.request.Request(url, headers={"User-Agent": "opensora-vae"})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout_s) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise WeightsIntegrityError(
+                f"download of {url} refused: sha256 {digest.hexdigest()} is not the pinned {sha256} (a changed or "
+                f"tampered file, or a proxy's error page); nothing was saved to {dest}")
+        if check is not None:
+            check(tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

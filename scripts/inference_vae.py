@@ -6,7 +6,8 @@ r"""Reconstruct a CSV's videos/images with a VAE pipeline checkpoint.
 
 CKPT: a save_pretrained dir, a training step dir (<outputs>/step_XXXXXXXXX), the released
 checkpoint dir, or a hub id (hpcai-tech/OpenSora-VAE-v1.2). Writes <save-dir>_ori/, _rec/,
-_spatial/ (NNN.mp4, or NNN.png for 1-frame samples) and <save-dir>_metrics.json.
+_spatial/ (NNN.mp4, or NNN.png for 1-frame samples; --cfg-options output_names=stem names them
+after the source files) and <save-dir>_metrics.json (the eval's keys, plus `sources`: name -> path).
 """
 
 import argparse

@@ -1,9 +1,11 @@
 """Scan a folder for videos and images and write a dataset CSV.
 
-    python scripts/make_csv.py FOLDER OUT.csv [--absolute] [--min-frames N]
+    python scripts/make_csv.py FOLDER OUT.csv [--absolute] [--min-frames N] [--overwrite]
 
 Prints what it wrote and every file it left out with why (unreadable, too short for
---min-frames, not a video or image); exits 0 either way.
+--min-frames, not a video or image); exits 0 either way. OUT is replaced only when it is a
+data table (a CSV with a `path` column), and not by an empty table (no media found) unless
+--overwrite: a video, notes or a folder given as OUT is an error, and is left as it was.
 """
 
 import argparse
@@ -30,9 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="leave out videos of 2..N-1 frames: too short for a clip of N frames "
                              "(num_frames x frame_interval of the training config); 1-frame videos "
                              "and images are kept (static clips)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing table even when no media were found (an empty table)")
     args = parser.parse_args(argv)
     setup_logging()
-    summary = build_csv(args.folder, args.out_csv, relative=not args.absolute, min_frames=args.min_frames)
+    summary = build_csv(args.folder, args.out_csv, relative=not args.absolute, min_frames=args.min_frames,
+                        overwrite=args.overwrite)
     print(summary.report())
     return 0
 

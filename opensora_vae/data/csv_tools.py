@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .video_io import MediaReadError, VideoFile, image_size, is_image, is_video
-from ..errors import UserError
+from ..errors import OutputExistsError, UserError, check_folder_location
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +74,44 @@ def find_media(folder: str | os.PathLike) -> list[str]:
     return [p for p in _walk(folder) if is_video(p) or is_image(p)]
 
 
+def _table_rows(path: str) -> int | None:
+    """Rows of the data table at ``path`` (a CSV whose header has a ``path`` column), or None
+    when the file is something else (a video, notes, a binary): then it is not ours to replace."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            if "path" not in header:
+                return None
+            return sum(1 for _ in reader)
+    except (UnicodeDecodeError, csv.Error, OSError):
+        return None
+
+
+def check_out_csv(out_csv: str | os.PathLike) -> int | None:
+    """Before any scan: ``out_csv`` can be written as a table. Returns the row count of the table
+    already there (None if there is none). Refused: a folder, a path under a file or an unwritable
+    folder, and an existing file that is not a data table (it is never overwritten)."""
+    out_csv = str(out_csv)
+    if os.path.isdir(out_csv):
+        raise CsvBuildError(f"OUT {out_csv} is a folder; pass the CSV file to write, e.g. "
+                            f"{os.path.join(out_csv, 'data.csv')}")
+    check_folder_location(os.path.dirname(os.path.abspath(out_csv)), "cannot write the CSV under",
+                          CsvBuildError)
+    if not os.path.lexists(out_csv):
+        return None
+    if not os.path.isfile(out_csv):
+        raise CsvBuildError(f"OUT {out_csv} exists and is not a regular file; pass a CSV path")
+    rows = _table_rows(out_csv)
+    if rows is None:
+        raise OutputExistsError(f"OUT {out_csv} exists and is not a data table (no 'path' column in a CSV "
+                                f"header); it is never overwritten: pass another OUT path")
+    return rows
+
+
 def build_csv(
     folder: str | os.PathLike, out_csv: str | os.PathLike, relative: bool = True,
-    min_frames: int | None = None,
+    min_frames: int | None = None, overwrite: bool = False,
 ) -> CsvSummary:
     """Write ``out_csv`` with columns path, num_frames, height, width, fps (images: 1 frame,
     fps empty). Paths are relative to the CSV's folder unless ``relative=False``.
@@ -84,12 +120,17 @@ def build_csv(
     ``min_frames - 1`` frames (``min_frames``: the clip length a training run reads, e.g.
     ``num_frames * frame_interval``; 1-frame videos and images are kept: they are static
     clips), and files that are neither videos nor images. Video frame counts come from the
-    container (a truncated file is only caught when its frames are decoded)."""
+    container (a truncated file is only caught when its frames are decoded).
+
+    ``out_csv`` (`check_out_csv`, before the scan): an existing file that is not a data table is
+    never replaced; an existing table is replaced by the new one, but not by an empty one (no
+    media found) unless ``overwrite``. The file is written whole or not at all."""
     folder, out_csv = str(folder), str(out_csv)
     if not os.path.isdir(folder):
         raise CsvBuildError(f"{folder}: not a folder")
     if min_frames is not None and min_frames < 1:
         raise CsvBuildError(f"min_frames must be >= 1, got {min_frames}")
+    existing_rows = check_out_csv(out_csv)
     csv_dir = os.path.dirname(os.path.abspath(out_csv))
     summary = CsvSummary(out_csv, min_frames=min_frames)
     rows = []
@@ -119,6 +160,12 @@ def build_csv(
         abs_path = os.path.abspath(path)
         shown = os.path.relpath(abs_path, csv_dir) if relative else abs_path
         rows.append((shown, num_frames, height, width, fps))
+    if not rows and existing_rows and not overwrite:
+        raise OutputExistsError(
+            f"no usable media under {folder} ({summary}); not replacing the {existing_rows}-row table "
+            f"{out_csv} with an empty one: pass --overwrite to do it anyway")
     os.makedirs(csv_dir, exist_ok=True)
-    pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(out_csv, index=False)
+    tmp = os.path.join(csv_dir, f".{os.path.basename(out_csv)}.tmp")
+    pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
+    os.replace(tmp, out_csv)
     return summary

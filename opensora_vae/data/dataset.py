@@ -1,9 +1,9 @@
 """CSV/parquet-driven dataset of videos and images, and its DataLoader.
 
 Design choices (differences from the Open-Sora 1.2 reference are deliberate):
-- Videos shorter than ``num_frames * frame_interval`` are skipped with the reason
-  "too short (N < M)". The reference padded them by repeating frames, which teaches the
-  temporal VAE that motion stops; a 1-frame video is treated as an image.
+- Clips are read by `clips.ClipReader` with a `RandomWindow`: videos shorter than
+  ``num_frames * frame_interval`` are skipped with the reason "too short (N < M)" (the reference
+  padded them by repeating frames); a 1-frame video is treated as an image.
 - Images are read as one frame and tiled to ``num_frames`` (static clips, as in the
   reference), so they batch with videos; the training loop decides how frames are used.
 - An unreadable sample is never fatal: it is recorded in the item's ``skipped`` list (which the
@@ -23,38 +23,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from .clips import READ_ERRORS, ClipReader, RandomWindow, SampleReadError, skip_reason
 from .table import PathTable, load_table
-from .transforms import VideoTransform, frames_to_clip, temporal_indices
-from .video_io import MediaReadError, VideoFile, is_image, read_image
-from ..errors import UserError
+from .transforms import VideoTransform
 
 logger = logging.getLogger(__name__)
 
 
-class SampleSkipped(Exception):
-    """A readable sample that cannot be used (e.g. a video shorter than the clip)."""
-
-
-class UnreadableSamplesError(UserError, RuntimeError):
-    """`max_retries` consecutive samples were unreadable (e.g. a CSV of bad rows).
-
-    When this happens in a DataLoader worker, torch raises it again in the main process with the
-    worker's traceback in the message; `reason` is the original message either way.
-    """
-
-    same_on_all_ranks = False  # about the samples this rank read
-
-    def one_line(self) -> str:
-        return self.reason
-
-    @property
-    def reason(self) -> str:
-        text = str(self)
-        if "Original Traceback" not in text:
-            return text
-        return text.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+class UnreadableSamplesError(SampleReadError):
+    """`max_retries` consecutive samples were unreadable (e.g. a CSV of bad rows)."""
 
 
 class VideoDataset(Dataset):
@@ -74,6 +53,7 @@ class VideoDataset(Dataset):
         transform_name: str,
         seed: int,
         max_retries: int,
+        read_timeout_s: float | None,
         table: PathTable | None = None,
     ):
         if num_frames < 1 or frame_interval < 1 or max_retries < 1:
@@ -85,6 +65,7 @@ class VideoDataset(Dataset):
         self.num_frames = num_frames
         self.frame_interval = frame_interval
         self.transform = VideoTransform(transform_name, image_size)
+        self.reader = ClipReader(self.transform, RandomWindow(num_frames, frame_interval), read_timeout_s)
         self.seed = seed
         self.max_retries = max_retries
         # Shared memory so that set_epoch reaches DataLoader workers, persistent ones included.
@@ -93,11 +74,12 @@ class VideoDataset(Dataset):
     @classmethod
     def from_config(cls, dataset: Any, seed: int, table: PathTable | None = None) -> VideoDataset:
         """From a config's ``dataset`` section (``data_path``, ``num_frames``, ``frame_interval``,
-        ``image_size``, ``transform_name``, ``max_retries``) and its ``seed``."""
+        ``image_size``, ``transform_name``, ``max_retries``, ``read_timeout_s``) and its ``seed``."""
         size = dataset["image_size"]
         return cls(dataset["data_path"], num_frames=dataset["num_frames"], frame_interval=dataset["frame_interval"],
                    image_size=size if isinstance(size, int) else tuple(size), transform_name=dataset["transform_name"],
-                   seed=seed, max_retries=dataset["max_retries"], table=table)
+                   seed=seed, max_retries=dataset["max_retries"], read_timeout_s=dataset["read_timeout_s"],
+                   table=table)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -114,24 +96,8 @@ class VideoDataset(Dataset):
         return np.random.default_rng([self.seed, epoch, index])
 
     def load(self, index: int, epoch: int | None = None) -> tuple[torch.Tensor, bool]:
-        """(clip (3, T, H, W), is_image) of one sample; raises MediaReadError / SampleSkipped."""
-        path = self.paths[index]
-        if is_image(path):
-            return self._static_clip(read_image(path)), True
-        video = VideoFile(path)
-        total = video.num_frames
-        if total == 1:
-            return self._static_clip(video.read([0])[0]), True
-        window = self.num_frames * self.frame_interval
-        if total < window:
-            raise SampleSkipped(f"too short ({total} < {window})")
-        indices = temporal_indices(total, self.num_frames, self.frame_interval, self.rng(index, epoch))
-        return self.transform.from_video(video, indices), False
-
-    def _static_clip(self, frame: np.ndarray) -> torch.Tensor:
-        # Transform the single frame, then repeat it: same pixels as transforming T copies.
-        clip = self.transform(frames_to_clip(frame[None]))
-        return clip.expand(-1, self.num_frames, -1, -1).contiguous()
+        """(clip (3, T, H, W), is_image) of one sample; raises one of `clips.READ_ERRORS`."""
+        return self.reader.read(self.paths[index], self.rng(index, epoch))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: list[tuple[str, str]] = []
@@ -140,8 +106,8 @@ class VideoDataset(Dataset):
             i = (int(index) + attempt) % n
             try:
                 video, image = self.load(i)
-            except (MediaReadError, SampleSkipped, OSError) as exc:
-                reason = exc.reason if isinstance(exc, MediaReadError) else str(exc)
+            except READ_ERRORS as exc:
+                reason = skip_reason(exc)
                 skipped.append((self.paths[i], reason))
                 # The caller reports skips (the trainer once per file, with its rank): debug here.
                 logger.debug("skipping sample %d %s: %s", i, self.paths[i], reason)
@@ -200,7 +166,20 @@ class _WorkerInit:
         torch.manual_seed(worker_seed)
 
 
-LOADER_TIMEOUT_S = 600.0  # a stuck decode in a worker raises after this instead of hanging the run
+# Time a worker may take for a batch beyond its reads (each bounded by the dataset's read timeout):
+# a worker stuck anywhere else raises after this instead of hanging the run.
+LOADER_TIMEOUT_S = 600.0
+
+
+def worker_timeout_s(dataset: Dataset, batch_size: int) -> float:
+    """How long the main process waits for a worker's batch: longer than the slowest batch whose
+    every read (retries included) ends just within the dataset's ``reader.read_timeout_s``, so a
+    stuck read is reported by the reader, naming its file, not by torch's anonymous timeout."""
+    inner = dataset.dataset if isinstance(dataset, Subset) else dataset
+    read_timeout = getattr(getattr(inner, "reader", None), "read_timeout_s", None)
+    if read_timeout is None:
+        return LOADER_TIMEOUT_S
+    return batch_size * getattr(inner, "max_retries", 1) * read_timeout + LOADER_TIMEOUT_S
 
 
 def build_dataloader(
@@ -211,7 +190,7 @@ def build_dataloader(
     seed: int = 42,
     rank: int = 0,
     drop_last: bool = True,
-    timeout_s: float = LOADER_TIMEOUT_S,
+    timeout_s: float | None = None,
     persistent_workers: bool | None = None,
     pin_memory: bool | None = None,
     prefetch_factor: int | None = 2,
@@ -219,7 +198,7 @@ def build_dataloader(
 ) -> DataLoader:
     """The one DataLoader of training and inference: in-order (the sampler decides); in each
     worker, fixed malloc thresholds and per-(seed, rank, worker) seeding (`_WorkerInit`); a worker
-    timeout (a stuck decode raises instead of hanging); persistent workers by default when there
+    timeout (default `worker_timeout_s`: a stuck worker raises instead of hanging); persistent workers by default when there
     are workers (the dataset's epoch lives in shared memory, so set_epoch still reaches them); and
     pinned memory only when CUDA is available."""
     workers = num_workers > 0
@@ -232,7 +211,7 @@ def build_dataloader(
         collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
-        timeout=timeout_s if workers else 0,
+        timeout=(worker_timeout_s(dataset, batch_size) if timeout_s is None else timeout_s) if workers else 0,
         worker_init_fn=_WorkerInit(seed, rank) if workers else None,
         persistent_workers=workers if persistent_workers is None else (persistent_workers and workers),
         prefetch_factor=prefetch_factor if workers else None,

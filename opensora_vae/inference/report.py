@@ -1,4 +1,13 @@
-"""The metrics report (`<save_dir>_metrics.json`) and its printed summary."""
+"""The metrics report (`<save_dir>_metrics.json`) and its printed summary.
+
+The report uses the eval's schema (`metrics.summary.summarize_results`, the JSON of
+`eval/vae/eval_common_metric.py`): at the top level for `_rec` vs `_ori` (`real_video_dir`,
+`generated_video_dir`, `psnr`, `ssim`, `psnr_ci95`, `ssim_ci95`, `per_video`, `num_videos`,
+`num_frames_evaluated`, `skipped`, `num_skipped`, `warnings`, `protocol`, ...), and the same block
+under `spatial` for `_spatial` vs `_ori`. The inference keys (`mean`, `samples`, `num_samples`,
+`num_frames`, `checkpoint`, `config`, `latent_stats`, `sources`, ...) stay beside them; `mean` holds
+the same values as the blocks' `psnr`/`ssim`.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +19,26 @@ import torch
 from ..metrics.psnr import psnr
 from ..metrics.ssim import ssim
 from .latent_stats import LatentStats
+from .outputs import OutputLayout
 
 FRAME_METRICS = ("psnr", "ssim")  # per-frame metrics of every sample (the eval has more)
 KINDS = ("rec", "spatial")
 
 
 def frame_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, list[float]]:
-    """Per-frame PSNR and SSIM (eval protocol) of uint8 (T, H, W, 3) frames."""
-    def as_unit(frames: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+    """Per-frame PSNR and SSIM (eval protocol) of uint8 (T, H, W, 3) frames, one frame at a time:
+    memory is one float64 frame pair whatever the clip length (a frame's values depend on that
+    frame alone, so they equal the whole-clip computation bit for bit)."""
+    values: dict[str, list[float]] = {m: [] for m in FRAME_METRICS}
+    for t in range(real.shape[0]):
+        a, b = _as_unit(real[t : t + 1]), _as_unit(fake[t : t + 1])
+        values["psnr"].append(float(psnr(a, b)[0]))
+        values["ssim"].append(float(ssim(a, b)[0]))
+    return values
 
-    a, b = as_unit(real), as_unit(fake)
-    return {"psnr": psnr(a, b).tolist(), "ssim": ssim(a, b).tolist()}
+
+def _as_unit(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float64) / 255.0
 
 
 def _sample_entry(record: dict) -> dict:
@@ -33,16 +50,60 @@ def _sample_entry(record: dict) -> dict:
     return entry
 
 
+# What the eval's protocol card says differently for inference's metrics: they are computed on
+# the frames as written (before video compression) at the model's input size.
+INFERENCE_PROTOCOL = {
+    "resize": "none: frames at the model's input size (dataset.image_size, dataset.transform_name)",
+    "crop": "none beyond the dataset's transform",
+    "value_range": "uint8 frames as written / 255, float64, before video compression",
+    "pairing": "by output name (`sources` maps each name to its CSV row's path)",
+}
+
+
+def eval_settings(cfg: Any) -> Any:
+    """The eval settings that describe inference's metrics (PSNR and SSIM of every sample, its
+    frames 0, s, 2s, ... as the dataset read them, at their size)."""
+    from ..metrics.settings import EvalSettings
+
+    chunk = cfg.model.get("micro_frame_size") if hasattr(cfg, "model") else None
+    return EvalSettings(metrics=FRAME_METRICS, num_frames=cfg.dataset.num_frames,
+                        sample_rate=cfg.dataset.frame_interval, resolution=None, crop_size=None, device="cpu",
+                        **({"chunk_frames": chunk} if chunk else {}))
+
+
+def _eval_block(records: list[dict], kind: str, skipped: list[dict], settings: Any,
+                layout: OutputLayout) -> dict:
+    """The eval's result for `_<kind>` vs `_ori`, from the per-frame values inference computed."""
+    from ..metrics.evaluate import ClipResult
+    from ..metrics.summary import summarize_results
+
+    stride = settings.sample_rate
+    results = [ClipResult(index=r["index"], name=r["name"], num_frames=r["num_frames"],
+                          frame_indices=[0] if r["is_image"] else list(range(0, stride * r["num_frames"], stride)),
+                          values={m: r[kind][m] for m in settings.metrics},
+                          means={m: float(np.mean(r[kind][m])) for m in settings.metrics},
+                          real=str(r["files"]["ori"]), generated=str(r["files"][kind]))
+               for r in records]
+    block = {"real_video_dir": str(layout.ori.resolve()), "generated_video_dir": str(getattr(layout, kind).resolve()),
+             **summarize_results(results, settings, skipped=skipped)}
+    block["protocol"].update(INFERENCE_PROTOCOL)
+    return block
+
+
 def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentStats | None, pipe,
-              layout, ckpt_path: str, resolved_ckpt: str, device, world_size: int, seconds: float) -> dict:
+              layout: OutputLayout, names: dict[int, str], paths: Any, ckpt_path: str, resolved_ckpt: str, device,
+              world_size: int, seconds: float) -> dict:
     """Means are over all (sample, frame) pairs, the eval protocol's reported value; metrics are
     on the uint8 frames as written, before video compression (with `lossless=True` the eval of
-    the files reproduces them)."""
-    means = {kind: {m: float(np.mean([v for r in records for v in r[kind][m]])) for m in FRAME_METRICS}
-             for kind in KINDS}
+    the files reproduces them). ``names``: row -> output name of every row of the run;
+    ``skipped``: ``{"name", "index", "path", "reason"}`` of the rows that could not be used."""
+    settings = eval_settings(cfg)
+    blocks = {kind: _eval_block(records, kind, skipped, settings, layout) for kind in KINDS}
     nonfinite = [{"index": r["index"], "path": r["path"], **r["nonfinite"]} for r in records
                  if any(r["nonfinite"].values())]
     report = {
+        **blocks["rec"],
+        "spatial": blocks["spatial"],
         "checkpoint": str(ckpt_path),
         "checkpoint_resolved": str(resolved_ckpt),
         "config_path": cfg.get("config_path"),
@@ -50,15 +111,17 @@ def summarize(cfg: Any, records: list[dict], skipped: list[dict], stats: LatentS
         "num_rows": len(records) + len(skipped),
         "num_samples": len(records),
         "num_frames": sum(r["num_frames"] for r in records),
-        "num_skipped": len(skipped),
-        "skipped": skipped,
         # Samples whose reconstruction held NaN/inf (counts of such values per output).
         "num_nonfinite": len(nonfinite),
         "nonfinite_samples": nonfinite,
-        "mean": means,
+        # The eval blocks' psnr/ssim, under the names earlier reports used.
+        "mean": {kind: {m: blocks[kind][m] for m in FRAME_METRICS} for kind in KINDS},
         "mean_over": "all (sample, frame) pairs, on uint8 frames before video compression",
         "dirs": {"ori": str(layout.ori), "rec": str(layout.rec), "spatial": str(layout.spatial),
                  "grid": str(layout.grid) if layout.grid is not None else None},
+        # Output name -> the CSV row's source path, for every row (skipped ones too).
+        "output_names": cfg.output_names,
+        "sources": {names[i]: paths[i] for i in sorted(names)},
         "device": str(device),
         "world_size": world_size,
         "seconds": round(seconds, 2),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
@@ -20,9 +19,9 @@ from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_di
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import resolve_pipeline_dir
 from ..precision import DTYPES, autocast
-from .dataset import InferenceDataset, collate_items, sample_name
+from .dataset import InferenceDataset, collate_items
 from .latent_stats import LatentStats
-from .outputs import OutputLayout, to_uint8_frames
+from .outputs import OutputLayout, output_names, to_uint8_frames
 from .report import KINDS, format_summary, frame_metrics, summarize
 from ..errors import OutputExistsError, UserError
 
@@ -73,7 +72,7 @@ def _group_by_shape(items: list[dict]) -> list[list[dict]]:
 
 
 def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info: DistEnv,
-                       layout: OutputLayout, num_rows: int, stats: LatentStats | None) -> list[dict]:
+                       layout: OutputLayout, names: dict[int, str], stats: LatentStats | None) -> list[dict]:
     x = torch.stack([item["video"] for item in items]).to(info.device)
     generator = sample_generator(cfg.seed, items[0]["index"], info.device) if cfg.sample else None
     with autocast(info.device, cfg.dtype):
@@ -82,7 +81,7 @@ def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info
         stats.update(out.z)
     records = []
     for i, item in enumerate(items):
-        name = sample_name(item["index"], num_rows)
+        name = names[item["index"]]
         # NaN/inf would be written as black or saturated frames and scored like any others.
         nonfinite = {kind: int((~torch.isfinite(getattr(out, kind)[i])).sum()) for kind in KINDS}
         if any(nonfinite.values()):
@@ -90,8 +89,8 @@ def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info
                            "frames and metrics are meaningless: check the checkpoint", item["index"],
                            item["path"], ", ".join(f"{k} {n}" for k, n in nonfinite.items() if n))
         ori, spatial, rec = (to_uint8_frames(v[i]) for v in (x, out.spatial, out.rec))
-        layout.write(name, ori, spatial, rec, fps=cfg.fps, lossless=cfg.lossless)
-        records.append({"name": name, "index": item["index"], "path": item["path"],
+        files = layout.write(name, ori, spatial, rec, fps=cfg.fps, lossless=cfg.lossless)
+        records.append({"name": name, "index": item["index"], "path": item["path"], "files": files,
                         "is_image": bool(item["is_image"]), "num_frames": int(ori.shape[0]),
                         "rec": frame_metrics(ori, rec), "spatial": frame_metrics(ori, spatial),
                         "nonfinite": nonfinite})
@@ -128,15 +127,19 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     try:
         dataset = InferenceDataset(ds_cfg.data_path, num_frames=ds_cfg.num_frames,
                                    frame_interval=ds_cfg.frame_interval, image_size=tuple(ds_cfg.image_size),
-                                   transform_name=ds_cfg.transform_name, seed=cfg.seed)
+                                   transform_name=ds_cfg.transform_name, read_timeout_s=ds_cfg.read_timeout_s)
     except ValueError as err:
         raise InferenceError(str(err)) from err
     rows = list(range(len(dataset) if cfg.num_samples is None else min(cfg.num_samples, len(dataset))))
+    try:
+        names = output_names(dataset.paths, rows, cfg.output_names)
+    except ValueError as err:
+        raise InferenceError(str(err)) from err
     layout = OutputLayout.from_save_dir(cfg.save_dir, cfg.save_grid)
 
     def prepare() -> None:
         try:
-            layout.prepare(overwrite=cfg.overwrite)
+            layout.prepare(overwrite=cfg.overwrite, planned_samples=len(rows))
         except FileExistsError as err:
             raise OutputExistsError(str(err)) from err
 
@@ -155,9 +158,10 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
             for item in batch:
                 if item["error"] is not None:
                     logger.warning("skipping sample %d %s: %s", item["index"], item["path"], item["error"])
-                    skipped.append({"index": item["index"], "path": item["path"], "reason": item["error"]})
+                    skipped.append({"name": names[item["index"]], "index": item["index"], "path": item["path"],
+                                    "reason": item["error"]})
             for group in _group_by_shape([item for item in batch if item["error"] is None]):
-                records.extend(_reconstruct_group(pipe, group, cfg, info, layout, len(dataset), stats))
+                records.extend(_reconstruct_group(pipe, group, cfg, info, layout, names, stats))
             progress.update(len(batch))
 
     gathered = all_gather_objects({"records": records, "skipped": skipped,
@@ -173,16 +177,15 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
         for g in gathered[1:]:
             stats.merge(LatentStats.from_tensor(g["stats"]))
 
-    report = summarize(cfg, records, skipped, stats, pipe, layout, ckpt_path=cfg.ckpt_path,
+    report = summarize(cfg, records, skipped, stats, pipe, layout, names, dataset.paths, ckpt_path=cfg.ckpt_path,
                        resolved_ckpt=resolved, device=info.device, world_size=info.world_size,
                        seconds=time.time() - start)
     if report["num_nonfinite"]:
         logger.warning("%d of %d samples have non-finite reconstructions (listed as nonfinite_samples in "
                        "%s): the checkpoint is broken or the inputs overflow it", report["num_nonfinite"],
                        len(records), layout.metrics_json)
-    if info.is_main:
-        layout.metrics_json.parent.mkdir(parents=True, exist_ok=True)
-        layout.metrics_json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    if info.is_main:  # every rank's samples are written: the records were gathered above
+        layout.finish(report)
         if verbose:
             print(format_summary(report))
     barrier()

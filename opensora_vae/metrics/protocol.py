@@ -19,6 +19,7 @@ frames are taken with an exact stride (the reference spread them with
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -210,10 +211,32 @@ def check_frame_batches(real: torch.Tensor, fake: torch.Tensor) -> None:
         raise ValueError(f"expected (N, C, H, W) frames, got {tuple(real.shape)}")
 
 
+# Written by inference into each output folder before its first sample and removed after its
+# report (`inference.outputs.OutputLayout`): a folder holding it may mix two runs' samples.
+INCOMPLETE_MARKER = ".inference_incomplete.json"
+
+
+def refuse_incomplete(folder: Path) -> None:
+    """An EvalError if ``folder`` is the output of an inference run that did not finish."""
+    marker = folder / INCOMPLETE_MARKER
+    if not marker.is_file():
+        return
+    try:
+        planned = f" of {int(json.loads(marker.read_text())['planned_samples'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        planned = ""
+    written = len({p.stem for p in folder.iterdir() if not p.name.startswith(".") and (is_video(p) or is_image(p))})
+    raise EvalError(f"{folder} is the output of an inference run that did not finish ({written}{planned} samples "
+                    f"written, maybe beside an earlier run's): rerun the inference, or delete {marker} to score "
+                    f"these samples anyway")
+
+
 def list_media(folder: Path) -> dict[str, Path]:
-    """Videos and images of ``folder`` by name without extension (hidden files skipped)."""
+    """Videos and images of ``folder`` by name without extension (hidden files skipped); a folder
+    of an unfinished inference run is refused (`refuse_incomplete`)."""
     if not folder.is_dir():
         raise EvalError(f"not a folder: {folder}")
+    refuse_incomplete(folder)
     media, ignored = {}, []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():

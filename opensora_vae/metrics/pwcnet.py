@@ -6,10 +6,18 @@ a 6-level feature pyramid (``netExtractor``), decoders at levels 6..2 (``netSix`
 ``netTwo``) with densely connected convs on a cost volume, and a dilated-conv context network
 (``netRefiner``). The original computes the cost volume with a CUDA-only cupy kernel; here it
 is a loop over the 81 displacements, which runs on any device.
+
+Weights: ``--pwc_weights`` / ``$OPENSORA_VAE_PWC_WEIGHTS``, else the torch hub cache, where the
+reference's ``torch.hub.load_state_dict_from_url(PWC_URL)`` puts the file. When neither names an
+existing file and the user is online, :func:`build_pwcnet` downloads it from the reference's URL
+into that cache (`weights.download_verified`): the file is kept only if its sha256 is the pinned
+``PWC_SHA256`` (when one is pinned) and it loads with ``weights_only=True`` into this architecture
+exactly (strict names and shapes).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -17,9 +25,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..errors import MissingWeightsError
 
+from ..errors import MissingWeightsError
+from ..weights import WeightsIntegrityError, download_verified, offline, sha256_of
+
+logger = logging.getLogger(__name__)
+
+# The reference's URL (Open-Sora eval/vae/flolpips/pwcnet.py, from sniklaus/pytorch-pwc run.py).
 PWC_URL = "http://content.sniklaus.com/github/pytorch-pwc/network-default.pytorch"
+# No public source we could find states this file's sha256 (the reference and pytorch-pwc load it
+# without a hash check). Until one does, a downloaded file is verified by loading it with
+# weights_only=True strictly into PWCNet, and its sha256 is logged for the user to compare.
+PWC_SHA256: str | None = None
 PWC_FILENAME = "network-default.pytorch"
 PWC_WEIGHTS_ENV = "OPENSORA_VAE_PWC_WEIGHTS"
 MAX_DISPLACEMENT = 4  # cost volume over a 9×9 neighbourhood = 81 channels
@@ -185,13 +202,17 @@ class PWCNet(nn.Module):
         return flow * ratio.view(1, 2, 1, 1)
 
 
+def hub_pwc_weights_path() -> Path:
+    """Where the reference's ``torch.hub.load_state_dict_from_url(PWC_URL)`` caches the file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / PWC_FILENAME
+
+
 def default_pwc_weights_path() -> Path:
-    """``$OPENSORA_VAE_PWC_WEIGHTS`` or the torch hub cache, where the reference's
-    ``torch.hub.load_state_dict_from_url`` put the file."""
+    """``$OPENSORA_VAE_PWC_WEIGHTS`` or the torch hub cache (:func:`hub_pwc_weights_path`)."""
     env = os.environ.get(PWC_WEIGHTS_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(torch.hub.get_dir()) / "checkpoints" / PWC_FILENAME
+    return hub_pwc_weights_path()
 
 
 def load_pwc_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -200,19 +221,44 @@ def load_pwc_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {key.replace("module", "net"): value for key, value in state.items()}
 
 
+def _check_pwc_file(path: Path) -> None:
+    """A downloaded file is kept only if it is PWCNet's weights: tensors only, every name and shape."""
+    try:
+        PWCNet().load_state_dict(load_pwc_state_dict(path), strict=True)
+    except Exception as err:  # unpickling refused, not a dict, missing keys, wrong shapes
+        raise WeightsIntegrityError(f"download of {PWC_URL} refused: not the PWC-Net weights this code "
+                                    f"loads ({type(err).__name__}: {str(err)[:200]})") from err
+
+
+def fetch_pwc_weights(dest: Path) -> Path:
+    """Download the reference's PWC-Net weights to ``dest`` (verified, see the module docstring)."""
+    logger.info("downloading PWC-Net weights for FloLPIPS from %s to %s", PWC_URL, dest)
+    download_verified(PWC_URL, dest, sha256=PWC_SHA256, check=_check_pwc_file)
+    logger.info("PWC-Net weights saved to %s (sha256 %s)", dest, sha256_of(dest))
+    return dest
+
+
 def build_pwcnet(weights: str | os.PathLike | None = None, allow_random: bool = False) -> PWCNet:
     """PWC-Net in eval mode with gradients off, loaded from ``weights`` (default:
-    :func:`default_pwc_weights_path`). ``allow_random`` (tests only) keeps random weights when
-    no file exists."""
+    :func:`default_pwc_weights_path`, downloaded into the torch hub cache on first use when
+    online). ``allow_random`` (tests only) keeps random weights when no file exists."""
     net = PWCNet()
     path = Path(weights).expanduser() if weights is not None else default_pwc_weights_path()
+    failure = ""
+    # Downloaded only into the hub cache, where nobody named a file: a path the user gave that
+    # does not exist is their mistake to hear about, not something to fill from the network.
+    if (not path.is_file() and weights is None and not allow_random and not os.environ.get(PWC_WEIGHTS_ENV)
+            and not offline()):
+        try:
+            fetch_pwc_weights(path)
+        except OSError as err:  # unreachable, refused, interrupted: offline in effect
+            failure = f" (downloading it failed: {err})"
     if path.is_file():
         net.load_state_dict(load_pwc_state_dict(path), strict=True)
     elif weights is not None or not allow_random:
         raise MissingWeightsError(
-            f"PWC-Net weights not found at {path}. FloLPIPS needs the original pytorch-pwc "
-            f"weights '{PWC_FILENAME}' ({PWC_URL}): download it to "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints' / PWC_FILENAME}, or pass "
+            f"PWC-Net weights not found at {path}{failure}. FloLPIPS needs the original pytorch-pwc "
+            f"weights '{PWC_FILENAME}' ({PWC_URL}): download it to {hub_pwc_weights_path()}, or pass "
             f"--pwc_weights PATH / set ${PWC_WEIGHTS_ENV}."
         )
     return net.eval().requires_grad_(False)

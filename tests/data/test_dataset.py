@@ -308,3 +308,42 @@ def test_make_csv_script(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "1 videos, 0 images, 0 unreadable" in result.stdout
     assert pd.read_csv(tmp_path / "x.csv")["path"].tolist() == ["v.mp4"]
+
+
+def test_training_and_inference_read_clips_through_one_reader(tmp_path):
+    """One `ClipReader`, two windows: the training dataset's random window and inference's
+    protocol window give the same pixels where they pick the same frames; each has its own
+    "too short" rule and image length."""
+    from opensora_vae.data.clips import ClipReader, ProtocolWindow, RandomWindow
+    from opensora_vae.inference.dataset import InferenceDataset
+
+    rgb = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    csv = write_csv(tmp_path / "d.csv", [CLIP_17, "img.png"])
+    train = make_dataset(csv, num_frames=17, image_size=16, max_retries=RETRIES)
+    infer = InferenceDataset(csv, num_frames=17, frame_interval=1, image_size=(16, 16), transform_name="center",
+                             read_timeout_s=None)
+    assert not isinstance(infer, VideoDataset)
+    assert isinstance(train.reader, ClipReader) and isinstance(infer.reader, ClipReader)
+    assert isinstance(train.reader.window, RandomWindow) and isinstance(infer.reader.window, ProtocolWindow)
+    # A 17-frame window over a 17-frame clip can only start at 0: both readers see frames 0..16.
+    torch.testing.assert_close(train[0]["video"], infer[0]["video"], rtol=0, atol=0)
+    assert train[1]["video"].shape == (3, 17, 16, 16) and infer[1]["video"].shape == (3, 1, 16, 16)
+    torch.testing.assert_close(train[1]["video"][:, :1], infer[1]["video"], rtol=0, atol=0)
+    reader = ClipReader(T.VideoTransform("center", 16), ProtocolWindow(9, 3))  # frames 0..24: 25 needed
+    clip, reason = reader.try_read(CLIP_17)
+    assert clip is None and reason == "too short (17 frames < 25 needed for 9 frames at interval 3)"
+    clip, reason = ClipReader(T.VideoTransform("center", 16), RandomWindow(9, 2)).try_read(
+        CLIP_17, np.random.default_rng(0))
+    assert clip is None and reason == "too short (17 < 18)"
+    assert ClipReader(T.VideoTransform("center", 16), ProtocolWindow(9, 2)).read(CLIP_17).video.shape[1] == 9
+
+
+def test_protocol_window_follows_the_protocol_cards_frame_spread():
+    from opensora_vae.data.clips import ProtocolWindow, SampleSkipped
+    from opensora_vae.metrics.protocol import frame_indices
+
+    assert list(ProtocolWindow(5, 2, "linspace").indices(100)) == frame_indices(5, 2, spread="linspace") == [0, 2, 4, 6, 9]
+    assert list(ProtocolWindow(5, 2).indices(100)) == [0, 2, 4, 6, 8]
+    with pytest.raises(SampleSkipped, match="too short"):
+        ProtocolWindow(5, 2, "linspace").indices(9)

@@ -79,3 +79,49 @@ def test_make_csv_prints_what_it_left_out_and_exits_0(mixed_folder, tmp_path, ca
 def test_make_csv_of_a_missing_folder_is_a_one_line_error(tmp_path):
     assert run_entry(MAKE_CSV_ENTRY, [tmp_path / "nope", tmp_path / "d.csv"]) == 2
     assert not (tmp_path / "d.csv").exists()
+
+
+def test_make_csv_never_overwrites_a_file_that_is_not_a_table(mixed_folder, tmp_path):
+    video = tmp_path / "precious.mp4"
+    write_test_video(video, moving_frames(num=4))
+    before = video.read_bytes()
+    assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, video]) == 2
+    assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, video, "--overwrite"]) == 2  # not even with --overwrite
+    assert video.read_bytes() == before
+    notes = tmp_path / "notes.csv"  # a .csv name, but not a table (no `path` column)
+    notes.write_text("remember the milk\n")
+    assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, notes]) == 2
+    assert notes.read_text() == "remember the milk\n"
+
+
+def test_make_csv_keeps_a_table_when_the_folder_has_no_media_unless_overwrite(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no media here")
+    table = tmp_path / "hand_edited.csv"
+    text = "path,num_frames,caption\na.mp4,20,a cat\nb.png,1,a dog\n"
+    table.write_text(text)
+    assert run_entry(MAKE_CSV_ENTRY, [empty, table]) == 2
+    assert table.read_text() == text
+    assert run_entry(MAKE_CSV_ENTRY, [empty, table, "--overwrite"]) == 0
+    assert list(pd.read_csv(table).columns) == ["path", "num_frames", "height", "width", "fps"]
+    assert len(pd.read_csv(table)) == 0
+
+
+def test_make_csv_replaces_its_own_table_on_a_rerun(mixed_folder, tmp_path):
+    out = tmp_path / "d.csv"
+    assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, out]) == 0
+    first = out.read_text()
+    assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, out, "--min-frames", 17]) == 0
+    assert len(pd.read_csv(out)) == 3 and out.read_text() != first
+
+
+def test_make_csv_to_a_folder_or_under_a_file_is_a_one_line_error(mixed_folder, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, folder]) == 2
+    assert list(folder.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, blocker / "d.csv"]) == 2
+    assert blocker.read_text() == "x"

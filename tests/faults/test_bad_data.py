@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from opensora_vae.data import build_dataloader, read_image, read_video_frames
-from opensora_vae.data.dataset import SampleSkipped, UnreadableSamplesError
+from opensora_vae.data.clips import SampleSkipped
+from opensora_vae.data.dataset import UnreadableSamplesError
 from opensora_vae.data.transforms import VideoTransform, frames_to_clip
 from opensora_vae.data.video_io import MediaReadError
 

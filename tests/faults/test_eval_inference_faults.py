@@ -17,7 +17,7 @@ from opensora_vae.data import read_video_frames, write_image, write_video
 from opensora_vae.metrics import psnr
 from opensora_vae.metrics.protocol import preprocess
 
-from .conftest import CLIP_17, EVAL_ENTRY, INFER_ENTRY, TINY_INFER, run, write_csv
+from .conftest import CLIP_17, EVAL_ENTRY, INFER_ENTRY, TINY_INFER, run, run_and_kill_when, write_csv
 
 # ----------------------------------------------------------------------------- inference
 
@@ -65,6 +65,41 @@ def test_inference_bad_checkpoint_is_a_clear_error_before_any_output(broken_chec
     assert exit_info.value.code == 2 and "error: " in err and message in err, err
     assert str(broken_checkpoints[case]) in err and "Traceback" not in err
     assert not list(tmp_path.glob("s_*"))
+
+
+@pytest.mark.timeout(400)
+def test_an_interrupted_overwrite_run_is_visibly_incomplete_and_the_eval_refuses_it(broken_checkpoints, tmp_path):
+    """A complete run, then an `overwrite=True` run at another size SIGKILLed after its first sample:
+    the earlier report must not describe the mix, and the eval must refuse the folders (counting
+    samples); a rerun completes the set again."""
+    from opensora_vae.metrics.protocol import EvalError, pair_files
+
+    csv = write_csv(tmp_path / "d.csv", [CLIP_17, tmp_path / "missing.mp4", CLIP_17, CLIP_17])
+    save = tmp_path / "s"
+    report_path, ori, rec = (tmp_path / f"s_{k}" for k in ("metrics.json", "ori", "rec"))
+    cmd = [sys.executable, INFER_ENTRY, TINY_INFER, "--ckpt-path", broken_checkpoints["good"], "--data-path", csv,
+           "--save-dir", save, "--cfg-options", "num_workers=0", "lossless=True"]
+    first = run(cmd)
+    assert first.code == 0, first.out
+    assert json.loads(report_path.read_text())["num_samples"] == 3 and len(pair_files(ori, rec)) == 3
+
+    killed, fired = run_and_kill_when([*cmd, "overwrite=True", "dataset.image_size=[32,32]"],
+                                      lambda line: "skipping sample 1 " in line)
+    assert fired and killed.code != 0, killed.out
+    written = sorted(p.name for p in rec.iterdir() if not p.name.startswith("."))
+    assert written and read_video_frames(rec / "000.mp4", [0]).shape[1:3] == (32, 32)  # new files are there
+    assert not report_path.exists()  # no report describes the earlier run any more
+    with pytest.raises(EvalError) as err:
+        pair_files(ori, rec)
+    assert f"{len(written)} of 4 samples" in str(err.value)  # samples, not files of the 3 output dirs
+    evaluated = run([sys.executable, EVAL_ENTRY, "--real_video_dir", ori, "--generated_video_dir", rec,
+                     "--metric", "psnr", "--device", "cpu", "--res_dir", tmp_path / "res"], timeout=120)
+    assert evaluated.code == 2 and not (tmp_path / "res").exists(), evaluated.out
+
+    again = run([*cmd, "overwrite=True", "dataset.image_size=[32,32]"])
+    assert again.code == 0, again.out
+    assert json.loads(report_path.read_text())["num_samples"] == 3 and len(pair_files(ori, rec)) == 3
+    assert not [p for d in (ori, rec, tmp_path / "s_spatial") for p in d.iterdir() if p.name.startswith(".")]
 
 
 # ----------------------------------------------------------------------------- eval

@@ -13,7 +13,7 @@ from PIL import Image
 from opensora_vae.data.video_io import (FrameTooLargeError, MediaReadError, NotARegularFileError, VideoFile,
                                         read_image)
 
-from tests.helpers import CLIP_17, REPO, load_script, make_dataset
+from tests.helpers import CLIP_17, REPO, load_script, make_dataset, run_entry
 
 from .conftest import write_csv
 
@@ -88,3 +88,79 @@ def test_a_huge_gif_of_a_few_kilobytes_is_refused_before_decoding(tmp_path):
     ds = make_dataset(write_csv(tmp_path / "huge.csv", [huge, CLIP_17]), num_frames=17, image_size=(16, 16), max_retries=20)
     item = ds[0]
     assert item["index"] == 1 and [p for p, _ in item["skipped"]] == [str(huge)]
+
+
+# ----------------------------------------------------------------------------- reads that never return
+
+
+@pytest.fixture()
+def stuck_videos(monkeypatch):
+    """Opening any video blocks (a hung network mount, a FIFO nobody writes); released at teardown
+    so the reader threads left behind end."""
+    import threading
+
+    from opensora_vae.data import clips
+
+    release = threading.Event()
+
+    class StuckVideoFile:
+        def __init__(self, path):
+            release.wait()
+            raise OSError("released")
+
+    monkeypatch.setattr(clips, "VideoFile", StuckVideoFile)
+    yield
+    release.set()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_read_that_never_returns_stops_with_an_error_naming_the_file(stuck_videos, tmp_path, workers):
+    from opensora_vae.data import build_dataloader
+    from opensora_vae.data.clips import ReadTimeoutError
+
+    csv = write_csv(tmp_path / "d.csv", [CLIP_17])
+    ds = make_dataset(csv, num_frames=17, image_size=(16, 16), max_retries=20, read_timeout_s=0.5)
+    loader = build_dataloader(ds, batch_size=1, num_workers=workers)
+    with pytest.raises(ReadTimeoutError) as err:
+        next(iter(loader))
+    line = err.value.one_line()  # with workers: re-raised here with the worker's traceback
+    assert str(CLIP_17) in line and "dataset.read_timeout_s" in line and "\n" not in line
+
+
+@pytest.mark.timeout(120)
+def test_training_with_a_stuck_read_and_no_workers_exits_2(stuck_videos, tmp_path, capsys):
+    from .conftest import FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY
+
+    csv = write_csv(tmp_path / "d.csv", [CLIP_17])
+    code = run_entry(TRAIN_ENTRY, [TINY_STAGE1, "--data-path", csv, "--outputs", tmp_path / "run",
+                                   "--cfg-options", *FAST_TRAIN_OPTIONS, "num_workers=0", "max_steps=2",
+                                   "dataset.read_timeout_s=1"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and error.startswith("error: ") and str(CLIP_17) in error, error
+    assert not list((tmp_path / "run").glob("step_*"))
+
+
+@pytest.mark.timeout(120)
+def test_inference_with_a_stuck_read_and_no_workers_exits_2(stuck_videos, broken_checkpoints, tmp_path, capsys):
+    from .conftest import INFER_ENTRY, TINY_INFER
+
+    csv = write_csv(tmp_path / "d.csv", [CLIP_17])
+    code = run_entry(INFER_ENTRY, [TINY_INFER, "--ckpt-path", broken_checkpoints["good"], "--data-path", csv,
+                                   "--save-dir", tmp_path / "s", "--cfg-options", "num_workers=0",
+                                   "dataset.read_timeout_s=1"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and error.startswith("error: ") and str(CLIP_17) in error, error
+    assert not list((tmp_path / "run").glob("step_*"))
+    assert not (tmp_path / "s_metrics.json").exists()
+
+
+def test_read_timeout_must_be_positive(tmp_path):
+    from opensora_vae.config import ConfigError, load_config
+
+    from .conftest import TINY_INFER
+
+    for kind, path in (("inference", TINY_INFER), ("train", REPO / "configs" / "vae" / "train" / "tiny" / "stage1.py")):
+        assert load_config(path, kind, cfg_options={"dataset.read_timeout_s": 2.5}).dataset.read_timeout_s == 2.5
+        with pytest.raises(ConfigError, match="read_timeout_s"):
+            load_config(path, kind, cfg_options={"dataset.read_timeout_s": 0})

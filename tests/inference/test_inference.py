@@ -10,7 +10,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from tests.helpers import CLIP_17, CLIP_100, REPO, build_tiny_pipeline
-from opensora_vae.config import load_config
+from opensora_vae.config import ConfigError, load_config
 from opensora_vae.data.transforms import center_crop_resize, frames_to_clip
 from opensora_vae.data.video_io import read_image, read_video_frames, video_info
 from opensora_vae.inference import (InferenceDataset, InferenceError, LatentStats, run_inference, sample_name,
@@ -205,10 +205,10 @@ def test_uint8_rounding_and_latent_stats_units():
 def test_dataset_frame_interval_starts_at_zero_and_skips_short(tmp_path):
     csv = tmp_path / "d.csv"
     csv.write_text(f"path\n{CLIP_100}\n{CLIP_17}\n")
-    ds = InferenceDataset(csv, num_frames=9, frame_interval=2, image_size=SIZE, transform_name="center", seed=0)
+    ds = InferenceDataset(csv, num_frames=9, frame_interval=2, image_size=SIZE, transform_name="center", read_timeout_s=None)
     torch.testing.assert_close(ds[0]["video"], expected_clip(CLIP_100, range(0, 17, 2)), rtol=0, atol=0)
     assert ds[1]["video"].shape[1] == 9 and ds[1]["error"] is None  # 17 frames: 0..16 step 2 fit exactly
-    short = InferenceDataset(csv, num_frames=9, frame_interval=3, image_size=SIZE, transform_name="center", seed=0)[1]
+    short = InferenceDataset(csv, num_frames=9, frame_interval=3, image_size=SIZE, transform_name="center", read_timeout_s=None)[1]
     assert short["video"] is None and "too short" in short["error"]
 
 
@@ -266,3 +266,90 @@ def test_sampled_latents_are_seeded(workspace, tmp_path):
         recs[name] = read_frames(tmp_path / f"{name}_rec" / "000.png")
     np.testing.assert_array_equal(recs["a"], recs["b"])
     assert not np.array_equal(recs["a"], recs["mode"]) and not np.array_equal(recs["a"], recs["other_seed"])
+
+
+def _metric_inputs_bytes(num_frames: int, monkeypatch) -> tuple[int, dict, tuple]:
+    """The largest float tensor `frame_metrics` hands to PSNR/SSIM (what the metric step holds
+    besides the uint8 frames) on a (num_frames, 64, 64, 3) pair; its values; the pair."""
+    from opensora_vae.inference import report
+
+    largest = [0]
+
+    def watched(metric):
+        def call(a, b):
+            largest[0] = max(largest[0], a.numel() * a.element_size() + b.numel() * b.element_size())
+            return metric(a, b)
+        return call
+
+    monkeypatch.setattr(report, "psnr", watched(report.psnr))
+    monkeypatch.setattr(report, "ssim", watched(report.ssim))
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (num_frames, SIZE, SIZE, 3), dtype=np.uint8)
+    fake = np.clip(real.astype(int) + rng.integers(-9, 10, real.shape), 0, 255).astype(np.uint8)
+    values = report.frame_metrics(real, fake)
+    monkeypatch.undo()
+    return largest[0], values, (real, fake)
+
+
+def test_per_frame_metrics_stream_over_frames_flat_in_clip_length(monkeypatch):
+    """Issue: the whole clip was held in float64 (+0.6 MB per 64x64 frame); frame by frame the
+    memory of the metric step does not grow with the clip (benchmarks/bench_inference_memory.py
+    measures the process), and the values are those of the whole-clip computation, bit for bit."""
+    from opensora_vae.metrics import psnr, ssim
+
+    short, _, _ = _metric_inputs_bytes(4, monkeypatch)
+    long, values, (real, fake) = _metric_inputs_bytes(64, monkeypatch)
+    assert long == short == 2 * SIZE * SIZE * 3 * 8  # one float64 frame of each side
+    a, b = (torch.from_numpy(x).permute(0, 3, 1, 2).to(torch.float64) / 255.0 for x in (real, fake))
+    assert values == {"psnr": psnr(a, b).tolist(), "ssim": ssim(a, b).tolist()}
+
+
+def test_metrics_json_uses_the_eval_schema(run):
+    """`<save_dir>_metrics.json` holds, for `_rec` vs `_ori`, the eval's keys with the eval's
+    meaning (and the same for `_spatial` under "spatial"); the inference keys stay."""
+    from opensora_vae.metrics.evaluate import evaluate_dirs
+    from opensora_vae.metrics.settings import EvalSettings
+
+    root, report = run
+    saved = json.loads((root / "out" / "s_metrics.json").read_text())
+    settings = EvalSettings(metrics=("ssim", "psnr"), num_frames=17, resolution=None, device="cpu")
+    for kind in ("rec", "spatial"):
+        block = saved if kind == "rec" else saved["spatial"]
+        evaluated = evaluate_dirs(root / "out" / "s_ori", root / "out" / f"s_{kind}", settings, progress=False)
+        assert set(evaluated) <= set(block), set(evaluated) - set(block)
+        assert block["real_video_dir"] == evaluated["real_video_dir"]
+        assert block["generated_video_dir"] == evaluated["generated_video_dir"]
+        assert block["per_video"].keys() == evaluated["per_video"].keys() == {"000", "001", "003"}
+        for metric in ("psnr", "ssim"):
+            # The same quantity: the eval of the lossless files reproduces it up to float32 rounding.
+            assert block[metric] == pytest.approx(evaluated[metric], rel=1e-5)
+            assert block[metric] == saved["mean"][kind][metric]  # the old key, kept as an alias
+            assert len(block[f"{metric}_ci95"]) == 2
+        assert block["num_videos"] == 3 and block["num_frames_evaluated"] == 35
+        assert block["protocol"]["name"] == "opensora"
+    assert saved["num_skipped"] == 1 and saved["skipped"][0]["name"] == "002"
+    assert saved["skipped"][0]["reason"] == report["skipped"][0]["reason"]
+    assert saved["num_samples"] == 3 and len(saved["samples"]) == 3  # inference keys kept
+
+
+def test_output_names_are_row_indices_or_source_stems_with_the_mapping_in_the_json(run, workspace, tmp_path):
+    root, _ = run
+    saved = json.loads((root / "out" / "s_metrics.json").read_text())
+    assert saved["output_names"] == "index"
+    assert saved["sources"] == {"000": str(CLIP_17), "001": str(workspace / "still.png"),
+                                "002": str(workspace / "missing.mp4"), "003": str(CLIP_100)}
+    ckpt = workspace / "run" / "step_000000010"
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"path\n{CLIP_17}\n{workspace / 'still.png'}\n")
+    report = run_inference(tiny_config(ckpt, csv, tmp_path / "s", output_names="stem"), verbose=False)
+    assert sorted(p.name for p in (tmp_path / "s_rec").iterdir()) == [f"{CLIP_17.stem}.mp4", "still.png"]
+    assert report["sources"] == {CLIP_17.stem: str(CLIP_17), "still": str(workspace / "still.png")}
+    assert json.loads((tmp_path / "s_metrics.json").read_text())["sources"] == report["sources"]
+    # Two rows with one stem would write one file twice: refused before any output.
+    twice = tmp_path / "twice.csv"
+    twice.write_text(f"path\n{CLIP_17}\n{CLIP_17}\n")
+    with pytest.raises(InferenceError, match=CLIP_17.stem):
+        run_inference(tiny_config(ckpt, twice, tmp_path / "t", output_names="stem"), verbose=False)
+    assert not list(tmp_path.glob("t_*"))
+    with pytest.raises(ConfigError, match="output_names"):
+        tiny_config(ckpt, csv, tmp_path / "u", output_names="basename")

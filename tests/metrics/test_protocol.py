@@ -58,6 +58,8 @@ def test_pairing_by_name_errors(tmp_path):
 
 
 def test_inference_takes_its_clips_with_the_eval_protocol():
-    from opensora_vae.inference import dataset as inference_dataset
+    """InferenceDataset reads with a ProtocolWindow (tests/data/test_dataset.py), which takes these frames."""
+    from opensora_vae.data.clips import ProtocolWindow
 
-    assert inference_dataset.frame_indices is frame_indices
+    for num_frames, stride in ((17, 1), (9, 3), (1, 5)):
+        assert list(ProtocolWindow(num_frames, stride).indices(1000)) == frame_indices(num_frames, stride)

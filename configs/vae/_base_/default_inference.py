@@ -23,3 +23,13 @@ save_grid = False  # also write <save_dir>_grid: ori | spatial | rec side by sid
 tiling = False  # pipe.enable_tiling(): bounded memory for large frames (e.g. 1080p), slightly different output
 cal_stats = False  # per-channel mean/std of the latents (how shift/scale were made)
 seed = 42
+
+# Read timeout: a sample read (open + decode) that does not finish within this many seconds stops
+# the run with an error naming the file (a hung network mount, a device that never answers), with
+# or without DataLoader workers. Legitimate reads of long or 4K clips take seconds, not minutes.
+dataset.update(read_timeout_s=600.0)
+
+# Output names: "index" = the row index, zero-padded (`003.mp4`, the reference's layout); "stem" =
+# the source file's name without extension (`beach.mp4`; two rows with one stem are refused).
+# Either way `<save_dir>_metrics.json` maps each name to its source path (`sources`).
+output_names = "index"

@@ -62,6 +62,11 @@ keep_last_ckpts = 3
 preview_every = 500  # TensorBoard input|recon image every N steps (0 = never)
 wandb = False
 
+# Read timeout: a sample read (open + decode) that does not finish within this many seconds stops
+# the run with an error naming the file (a hung network mount, a device that never answers), with
+# or without DataLoader workers. Legitimate reads of long or 4K clips take seconds, not minutes.
+dataset.update(read_timeout_s=600.0)
+
 # Resuming (training/checkpoint.py): a checkpoint holding state that this config does not continue
 # (e.g. an EMA, and no ema_decay) is refused, so that state is never lost silently. Name such state
 # entries here to drop them on purpose, e.g. drop_state = ["ema"]; the newest checkpoint holding
