@@ -5,9 +5,11 @@ What a validation of the weights of step k computes is, by construction, what a 
 running inference with checkpoint k on the same clips and then the eval CLI on the two folders
 (`tests/training/test_validation.py` checks it to 1e-6):
 
-- the first `val_max_clips` rows of `val_data_path`, each read with the eval protocol's window
-  (`metrics/protocol.py`: frames 0, s, 2s, ... from the start, short side resized, centre crop),
-  the same clips and frames every time; a row that cannot be read is skipped with its reason;
+- the first `val_max_clips` rows of `val_data_path`, each read as inference reads it (the one
+  `data.clips.ClipReader` with the eval protocol's window: frames 0, s, 2s, ... from the start,
+  `dataset.num_frames` at `dataset.frame_interval`, the `dataset` transform to
+  `dataset.image_size`), the same clips and frames every time; a row that cannot be read is
+  skipped with its reason;
 - the weights as the checkpoint holds them (raw, and EMA when `ema_decay` is set), loaded into an
   unsharded copy of the pipeline in eval mode; posterior mode (no sampling), `no_grad`, the
   training precision (`dtype` autocast) - what `scripts/inference_vae.py` does;
@@ -34,11 +36,12 @@ from typing import Any, Mapping
 import torch
 
 from ..data.table import load_table
-from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
+from ..data.clips import READ_ERRORS, ClipReader, ProtocolWindow, skip_reason
+from ..data.transforms import VideoTransform
 from ..distributed import DistEnv, all_gather_objects
 from ..errors import UserError
 from ..metrics.fvd import FVD_NUM_FRAMES, MIN_RELIABLE_VIDEOS
-from ..metrics.protocol import frame_indices, preprocess
+from ..metrics.protocol import frame_indices
 from ..metrics.settings import EvalSettings
 from ..metrics.summary import HIGHER_IS_BETTER
 from ..precision import autocast
@@ -77,10 +80,12 @@ def check_val_config(data: Mapping[str, Any]) -> list[str]:
 
 
 def val_eval_settings(cfg: Any, device: torch.device) -> EvalSettings:
-    """The eval settings of validation: `val_metrics` on the training clip window
-    (`dataset.num_frames` frames at `dataset.frame_interval` from frame 0, short side resized to
-    the smaller side of `dataset.image_size`, centre-cropped when it is square), on the training
-    device. Validated by `EvalSettings` (e.g. the crop a multiple of 8) before training starts."""
+    """The eval settings of validation: `val_metrics` of the training clip window
+    (`dataset.num_frames` frames at `dataset.frame_interval` from frame 0, at `dataset.image_size`:
+    the eval's resize and crop leave such frames as they are), on the training device. Validated
+    by `EvalSettings` (e.g. the crop a multiple of 8) before training starts. The eval CLI scores
+    inference's files of these clips with the same flags, `--sample_rate 1` (the files hold the
+    selected frames)."""
     size = cfg.dataset.image_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     return EvalSettings(metrics=tuple(cfg.val_metrics), num_frames=cfg.dataset.num_frames,
@@ -88,18 +93,6 @@ def val_eval_settings(cfg: Any, device: torch.device) -> EvalSettings:
                         crop_size=height if height == width else None, device=device, batch_size=1,
                         skip_bad=True, bootstrap=0,
                         chunk_frames=cfg.model.micro_frame_size or cfg.dataset.num_frames)
-
-
-class ClipSkipped(Exception):
-    """A validation row that gives no clip (the message is the reason)."""
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, MediaReadError):
-        return exc.reason
-    if isinstance(exc, ClipSkipped):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Validator:
@@ -121,6 +114,12 @@ class Validator:
                                   f"(< {MIN_RELIABLE_VIDEOS}): fvd of so few clips is noise; add clips or "
                                   "leave fvd out of val_metrics")
         self.paths = [table[i] for i in range(num)]
+        data = cfg.dataset
+        size = data.image_size if isinstance(data.image_size, int) else tuple(data.image_size)
+        # Inference's reader: the eval protocol's frames at the training size, so a validated clip is
+        # the clip `scripts/inference_vae.py` reconstructs and writes.
+        self.reader = ClipReader(VideoTransform(data.transform_name, size),
+                                 ProtocolWindow(data.num_frames, data.frame_interval), data.read_timeout_s)
         self.rows = list(range(num))[env.rank::env.world_size]  # round-robin: balanced, no overlap
         self.metrics = list(self.settings.metrics)
         self.best_metric = cfg.val_best_metric
@@ -177,24 +176,6 @@ class Validator:
         pipe.load_state_dict(full, strict=True, assign=True)
         return pipe.to(self.env.device).eval().requires_grad_(False)
 
-    def read_clip(self, row: int) -> tuple[torch.Tensor, list[int]]:
-        """(3, T, h, w) in [-1, 1], the eval window of row `row`, and its frame indices (an image
-        or a 1-frame video is one frame, as inference treats it)."""
-        path, s = self.paths[row], self.settings
-        indices = [0]
-        if is_image(path):
-            frames = read_image(path)[None]
-        else:
-            with VideoFile(path) as video:
-                total = video.num_frames
-                indices = [0] if total == 1 else frame_indices(s.num_frames, s.sample_rate)
-                if total <= indices[-1]:
-                    raise ClipSkipped(f"too short ({total} frames < {indices[-1] + 1} needed for "
-                                      f"{s.num_frames} frames at interval {s.sample_rate})")
-                frames = video.read(indices)
-        unit = preprocess(frames, s.resolution, s.crop_size)  # (T, 3, h, w) in [0, 1]
-        return (unit * 2.0 - 1.0).permute(1, 0, 2, 3).contiguous(), indices
-
     @torch.no_grad()
     def _score(self, pipe, row: int) -> tuple[Any, torch.Tensor]:
         """The eval's result of one clip (`ClipResult`) and its input | reconstruction preview."""
@@ -203,13 +184,16 @@ class Validator:
         from .logging import preview_image
 
         device = self.env.device
-        clip, indices = self.read_clip(row)
-        x = clip.unsqueeze(0).to(device)
+        path = self.paths[row]
+        clip = self.reader.read(path)  # READ_ERRORS: a skip; ReadTimeoutError stops the run
+        x = clip.video.unsqueeze(0).to(device)
+        total = 1 if clip.is_image else x.shape[2]
+        indices = frame_indices(self.settings.num_frames, self.settings.sample_rate)[:total]
         with autocast(device, self.cfg.dtype):
             rec = pipe.reconstruct(x, sample=False, rec=True).rec
         # The uint8 frames inference writes, scored as the eval scores those files.
         result = score_pair(to_uint8_frames(x[0]), to_uint8_frames(rec[0]), self.settings, self.suite,
-                            name=Path(self.paths[row]).name, index=row, frame_indices=indices)
+                            name=Path(path).name, index=row, frame_indices=indices)
         return result, preview_image(x[0, :, 0], rec[0, :, 0])
 
     def _validate(self, pipe, step: int, weights: str, log: Any) -> dict[str, Any]:
@@ -220,8 +204,8 @@ class Validator:
         for row in self.rows:
             try:
                 result, preview = self._score(pipe, row)
-            except (MediaReadError, ClipSkipped, OSError, ValueError) as exc:
-                skipped.append({"index": row, "path": self.paths[row], "reason": _reason(exc)})
+            except READ_ERRORS as exc:
+                skipped.append({"index": row, "path": self.paths[row], "reason": skip_reason(exc)})
                 continue
             results.append(result)
             if len(previews) < PREVIEW_CLIPS:  # each rank's first: among them are the table's first clips

@@ -21,11 +21,12 @@ METRICS = ["ssim", "psnr", "lpips"]
 
 
 def _val_table(folder: Path, broken: bool = True) -> Path:
-    """Three 32x32 clips (20 frames, lossless) and, with `broken`, an unreadable row."""
+    """Three 48x40 clips (20 frames, lossless; the reader crops and resizes them to the training
+    32x32) and, with `broken`, an unreadable row."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for k in range(3):
-        frames = moving_frames(32, 32, 20)[:, :, ::-1] if k == 1 else moving_frames(32, 32, 20)
+        frames = moving_frames(48, 40, 20)[:, :, ::-1] if k == 1 else moving_frames(48, 40, 20)
         if k == 2:
             frames = frames[::-1]
         rows.append(str(write_test_video(folder / f"clip{k}.mp4", frames.copy(), lossless=True)))

@@ -84,10 +84,10 @@ lr_schedule = dict(
 
 # Held-out validation (README "Validation while training"): every val_every steps and after the
 # last one, the posterior-mode reconstructions of the same clips of val_data_path are scored as the
-# eval scores files (the clip window is the training one: dataset.num_frames frames at
-# dataset.frame_interval from frame 0, short side resized to min(dataset.image_size), centre crop
-# when square). Results: TensorBoard val/..., val_ema/... (EMA on), <outputs>/val_history.jsonl,
-# <outputs>/val_best.json. None = off.
+# eval scores files (the clip is read as inference reads it: dataset.num_frames frames at
+# dataset.frame_interval from frame 0, the dataset transform to dataset.image_size). Results:
+# TensorBoard val/..., val_ema/... (EMA on), <outputs>/val_history.jsonl, <outputs>/val_best.json.
+# None = off.
 val_data_path = None  # CSV/parquet with a `path` column, like --data-path
 val_every = 1000  # steps between validations
 val_max_clips = 32  # the table's first N rows (None = every row)
