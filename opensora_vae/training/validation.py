@@ -177,15 +177,13 @@ class Validator:
         return pipe.to(self.env.device).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def _score(self, pipe, row: int) -> tuple[Any, torch.Tensor]:
-        """The eval's result of one clip (`ClipResult`) and its input | reconstruction preview."""
+    def _score(self, pipe, row: int, clip: Any) -> tuple[Any, torch.Tensor]:
+        """The eval's result of row `row`'s clip (`ClipResult`) and its input | reconstruction preview."""
         from ..inference.outputs import to_uint8_frames
         from ..metrics.evaluate import score_pair
         from .logging import preview_image
 
         device = self.env.device
-        path = self.paths[row]
-        clip = self.reader.read(path)  # READ_ERRORS: a skip; ReadTimeoutError stops the run
         x = clip.video.unsqueeze(0).to(device)
         total = 1 if clip.is_image else x.shape[2]
         indices = frame_indices(self.settings.num_frames, self.settings.sample_rate)[:total]
@@ -193,7 +191,7 @@ class Validator:
             rec = pipe.reconstruct(x, sample=False, rec=True).rec
         # The uint8 frames inference writes, scored as the eval scores those files.
         result = score_pair(to_uint8_frames(x[0]), to_uint8_frames(rec[0]), self.settings, self.suite,
-                            name=Path(path).name, index=row, frame_indices=indices)
+                            name=Path(self.paths[row]).name, index=row, frame_indices=indices)
         return result, preview_image(x[0, :, 0], rec[0, :, 0])
 
     def _validate(self, pipe, step: int, weights: str, log: Any) -> dict[str, Any]:
@@ -203,10 +201,11 @@ class Validator:
         results, skipped, previews = [], [], []
         for row in self.rows:
             try:
-                result, preview = self._score(pipe, row)
+                clip = self.reader.read(self.paths[row])  # a ReadTimeoutError is not a skip: it stops the run
             except READ_ERRORS as exc:
                 skipped.append({"index": row, "path": self.paths[row], "reason": skip_reason(exc)})
                 continue
+            result, preview = self._score(pipe, row, clip)
             results.append(result)
             if len(previews) < PREVIEW_CLIPS:  # each rank's first: among them are the table's first clips
                 previews.append((row, preview))
