@@ -71,7 +71,6 @@ LEGACY_ENTRIES = ("model", "optimizer", "sampler", "rng", "counters", "replicas"
 # The config key that turns an optional entry on: named when a resume would drop its state.
 ENTRY_CONFIG_KEYS = {"ema": "ema_decay=<its decay, e.g. 0.9999>"}
 
-__all__ = ["CheckpointManager", "Stateful", "STEP_DIR", "TMP_PREFIX", "STATE_NAME", "LOCK_NAME", "step_dir_name"]
 
 
 class Stateful(Protocol):
