@@ -56,8 +56,8 @@ from mmengine.config import Config
 
 from ..distributed import barrier, rank0_decides
 from ..errors import OutputExistsError, UserError
-from ..models.checkpoint_io import (CONFIG_DUMP, CONFIG_NAME, LINEAGE_NAME, LOCK_NAME, MODEL_SUBDIR, STATE_NAME,
-                                    STEP_DIR, TMP_PREFIX, TOP_LEVEL_ENTRIES, WEIGHT_DIRS, WEIGHTS_NAME,
+from ..models.checkpoint_io import (CONFIG_DUMP, CONFIG_NAME, EMA_SUBDIR, LINEAGE_NAME, LOCK_NAME, MODEL_SUBDIR,
+                                    STATE_NAME, STEP_DIR, TMP_PREFIX, TOP_LEVEL_ENTRIES, WEIGHT_DIRS, WEIGHTS_NAME,
                                     CheckpointError, load_state_dict_file, step_dir_name, step_of,
                                     write_pipeline_dir)
 
@@ -67,11 +67,10 @@ FORMAT_VERSION = 1
 # Headroom over the bytes of the tensors: safetensors/torch.save headers, the config, the filesystem.
 SPACE_MARGIN = 1.05
 # Entries of checkpoints written before lineage.json listed them (plus the WEIGHT_DIRS present).
-LEGACY_ENTRIES = ("model", "optimizer", "sampler", "rng", "counters", "replicas")
+LEGACY_ENTRIES = (MODEL_SUBDIR, "optimizer", "sampler", "rng", "counters", "replicas")
 # The config key that turns an optional entry on: named when a resume would drop its state.
-ENTRY_CONFIG_KEYS = {"ema": "ema_decay=<its decay, e.g. 0.9999>", "validation": "val_data_path=<the validation table>"}
+ENTRY_CONFIG_KEYS = {EMA_SUBDIR: "ema_decay=<its decay, e.g. 0.9999>", "validation": "val_data_path=<the validation table>"}
 
-__all__ = ["CheckpointManager", "Stateful", "STEP_DIR", "TMP_PREFIX", "STATE_NAME", "LOCK_NAME", "step_dir_name"]
 
 
 class Stateful(Protocol):

@@ -30,7 +30,7 @@ from ..losses import LossSettings, VAELoss, build_perceptual, freeze_unreached_p
 from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
 from ..precision import autocast
-from .checkpoint import CheckpointManager
+from .checkpoint import EMA_SUBDIR, MODEL_SUBDIR, CheckpointManager
 from .ema import EMA
 from .latent_health import LatentHealth
 from .logging import MAX_SKIP_EXAMPLES, RunningMeans, SkipLog, TrainLogger, check_wandb_available, preview_image
@@ -147,9 +147,9 @@ class Trainer:
     def _register_states(self) -> None:
         """Everything a resume needs, as checkpoint entries (restored in this order)."""
         cfg, env, register = self.cfg, self.env, self.checkpoints.register
-        register("model", ModelState(self.pipe, self.fsdp))
+        register(MODEL_SUBDIR, ModelState(self.pipe, self.fsdp))  # entries saved as weight dirs
         if self.ema is not None:
-            register("ema", self.ema)
+            register(EMA_SUBDIR, self.ema)
         register("optimizer", OptimizerState(self.pipe, self.optimizer, self.fsdp, dict(
             lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)))
         register("lr_scheduler", self.lr_scheduler)  # after the optimizer: it sets the resumed lr
