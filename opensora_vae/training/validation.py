@@ -35,8 +35,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ..data.table import load_table
 from ..data.clips import READ_ERRORS, ClipReader, ProtocolWindow, skip_reason
+from ..data.table import load_table
 from ..data.transforms import VideoTransform
 from ..distributed import DistEnv, all_gather_objects
 from ..errors import UserError
@@ -44,8 +44,8 @@ from ..metrics.fvd import FVD_NUM_FRAMES, MIN_RELIABLE_VIDEOS
 from ..metrics.protocol import frame_indices
 from ..metrics.settings import EvalSettings
 from ..metrics.summary import HIGHER_IS_BETTER
+from ..models.checkpoint_io import EMA_SUBDIR, MODEL_SUBDIR, step_dir_name
 from ..precision import autocast
-from .checkpoint import step_dir_name
 from .ema import full_tensor
 
 logger = logging.getLogger("opensora_vae.training")
@@ -155,7 +155,7 @@ class Validator:
         self._checkpoint_follows = final or bool(self.cfg.ckpt_every and step % self.cfg.ckpt_every == 0)
         weights = {"raw": model_state}
         if ema_state is not None:
-            weights["ema"] = {**model_state, **ema_state}  # frozen weights come from the model
+            weights[EMA_SUBDIR] = {**model_state, **ema_state}  # frozen weights come from the model
         lines = []
         for name, state in weights.items():
             pipe = self._load(pipeline_config, state)
@@ -234,7 +234,7 @@ class Validator:
         weights = line["weights"]
         self.best = {"metric": self.best_metric, "value": value, "step": step, "weights": weights,
                      "checkpoint": str(ckpt) if ckpt else None,
-                     "weights_dir": str(ckpt / ("model" if weights == "raw" else weights)) if ckpt else None}
+                     "weights_dir": str(ckpt / (MODEL_SUBDIR if weights == "raw" else weights)) if ckpt else None}
         self._pin_best()
         return True
 
