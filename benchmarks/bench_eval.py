@@ -247,6 +247,54 @@ def in_process(real: str, gen: str, metrics: list[str], repeats: int) -> dict:
     return {"times": times, "diff": _max_diff(ours["per_video"], ref, suite.metrics), "random": random_ok}
 
 
+def where_time_goes(real: str, gen: str, repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of the parts of an SSIM/PSNR eval process: the interpreter, importing torch,
+    importing the eval (torch and everything else it loads), the whole process with 1 and with 2
+    processes (torchrun, gloo), and, in one process, the phases of `evaluate_dirs`."""
+    eval_args = ["--real_video_dir", real, "--generated_video_dir", gen, "--num_frames", str(NUM_FRAMES),
+                 "--resolution", str(RESOLUTION), "--crop_size", str(RESOLUTION), "--metric", "ssim", "psnr",
+                 "--device", "cpu", "--no_progress"]
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "import torch": [sys.executable, "-c", "import torch"],
+        "import the eval (opensora_vae.metrics.evaluate)": [sys.executable, "-c",
+                                                            "import opensora_vae.metrics.evaluate"],
+        "whole eval, 1 process": [sys.executable, str(EVAL_ENTRY), *eval_args],
+        "whole eval, 2 processes (torchrun, gloo)": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                     "--nproc_per_node=2", str(EVAL_ENTRY), *eval_args],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, cmd in commands.items():
+            times[name].append(_timed(cmd)[0])
+    times.update(_phases(real, gen, repeats))
+    return times
+
+
+def _phases(real: str, gen: str, repeats: int) -> dict[str, list[float]]:
+    from opensora_vae.metrics import EvalSettings, MetricSuite
+    from opensora_vae.metrics.evaluate import _score_pairs, pair_files, plan_fvd
+    from opensora_vae.metrics.summary import summarize_results
+
+    out: dict[str, list[float]] = {"in process: settings + pairing": [], "in process: decode + SSIM/PSNR": [],
+                                   "in process: summary (bootstrap 1000, per frame, worst)": []}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        settings = EvalSettings(metrics=("ssim", "psnr"), num_frames=NUM_FRAMES, resolution=RESOLUTION,
+                                crop_size=RESOLUTION, device="cpu")
+        pairs = list(enumerate(pair_files(real, gen)))
+        suite = MetricSuite(settings)
+        plan_fvd([p for _, p in pairs], settings)
+        t1 = time.perf_counter()
+        results, _ = _score_pairs(pairs, suite, settings, {}, progress=False)
+        t2 = time.perf_counter()
+        summarize_results(results, settings)
+        t3 = time.perf_counter()
+        for name, value in zip(out, (t1 - start, t2 - t1, t3 - t2)):
+            out[name].append(value)
+    return out
+
+
 def _max_diff(ours: dict, ref: dict, metrics: list[str]) -> dict[str, float]:
     assert ours.keys() == ref.keys(), (sorted(ours), sorted(ref))
     return {m: max(abs(ours[n][m] - ref[n][m]) for n in ref) for m in metrics}
@@ -279,7 +327,8 @@ def _load_note(load: tuple) -> str:
     return "No other job was running"
 
 
-def render(args, whole: dict, inproc: dict[str, dict], load: tuple, filter_name: str) -> str:
+def render(args, whole: dict, inproc: dict[str, dict], load: tuple, filter_name: str,
+           breakdown: dict[str, list[float]]) -> str:
     import torch
 
     cmd = (f"python benchmarks/bench_eval.py --videos {args.videos} --repeats {args.repeats} --metrics "
@@ -319,6 +368,11 @@ def render(args, whole: dict, inproc: dict[str, dict], load: tuple, filter_name:
     ]
     for metrics, result in inproc.items():
         lines.append(f"In process {metrics}: " + _runs(result["times"]) + ".")
+    lines += ["", "### Where an SSIM/PSNR eval process spends its time", "",
+              f"Medians of {args.repeats} runs (wall seconds, the same {args.videos} pairs; the import rows are "
+              f"separate processes that only import).", "", "| part | wall | runs |", "|---|---|---|"]
+    for name, runs in breakdown.items():
+        lines.append(f"| {name} | {statistics.median(runs):.2f} s | {', '.join(f'{t:.2f}' for t in runs)} |")
     return "\n".join(lines)
 
 
@@ -342,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
         real, gen = build_folders(tmp, args.videos)
         whole = whole_process(real, gen, args.metrics, args.repeats, tmp)
         inproc = {m: in_process(real, gen, m.split(","), args.in_process_repeats) for m in args.in_process}
-    section = render(args, whole, inproc, (load_before, os.getloadavg()[0]), _ssim_filter()[0])
+        breakdown = where_time_goes(real, gen, args.repeats)
+    section = render(args, whole, inproc, (load_before, os.getloadavg()[0]), _ssim_filter()[0], breakdown)
     print(section)
     if not args.no_write:
         from results_md import write_section  # the one RESULTS.md section writer

@@ -64,7 +64,7 @@ PATH = (str, os.PathLike)
 TYPES_WHEN_SET = {
     "train": {"max_steps": int, "ema_decay": float, "ckpt_path": PATH, "load": PATH,
               "perceptual_backbone_path": PATH, "dataset.data_path": PATH, "model.from_pretrained": PATH,
-              "model.spatial.config": dict},
+              "model.spatial.config": dict, "val_data_path": PATH, "val_max_clips": int},
     "inference": {"num_samples": int, "ckpt_path": PATH, "dataset.data_path": PATH,
                   "model.from_pretrained": PATH, "model.spatial.config": dict},
 }
@@ -221,6 +221,7 @@ def _rules(kind: str) -> dict[str, Rule]:
             inference.update({"export.latent_dtype": one_of(*LATENT_DTYPES), "export.shard_size": at_least(1),
                               "export.qa_every": at_least(0)})
         return inference
+    from .metrics.settings import EVAL_METRICS
     from .training.mixing import MIXED_STRATEGIES
     from .training.schedule import LR_SCHEDULE_KINDS
 
@@ -256,6 +257,11 @@ def _rules(kind: str) -> dict[str, Rule]:
 
         "load": optional(_non_empty_path),
         "perceptual_backbone_path": optional(_non_empty_path),
+        # Held-out validation (training/validation.py)
+        "val_every": at_least(1),
+        "val_max_clips": optional(at_least(1)),
+        "val_metrics": each(one_of(*EVAL_METRICS)),
+        "val_best_metric": one_of(*EVAL_METRICS),
     }
 
 
@@ -309,6 +315,10 @@ def _check_values(data: dict, kind: str, errors: list[str]) -> None:
                 model["temporal"], spatial["config"] if isinstance(spatial.get("config"), dict) else None,
                 {"micro_frame_size": model["micro_frame_size"], "micro_batch_size": spatial["micro_batch_size"],
                  "scaling_factor": spatial["scaling_factor"], "shift": model["shift"], "scale": model["scale"]}))
+
+        from .training.validation import check_val_config
+
+        errors.extend(check_val_config(data))
 
 
 def _similar(a: str, b: str) -> bool:

@@ -56,8 +56,8 @@ from mmengine.config import Config
 
 from ..distributed import barrier, rank0_decides
 from ..errors import OutputExistsError, UserError
-from ..models.checkpoint_io import (CONFIG_DUMP, CONFIG_NAME, LINEAGE_NAME, LOCK_NAME, MODEL_SUBDIR, STATE_NAME,
-                                    STEP_DIR, TMP_PREFIX, TOP_LEVEL_ENTRIES, WEIGHT_DIRS, WEIGHTS_NAME,
+from ..models.checkpoint_io import (CONFIG_DUMP, CONFIG_NAME, EMA_SUBDIR, LINEAGE_NAME, LOCK_NAME, MODEL_SUBDIR,
+                                    STATE_NAME, STEP_DIR, TMP_PREFIX, TOP_LEVEL_ENTRIES, WEIGHT_DIRS, WEIGHTS_NAME,
                                     CheckpointError, load_state_dict_file, step_dir_name, step_of,
                                     write_pipeline_dir)
 
@@ -67,15 +67,14 @@ FORMAT_VERSION = 1
 # Headroom over the bytes of the tensors: safetensors/torch.save headers, the config, the filesystem.
 SPACE_MARGIN = 1.05
 # Entries of checkpoints written before lineage.json listed them (plus the WEIGHT_DIRS present).
-LEGACY_ENTRIES = ("model", "optimizer", "sampler", "rng", "counters", "replicas")
+LEGACY_ENTRIES = (MODEL_SUBDIR, "optimizer", "sampler", "rng", "counters", "replicas")
 # The config key that turns an optional entry on: named when a resume would drop its state.
-ENTRY_CONFIG_KEYS = {"ema": "ema_decay=<its decay, e.g. 0.9999>"}
+ENTRY_CONFIG_KEYS = {EMA_SUBDIR: "ema_decay=<its decay, e.g. 0.9999>", "validation": "val_data_path=<the validation table>"}
 # The adversarial phase's entries (training/adversarial.py): its config file's `discriminator` dict.
 ENTRY_CONFIG_KEYS.update(dict.fromkeys(("discriminator", "discriminator_optimizer", "discriminator_lr_scheduler",
                                         "lecam_ema"),
                                        "discriminator=<the run's dict, e.g. configs/vae/train/stage3_gan.py's>"))
 
-__all__ = ["CheckpointManager", "Stateful", "STEP_DIR", "TMP_PREFIX", "STATE_NAME", "LOCK_NAME", "step_dir_name"]
 
 
 class Stateful(Protocol):
@@ -273,6 +272,7 @@ class CheckpointManager:
         self.resume_step = 0
         self.resume_dir: Path | None = None
         self.written: set[Path] = set()
+        self.pinned: set[Path] = set()  # never pruned: e.g. validation's best step (val_best.json)
         self._lock_file = None
 
     def register(self, name: str, obj: Stateful) -> None:
@@ -459,7 +459,7 @@ class CheckpointManager:
             if path.resolve() not in self.written and step > self.resume_step:
                 continue  # a later branch of this lineage that a rollback did not overwrite (yet)
             candidates.append(path)
-        doomed = candidates[:-self.keep_last]
+        doomed = [p for p in candidates[:-self.keep_last] if p.resolve() not in self.pinned]
         # Newest first: an entry that no newer surviving checkpoint holds keeps this one alive.
         held_later: set[str] = set()
         for step, path in reversed(existing):

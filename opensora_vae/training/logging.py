@@ -172,13 +172,26 @@ class TrainLogger:
                         int(metrics.get("data/skipped_total", 0)))
 
     def log_preview(self, step: int, image: torch.Tensor) -> None:
+        self.log_image("preview/input|reconstruction", image, step, wandb_key="preview")
+
+    def log_image(self, tag: str, image: torch.Tensor, step: int, wandb_key: str | None = None) -> None:
+        """A (3, H, W) image in [0, 1] under `tag` (TensorBoard; wandb under `wandb_key` or `tag`)."""
         if not self.enabled:
             return
-        self.writer.add_image("preview/input|reconstruction", image, step)
+        self.writer.add_image(tag, image, step)
         if self.wandb_run is not None:
             import wandb
 
-            self.wandb_run.log({"preview": wandb.Image(image.permute(1, 2, 0).numpy())}, step=step)
+            self.wandb_run.log({wandb_key or tag: wandb.Image(image.permute(1, 2, 0).numpy())}, step=step)
+
+    def log_scalars(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Scalars of a phase other than the training step (validation): TensorBoard and wandb."""
+        if not self.enabled:
+            return
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        if self.wandb_run is not None:
+            self.wandb_run.log(dict(metrics), step=step)
 
     def close(self) -> None:
         if self.bar is not None:

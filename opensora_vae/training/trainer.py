@@ -33,13 +33,15 @@ from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
 from ..precision import autocast
 from .adversarial import AdversarialPhase
-from .checkpoint import CheckpointManager
+from .checkpoint import EMA_SUBDIR, MODEL_SUBDIR, CheckpointManager
 from .ema import EMA
+from .latent_health import LatentHealth
 from .logging import MAX_SKIP_EXAMPLES, RunningMeans, SkipLog, TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
 from .schedule import build_lr_scheduler
 from .states import (Counters, ModelState, OptimizerState, ReplicaChecksums, RNGState, SamplerState,
                      rank_generator_seed)
+from .validation import Validator
 
 logger = logging.getLogger("opensora_vae.training")
 
@@ -73,6 +75,7 @@ class StepResult:
     read_attempts: int
     preview: torch.Tensor | None = field(default=None, repr=False)  # (3, H, 2W) in [0, 1]
     adversarial: dict[str, float] = field(default_factory=dict)  # gan/* metrics of the D step
+    latent: dict[str, float] = field(default_factory=dict)  # latent health, on its steps
 
 
 def _configure_determinism(enabled: bool) -> None:
@@ -108,6 +111,7 @@ class Trainer:
         self.settings = LossSettings.from_config(cfg)
         self.fsdp = cfg.parallel == "fsdp"
         self._build_data()  # reads and sizes the table: a bad one fails before any output exists
+        self.validator = Validator(cfg, env, self.checkpoints) if cfg.val_data_path is not None else None
 
         # Rank 0 owns the folder and decides what to resume, so all ranks load the same step.
         self.resume_dir = self.checkpoints.start(cfg.load, overwrite=cfg.overwrite)
@@ -128,6 +132,7 @@ class Trainer:
                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=fused)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.lr_schedule, self.total_steps())
         self.ema = EMA(self.pipe, cfg.ema_decay) if cfg.ema_decay else None
+        self.latent_health = LatentHealth(cfg.log_every, track_spatial=not self.pipe.freeze_spatial)
         self.generator = torch.Generator(env.device)
         self.generator.manual_seed(rank_generator_seed(cfg.seed, env.rank))
         perceptual = None
@@ -147,9 +152,9 @@ class Trainer:
     def _register_states(self) -> None:
         """Everything a resume needs, as checkpoint entries (restored in this order)."""
         cfg, env, register = self.cfg, self.env, self.checkpoints.register
-        register("model", ModelState(self.pipe, self.fsdp))
+        register(MODEL_SUBDIR, ModelState(self.pipe, self.fsdp))  # entries saved as weight dirs
         if self.ema is not None:
-            register("ema", self.ema)
+            register(EMA_SUBDIR, self.ema)
         register("optimizer", OptimizerState(self.pipe, self.optimizer, self.fsdp, dict(
             lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)))
         register("lr_scheduler", self.lr_scheduler)  # after the optimizer: it sets the resumed lr
@@ -161,6 +166,9 @@ class Trainer:
         if self.adversarial is not None:
             for name, state in self.adversarial.states().items():
                 register(name, state)
+        register("latent_health", self.latent_health)
+        if self.validator is not None:
+            register("validation", self.validator)
 
     @property
     def global_step(self) -> int:
@@ -252,6 +260,7 @@ class Trainer:
         terms = self.loss_fn(video, out)
         if self.adversarial is not None:
             terms = self.adversarial.add_generator_term(terms, out.x_rec, step)
+        latent = self.latent_health.measure(self.pipe, out, step) if self.latent_health.due(step) else {}
         x_z_rec = out.x_z_rec.detach()
         names = sorted(terms)
         local = torch.stack([terms[n].detach().float() for n in names])
@@ -263,7 +272,8 @@ class Trainer:
                             torch.nan_to_num(local, nan=0.0, posinf=0.0, neginf=0.0)])
         packed = all_reduce_sum(packed.to(self.env.device)).cpu()
         result = StepResult(losses={}, skipped_step=True, grad_norm=float("nan"), num_frames=num_frames,
-                            skipped_samples=int(packed[1].item()), read_attempts=int(packed[2].item()))
+                            skipped_samples=int(packed[1].item()), read_attempts=int(packed[2].item()),
+                            latent=latent)
         if packed[0].item() > 0:
             del terms
         else:
@@ -377,6 +387,7 @@ class Trainer:
                         result.history.append({"step": step, "num_frames": out.num_frames,
                                                "indices": batch["index"].tolist(), **metrics})
                     self._check_health(step, out.skipped_step)
+                    self._validate(log, final=step >= total)  # before the save: it holds the record
                     if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                         result.last_checkpoint = self.save_checkpoint()
                         last_saved = step
@@ -385,6 +396,7 @@ class Trainer:
                         break
                 else:
                     counters.epoch += 1
+            self._validate(log, final=True)
             if last_saved != self.global_step:
                 result.last_checkpoint = self.save_checkpoint()
             elif result.last_checkpoint is None and self.resume_dir is not None:
@@ -396,6 +408,12 @@ class Trainer:
         result.global_step = self.global_step
         return result
 
+    def _validate(self, log: TrainLogger, final: bool = False) -> None:
+        if self.validator is not None and self.validator.due(self.global_step, final):
+            ema_state = self.ema.shadow if self.ema is not None else None
+            self.validator.run(self.global_step, self.pipe.state_dict(), ema_state, self.pipe.export_config(), log,
+                               final=final)
+
     def _metrics(self, out: StepResult, seconds: float) -> dict[str, float]:
         metrics = {f"loss/{k}": v for k, v in out.losses.items()}
         metrics.update({
@@ -405,6 +423,7 @@ class Trainer:
             "speed/samples_per_s": self.cfg.batch_size * self.env.world_size / max(seconds, 1e-9),
             "data/skipped_total": self.counters.skipped_total, "data/skipped_samples_step": out.skipped_samples,
             **out.adversarial,
+            **out.latent,
         })
         if self.env.device.type == "cuda":
             metrics["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.env.device) / 2**20

@@ -117,3 +117,27 @@ def test_an_ema_is_never_lost_on_resume(tmp_path, media_csv):
                            drop_state=["ema"])).fit()
     assert _names(out) == ["step_000000003", "step_000000005"]
     assert (out / "step_000000003" / "ema").is_dir() and not (out / "step_000000005" / "ema").exists()
+
+
+def test_checkpoints_written_before_state_entries_still_resume(tmp_path, media_csv):
+    import json
+
+    out = tmp_path / "out"
+    Trainer(tiny_train_cfg(1, out, media_csv, max_steps=2, ckpt_every=2, ema_decay=0.5)).fit()
+    ckpt = out / "step_000000002"
+    # The format before entries: no "entries" in lineage.json, no entries that came later.
+    lineage = json.loads((ckpt / "lineage.json").read_text())
+    del lineage["entries"]
+    (ckpt / "lineage.json").write_text(json.dumps(lineage))
+    state = torch.load(ckpt / "training_state.pt", weights_only=True)
+    for key in ("lr_scheduler", "running_means"):
+        del state[key]
+    torch.save(state, ckpt / "training_state.pt")
+    assert ckpt_io.held_entries(ckpt) == set(ckpt_io.LEGACY_ENTRIES) | {"model", "ema"}
+
+    resumed = Trainer(tiny_train_cfg(1, out, media_csv, max_steps=3, ema_decay=0.5, load="auto"))
+    assert resumed.global_step == 2 and resumed.sampler.global_consumed == 2
+    saved = ckpt_io.read_weights(ckpt / "ema")
+    assert all(torch.equal(t.cpu(), saved[n]) for n, t in resumed.ema.shadow.items())
+    assert resumed.lr_scheduler.last_epoch == 0  # started fresh: older code had no schedule
+    assert resumed.fit().global_step == 3

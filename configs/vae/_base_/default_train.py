@@ -107,3 +107,15 @@ discriminator_lr_schedule = dict(
 # the run with an error naming the file (a hung network mount, a device that never answers), with
 # or without DataLoader workers. Legitimate reads of long or 4K clips take seconds, not minutes.
 dataset.update(read_timeout_s=600.0)
+
+# Held-out validation (README "Validation while training"): every val_every steps and after the
+# last one, the posterior-mode reconstructions of the same clips of val_data_path are scored as the
+# eval scores files (the clip is read as inference reads it: dataset.num_frames frames at
+# dataset.frame_interval from frame 0, the dataset transform to dataset.image_size). Results:
+# TensorBoard val/..., val_ema/... (EMA on), <outputs>/val_history.jsonl, <outputs>/val_best.json.
+# None = off.
+val_data_path = None  # CSV/parquet with a `path` column, like --data-path
+val_every = 1000  # steps between validations
+val_max_clips = 32  # the table's first N rows (None = every row)
+val_metrics = ("ssim", "psnr", "lpips")  # any of the eval's: ssim psnr lpips flolpips fvd (fvd: >= 256 clips)
+val_best_metric = "lpips"  # one of val_metrics: its best step is recorded in val_best.json
