@@ -33,8 +33,11 @@ from pathlib import Path
 import av
 import numpy as np
 
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's opensora_vae
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ (memory.py), also when loaded as a module
+from memory import hwm_mb, reset_peak, rss_mb  # noqa: E402
 
 SOURCES = {"1080p": (1920, 1080), "4K": (3840, 2160)}
 METHODS = {"full": "full read, then transform (before)", "from_video": "`VideoTransform.from_video` (now)"}
@@ -68,12 +71,6 @@ def make_source(path: Path, width: int, height: int, num_frames: int = 24) -> Pa
     return path
 
 
-def _rss_mb(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
 def measure(path: str, method: str, start: int, num_frames: int, size: int) -> dict:
     """In this process: read the sample with `method`; peak RSS above the RSS before the read."""
     from opensora_vae.data.transforms import VideoTransform, frames_to_clip
@@ -82,16 +79,15 @@ def measure(path: str, method: str, start: int, num_frames: int, size: int) -> d
     transform = VideoTransform("center", size)
     indices = list(range(start, start + num_frames))
     video = VideoFile(path)
-    base = _rss_mb()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+    base = rss_mb()
+    reset_peak()
     t0 = time.perf_counter()
     if method == "from_video":
         clip = transform.from_video(video, indices)
     else:
         clip = transform(frames_to_clip(video.read(indices)))
     seconds = time.perf_counter() - t0
-    return {"peak_mb": _rss_mb("VmHWM") - base, "seconds": seconds, "shape": list(clip.shape),
+    return {"peak_mb": hwm_mb() - base, "seconds": seconds, "shape": list(clip.shape),
             "sha256": hashlib.sha256(clip.numpy().tobytes()).hexdigest()}
 
 
@@ -118,13 +114,12 @@ def measure_metrics(method: str, num_frames: int, height: int, width: int) -> di
     fake = (real ^ rng.integers(0, 8, real.shape, dtype=np.uint8)).astype(np.uint8)
     fn = frame_metrics if method == "per_frame" else whole_clip_metrics
     fn(real[:1], fake[:1])  # warm-up: imports, BLAS buffers
-    base = _rss_mb()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    base = rss_mb()
+    reset_peak()
     t0 = time.perf_counter()
     values = fn(real, fake)
     seconds = time.perf_counter() - t0
-    return {"peak_mb": _rss_mb("VmHWM") - base, "seconds": seconds,
+    return {"peak_mb": hwm_mb() - base, "seconds": seconds,
             "sha256": hashlib.sha256(json.dumps(values).encode()).hexdigest()}
 
 

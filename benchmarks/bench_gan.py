@@ -22,29 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory import hwm_mb, reset_peak, rss_mb  # benchmarks/memory.py
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "assets" / "media" / "city_cc0_256_17f.mp4"
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _reset_peak() -> float:
-    """Resets the kernel's peak-RSS mark (VmHWM) and returns the current RSS in MB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _rss_mb()
-
-
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def run_case(with_discriminator: bool, steps: int, size: int, frames: int, workdir: str) -> dict:
@@ -70,13 +52,13 @@ def run_case(with_discriminator: bool, steps: int, size: int, frames: int, workd
     def measured_adaptive_weight(*args):
         # Its own peak above the RSS just before it; the step's VmHWM mark is restored by taking
         # the max afterwards (the reset would otherwise hide the step's earlier peak).
-        step_peak = _hwm_mb()
-        base = _reset_peak()
+        step_peak = hwm_mb()
+        base = reset_peak()
         t = time.perf_counter()
         out = original(*args)
         adaptive["s"].append(time.perf_counter() - t)
-        adaptive["peak_mb"] = max(adaptive["peak_mb"], _hwm_mb() - base)
-        measured_adaptive_weight.step_peak = max(step_peak, _hwm_mb())
+        adaptive["peak_mb"] = max(adaptive["peak_mb"], hwm_mb() - base)
+        measured_adaptive_weight.step_peak = max(step_peak, hwm_mb())
         return out
 
     measured_adaptive_weight.step_peak = 0.0
@@ -86,14 +68,14 @@ def run_case(with_discriminator: bool, steps: int, size: int, frames: int, workd
     try:
         trainer.train_step(video, 1)  # warm-up
         adaptive["s"].clear()
-        base = _reset_peak()
+        base = reset_peak()
         times = []
         for step in range(2, steps + 2):
             t = time.perf_counter()
             out = trainer.train_step(video, step)
             times.append(time.perf_counter() - t)
             assert not out.skipped_step
-        peak = max(_hwm_mb(), measured_adaptive_weight.step_peak) - base
+        peak = max(hwm_mb(), measured_adaptive_weight.step_peak) - base
     finally:
         adversarial.adaptive_weight = original
         trainer.close()

@@ -20,12 +20,9 @@ import subprocess
 import sys
 import time
 
+from memory import hwm_mb, reset_peak, rss_mb  # benchmarks/memory.py
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _peak_mb() -> float:
@@ -51,7 +48,7 @@ def run_train_step(checkpointing: bool, filters: int, frames: int, size: int, re
 
     # Memory: the first full-size step, measured from the RSS before it (a warm-up at full size
     # would leave freed blocks in malloc's arenas and hide the activation peak).
-    base = _rss_mb()
+    base = rss_mb()
     step()
     peak = _peak_mb() - base
     t0 = time.perf_counter()
@@ -71,7 +68,7 @@ def run_reconstruct(frames: int, chunked: bool, size: int, filters: int) -> dict
         pipe.micro_frame_size = None  # the whole clip at once (reference with micro_frame_size=None)
     x = torch.rand(1, 3, frames, size, size) * 2 - 1
     io_mb = 2 * x.numel() * 4 / 2**20  # input + output tensors
-    base = _rss_mb()
+    base = rss_mb()
     t0 = time.perf_counter()
     with torch.no_grad():
         if chunked:
@@ -82,21 +79,6 @@ def run_reconstruct(frames: int, chunked: bool, size: int, filters: int) -> dict
     assert out.shape == x.shape
     peak = _peak_mb() - base
     return {"s": dt, "peak_above_baseline_mb": peak, "io_mb": io_mb, "work_mb": peak - io_mb / 2}
-
-
-def _reset_peak() -> float:
-    """Resets the kernel's peak-RSS mark (VmHWM) and returns the current RSS in MB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _rss_mb()
-
-
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 STEP_OPTIONS = ("eager", "channels_last_3d", "compile")
@@ -161,7 +143,7 @@ def run_step_option(net: str, option: str, repeats: int, out_file: str, filters:
                 "params": [p.detach().clone() for p in model.parameters()] if optimizer else []}, out_file)
     for g in grads_of:
         g.grad = None
-    base = _reset_peak()
+    base = reset_peak()
     times, opt_times = [], []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -170,7 +152,7 @@ def run_step_option(net: str, option: str, repeats: int, out_file: str, filters:
         opt_times.append(getattr(step, "opt_s", 0.0))
         for g in grads_of:
             g.grad = None
-    peak = max(0.0, _hwm_mb() - base)  # 0: the timed steps reused memory freed by the warm-up
+    peak = max(0.0, hwm_mb() - base)  # 0: the timed steps reused memory freed by the warm-up
     times.sort()
     return {"step_s": times[len(times) // 2], "optimizer_s": sorted(opt_times)[len(opt_times) // 2],
             "first_step_s": first_s, "peak_above_baseline_mb": peak}

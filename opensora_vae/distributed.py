@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -119,3 +120,16 @@ def rank0_decides(decide: Callable[[], Any]) -> Any:
 def destroy() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(timeout_minutes: float = 30.0) -> Iterator[DistEnv]:
+    """`init_distributed()` for one run, destroying the group afterwards only if this call created
+    it (a caller that already joined one, e.g. a test or another runner, keeps it)."""
+    owns_group = not is_initialized()
+    env = init_distributed(timeout_minutes)
+    try:
+        yield env
+    finally:
+        if owns_group:
+            destroy()

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..data import build_dataloader
-from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed, rank0_decides
+from ..distributed import DistEnv, all_gather_objects, barrier, process_group, rank0_decides
 from ..errors import check_folder_location
 from ..inference.dataset import collate_items
 from ..models import VideoVAEPipeline
@@ -64,13 +63,8 @@ def run_export(cfg: Any, verbose: bool = True) -> dict:
     """Runs (or resumes) the export; returns the final manifest (rank 0 also writes it)."""
     if cfg.dataset.data_path is None:
         raise ExportError("no data: pass --data-path CSV")
-    owns_group = not dist.is_initialized()
-    info = init_distributed()
-    try:
+    with process_group() as info:
         return _run(cfg, info, verbose)
-    finally:
-        if owns_group:
-            destroy()
 
 
 def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:

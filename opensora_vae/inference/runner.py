@@ -11,12 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
-import torch.distributed as dist
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..config import check_required
 from ..data import build_dataloader
-from ..distributed import DistEnv, all_gather_objects, barrier, destroy, init_distributed, rank0_decides
+from ..distributed import DistEnv, all_gather_objects, barrier, process_group, rank0_decides
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import resolve_pipeline_dir
 from ..precision import autocast
@@ -79,13 +78,8 @@ def run_inference(cfg: Any, verbose: bool = True) -> dict:
     never costs a data pass. Under torchrun each rank takes every world_size-th sample.
     """
     check_required(cfg, "inference")  # every other setting was checked by load_config
-    owns_group = not dist.is_initialized()  # destroy only a group we created
-    info = init_distributed()
-    try:
+    with process_group() as info:
         return _run(cfg, info, verbose)
-    finally:
-        if owns_group:
-            destroy()
 
 
 def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
