@@ -12,7 +12,7 @@ padded such videos by repeating frames, which teaches the temporal VAE that moti
 1-frame video is read as an image.
 
     reader = ClipReader(VideoTransform("center", (256, 256)), ProtocolWindow(17, 1), read_timeout_s=600)
-    clip = reader.read(path)             # Clip(video, is_image); raises the errors in READ_ERRORS
+    clip = reader.read(path)             # Clip(video, is_image, fps); raises the errors in READ_ERRORS
     clip, reason = reader.try_read(path) # (None, "too short (...)") instead of raising
 
 A read that does not finish within ``read_timeout_s`` (config ``dataset.read_timeout_s``: a hung
@@ -134,9 +134,26 @@ class ProtocolWindow:
         return indices
 
 
+@dataclass(frozen=True)
+class WholeVideo:
+    """Latent export of whole videos: every ``frame_interval``-th frame, however many there are
+    (the pipeline encodes them one micro-frame chunk at a time); an image is one frame."""
+
+    frame_interval: int
+    num_frames: None = None  # no fixed length
+
+    @property
+    def image_frames(self) -> int:
+        return 1
+
+    def indices(self, total: int, rng: np.random.Generator | None = None) -> Sequence[int]:
+        return range(0, total, self.frame_interval)
+
+
 class Clip(NamedTuple):
     video: torch.Tensor  # (3, T, H, W) float32 in [-1, 1]
     is_image: bool
+    fps: float | None = None  # of the frames taken (source fps / frame_interval); None for images
 
 
 class ClipReader:
@@ -185,7 +202,7 @@ class ClipReader:
             if total == 1:
                 return Clip(self._static_clip(video.read([0])[0]), True)
             indices = self.window.indices(total, rng)
-            return Clip(self.transform.from_video(video, indices), False)
+            return Clip(self.transform.from_video(video, indices), False, video.fps / self.window.frame_interval)
 
     def try_read(self, path: str | os.PathLike, rng: np.random.Generator | None = None
                  ) -> tuple[Clip | None, str | None]:

@@ -95,7 +95,8 @@ class VideoDataset(Dataset):
 
     def load(self, index: int, epoch: int | None = None) -> tuple[torch.Tensor, bool]:
         """(clip (3, T, H, W), is_image) of one sample; raises one of `clips.READ_ERRORS`."""
-        return self.reader.read(self.paths[index], self.rng(index, epoch))
+        clip = self.reader.read(self.paths[index], self.rng(index, epoch))
+        return clip.video, clip.is_image
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: list[tuple[str, str]] = []

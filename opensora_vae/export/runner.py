@@ -74,7 +74,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     config_path, weights_path = resolve_checkpoint_files(cfg.ckpt_path)  # a missing checkpoint fails here
     clips = ExportClips(ds_cfg.data_path, whole_video=ex.whole_video, num_frames=ds_cfg.num_frames,
                         frame_interval=ds_cfg.frame_interval, image_size=tuple(ds_cfg.image_size),
-                        transform_name=ds_cfg.transform_name, seed=cfg.seed)
+                        transform_name=ds_cfg.transform_name, read_timeout_s=ds_cfg.read_timeout_s)
     num_rows = len(clips) if cfg.num_samples is None else min(cfg.num_samples, len(clips))
     hashes = rank0_decides(lambda: (sha256_file(weights_path), sha256_file(ds_cfg.data_path)))
     pipe = VideoVAEPipeline.from_pretrained(config_path.parent, micro_frame_size=cfg.model.micro_frame_size,

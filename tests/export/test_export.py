@@ -29,7 +29,7 @@ def exported(export_inputs):
 
 def _clips(inputs, **kw):
     return ExportClips(inputs["csv"], whole_video=kw.pop("whole_video", False), num_frames=17, frame_interval=1,
-                       image_size=(32, 32), transform_name="center", seed=42)
+                       image_size=(32, 32), transform_name="center", read_timeout_s=None)
 
 
 def test_index_rows_and_skips(exported, export_inputs):

@@ -135,7 +135,14 @@ def _validate_checkpoint_in_one_process(cfg, step_dir: Path, step: int) -> list[
 
     validator = Validator(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
     config = json.loads((step_dir / "model" / "config.json").read_text())
-    return validator.run(step, read_weights(step_dir / "model"), read_weights(step_dir / "ema"), config)
+    # The ranks ran with one thread each (OMP_NUM_THREADS=1): CPU convolutions sum in another order
+    # with more threads, so "bit for bit" compares runs of the same thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return validator.run(step, read_weights(step_dir / "model"), read_weights(step_dir / "ema"), config)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
