@@ -30,6 +30,9 @@ INFERENCE_CONFIG = REPO_DIR / "configs" / "vae" / "inference" / "tiny.py"
 TRAIN_SCRIPT = REPO_DIR / "scripts" / "train_vae.py"
 INFERENCE_SCRIPT = REPO_DIR / "scripts" / "inference_vae.py"
 EVAL_SCRIPT = REPO_DIR / "eval" / "vae" / "eval_common_metric.py"
+# How a real stage 1 gets a pretrained spatial VAE (train_vae.py has no flag of its own for it).
+STAGE1_SPATIAL_HINT = ("scripts/train_vae.py --cfg-options model.spatial.from_pretrained=DIR_OR_HUB_ID, or "
+                       "--ckpt-path of a pipeline checkpoint; this demo: python -m examples.quickstart --spatial-vae")
 MARKER = ".quickstart_run"  # only folders carrying it are ever deleted by a new run
 
 
@@ -196,7 +199,8 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
               f"{s0.heldout_psnr_before:.2f} dB (random) -> {s0.heldout_psnr:.2f} dB "
               f"({s0.num_heldout_frames} frames); saved {s0.checkpoint}")
         notes.append("Stage 0 (demo only) trained the tiny spatial VAE from scratch because no pretrained "
-                     "SD-VAE is available offline; real runs start from the SD-VAE (--spatial-vae).")
+                     "SD-VAE is available offline; real runs start from a pretrained SD-VAE: "
+                     f"{STAGE1_SPATIAL_HINT}.")
         ckpt = s0.checkpoint
     else:
         from .pretrained_spatial import save_pipeline_with_spatial, write_stage_configs
