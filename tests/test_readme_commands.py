@@ -204,7 +204,8 @@ def test_readme_latent_frame_examples_match_the_model():
     """README's worked example of the chunk formula (`20, 34, 51 frames give 6, 10, 15`)."""
     from tests.helpers import build_tiny_pipeline
 
-    match = re.search(r"\(([\d, ]+) frames give ([\d, ]+) latent frames\)", (REPO / "README.md").read_text())
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"\(([\d, ]+)\s+frames\s+give\s+([\d, ]+)\s+latent\s+frames\)", readme)
     frames, latents = ([int(v) for v in group.split(",")] for group in match.groups())
     pipe = build_tiny_pipeline()
     assert [pipe.latent_frames(t) for t in frames] == latents
