@@ -193,6 +193,9 @@ def _rules(kind: str) -> dict[str, Rule]:
         "ckpt_every": at_least(0),  # 0: only the final checkpoint
         "keep_last_ckpts": optional(at_least(1)),
         "preview_every": at_least(0),
+        "preflight_rows": at_least(0),
+        "preflight_clips": at_least(0),
+        "preflight_min_psnr": at_least(0),
     }
 
 

@@ -40,6 +40,7 @@ from .checkpoint import CheckpointManager
 from .ema import EMA
 from .logging import TrainLogger, check_wandb_available, preview_image
 from .mixing import mixed_num_frames
+from .preflight import check_clip_lengths, check_spatial_vae
 
 logger = logging.getLogger("opensora_vae.training")
 
@@ -138,6 +139,7 @@ class Trainer:
         self.settings = LossSettings.from_config(cfg)
         self.fsdp = cfg.parallel == "fsdp"
         self._build_data()  # reads and sizes the table: a bad one fails before any output exists
+        preflight_tables = check_clip_lengths(cfg, self.dataset, env.is_main)
 
         # Rank 0 owns the folder and decides what to resume, so all ranks load the same step.
         resume: Any = None
@@ -156,6 +158,7 @@ class Trainer:
         setup_logging(self.outputs / "train.log", env.rank)
         _configure_determinism(cfg.deterministic)
         self.pipe = self._build_model()
+        check_spatial_vae(cfg, self.dataset, self.pipe, self.outputs, preflight_tables, env.is_main)
         self.model = self._parallelize(self.pipe)
         if cfg.compile:
             # In place (nn.Module.compile): parameter names and checkpoints stay those of eager.
