@@ -20,6 +20,7 @@ from pathlib import Path
 from opensora_vae.config import load_config
 from opensora_vae.lpips import find_backbone
 from opensora_vae.metrics.pwcnet import PWC_FILENAME, PWC_URL, PWC_WEIGHTS_ENV, default_pwc_weights_path
+from .contact_sheet import write_contact_sheet
 from .results import (LossTrend, ResultRow, format_loss_trends, format_results_table, loss_trend,
                       read_metrics_json, read_tensorboard_scalars)
 from .sample_data import build_sample_data
@@ -33,6 +34,7 @@ EVAL_SCRIPT = REPO_DIR / "eval" / "vae" / "eval_common_metric.py"
 # How a real stage 1 gets a pretrained spatial VAE (train_vae.py has no flag of its own for it).
 STAGE1_SPATIAL_HINT = ("scripts/train_vae.py --cfg-options model.spatial.from_pretrained=DIR_OR_HUB_ID, or "
                        "--ckpt-path of a pipeline checkpoint; this demo: python -m examples.quickstart --spatial-vae")
+CONTACT_SHEET = "contact_sheet.png"
 MARKER = ".quickstart_run"  # only folders carrying it are ever deleted by a new run
 
 
@@ -72,6 +74,7 @@ class DemoSummary:
     tensorboard: list[str]
     heldout: str  # what the held-out evaluation saw
     machine: str
+    contact_sheet: str = ""  # PNG: held-out frames, real | spatial | full pipeline per stage
 
 
 def _banner(text: str, start: float) -> None:
@@ -240,11 +243,16 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
     _banner(f"reconstructing the {data.num_heldout_videos} held-out clips and evaluating "
             f"({', '.join(metrics)})", start)
     videos: dict[str, str] = {}
+    source = "stage 0" if settings.spatial_vae is None else "pretrained"
+    sheet_columns: dict[str, Path] = {}
     for stage in (1, 2, 3):
         dirs = reconstruct(stage_ckpts[stage], data.heldout_csv, out / "samples" / f"stage{stage}", settings)
         if stage == 1:
+            sheet_columns["real\n(held-out)"] = dirs["ori"]
+            sheet_columns[f"spatial VAE\nonly ({source})"] = dirs["spatial"]
+        sheet_columns[f"full pipeline\nafter stage {stage}"] = dirs["rec"]
+        if stage == 1:
             # Stage 1 freezes the spatial VAE: its spatial-only output is stage 0's VAE.
-            source = "stage 0" if settings.spatial_vae is None else "pretrained"
             rows.append(ResultRow(f"spatial VAE only, {source} (frozen in stage 1)",
                                   evaluate(dirs["ori"], dirs["spatial"], out / "eval" / "stage1_spatial",
                                            metrics, settings, pwc_weights)))
@@ -257,6 +265,7 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
                                   evaluate(dirs["ori"], dirs["spatial"], out / "eval" / "stage3_spatial",
                                            metrics, settings, pwc_weights)))
             videos = {kind: str(path) for kind, path in dirs.items()}
+    sheet = write_contact_sheet(sheet_columns, out / CONTACT_SHEET)
     lap("inference+eval", t)
     seconds["total"] = round(time.perf_counter() - start, 1)
 
@@ -264,7 +273,9 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
     summary = DemoSummary(
         out_dir=str(out), data=data.describe(), seconds=seconds, losses=[asdict(tr) for tr in trends],
         results=[asdict(r) for r in rows], notes=notes, videos=videos,
-        tensorboard=[str(out / f"stage{k}" / "tensorboard") for k in (1, 2, 3)],
+        tensorboard=[str(out / f"stage{k}" / "tensorboard") for k in (0, 1, 2, 3)
+                     if (out / f"stage{k}" / "tensorboard").is_dir()],
+        contact_sheet=str(sheet),
         heldout=(f"source frames {h0}-{h1 - 1} (never trained on), first {settings.eval_frames} frames, "
                  f"{settings.clip_size}x{settings.clip_size}"),
         machine=f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
@@ -296,7 +307,9 @@ def print_summary(summary: DemoSummary, trends: list[LossTrend], rows: list[Resu
         print("note: " + note)
     print(f"\nvideos (input | full pipeline | spatial only): {summary.videos.get('ori')}  "
           f"{summary.videos.get('rec')}  {summary.videos.get('spatial')}")
-    print(f"TensorBoard logs: tensorboard --logdir {summary.out_dir}")
+    print(f"TensorBoard logs (loss curves, preview images): tensorboard --logdir {summary.out_dir}")
+    print(f"contact sheet (held-out frames: real | spatial VAE only | full pipeline after each stage): "
+          f"{summary.contact_sheet}")
     print(f"summary: {summary.out_dir}/summary.json (benchmarks/RESULTS.md from it: "
           f"python -m examples.quickstart.update_results {summary.out_dir}/summary.json)")
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in summary.seconds.items() if k != "total")

@@ -26,5 +26,5 @@ num_workers = 0
 dtype = "fp32"
 grad_checkpoint = False
 ckpt_every = 50
-preview_every = 0
+preview_every = 25  # TensorBoard input|reconstruction image: one tiny decode, so often
 outputs = "outputs/tiny_stage1"
