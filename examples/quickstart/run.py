@@ -75,6 +75,10 @@ class DemoSummary:
     heldout: str  # what the held-out evaluation saw
     machine: str
     contact_sheet: str = ""  # PNG: held-out frames, real | spatial | full pipeline per stage
+    # What the numbers depend on besides the settings (update_results compares runs by them).
+    commit: str = ""
+    cpu: str = ""
+    threads: int = 0
 
 
 def _banner(text: str, start: float) -> None:
@@ -278,10 +282,48 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
         contact_sheet=str(sheet),
         heldout=(f"source frames {h0}-{h1 - 1} (never trained on), first {settings.eval_frames} frames, "
                  f"{settings.clip_size}x{settings.clip_size}"),
-        machine=f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+        machine=machine_description(), commit=git_commit(), cpu=cpu_model(), threads=_torch_threads())
     (out / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
     print_summary(summary, trends, rows, metrics)
     return summary
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """The checkout's commit (`+dirty` with uncommitted changes to tracked files), or ''."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def machine_description() -> str:
+    """What the trajectory depends on besides the code: CPU model (its kernels' vector width)
+    and torch's thread count (the order of floating-point sums)."""
+    import torch
+
+    return (f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end")
 
 
 def epoch_window(steps: int, epoch_steps: int) -> int:

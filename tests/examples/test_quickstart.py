@@ -366,3 +366,33 @@ def test_every_training_config_previews_in_tensorboard():
     for stage in (1, 2, 3):
         for path in (TINY_TRAIN[stage], REPO / "configs" / "vae" / "train" / f"stage{stage}.py"):
             assert load_config(path).preview_every > 0, path
+
+
+def test_update_results_gives_the_range_over_runs_and_what_differed(tmp_path):
+    """Issue 23 item 5: several runs' summaries give min – max per number, and each pair is
+    classified (commit vs machine) with whether its numbers are identical."""
+    import json
+
+    from examples.quickstart.update_results import main
+    from opensora_vae.cli import run_main
+
+    base = json.loads(_fake_summary(tmp_path).read_text())
+    runs = {"a": dict(base, commit="4061024", cpu="CPU X", threads=2),
+            "b": dict(base, commit="e7f2af7", cpu="CPU X", threads=2),
+            "c": dict(base, commit="e7f2af7", cpu="CPU X", threads=1)}
+    runs["c"] = json.loads(json.dumps(runs["c"]))
+    runs["c"]["losses"][1]["last"] = 80.0
+    runs["c"]["results"][0]["metrics"]["psnr"] = 16.5
+    paths = []
+    for name, summary in runs.items():
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "summary.json")
+        paths[-1].write_text(json.dumps(summary))
+    results = tmp_path / "RESULTS.md"
+    assert run_main(main, [*map(str, paths), "--results", str(results), "--section", "quickstart-trajectory"]) == 0
+    text = results.read_text()
+    assert "<!-- quickstart-trajectory: begin" in text and "3 runs" in text
+    assert "| stage 1 (latent L1 + identity) | 2 | 138.6 | 75.5 – 80 |" in text
+    assert "| full pipeline after stage 1 | 15.12 – 16.50 |" in text
+    assert "- commits 4061024 vs e7f2af7, same CPU and threads: identical numbers" in text
+    assert "- same commit, CPU X / 2 threads vs CPU X / 1 threads: numbers differ by up to 9.1%" in text
