@@ -289,14 +289,19 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows) and the vector
+    width of the kernels torch picked on it (AVX2, AVX512; ATEN_CPU_CAPABILITY can lower it)."""
+    import torch
+
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()} kernels"
 
 
 def git_commit() -> str:
@@ -322,7 +327,7 @@ def machine_description() -> str:
     and torch's thread count (the order of floating-point sums)."""
     import torch
 
-    return (f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, torch {torch.__version__} with "
+    return (f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} with "
             f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end")
 
 
