@@ -4,7 +4,7 @@ work says so at once rather than hours in:
 - clip lengths (`check_clip_lengths`, before any output): the frame counts of the table's videos
   (an evenly spaced sample of a large table, headers only) against the window this stage reads
   (`dataset.num_frames × frame_interval`: 33 frames in stage 3). Too-short videos are skipped
-  and counted during training; when most of them are too short the run is refused, naming
+  and counted during training; when most rows are too short the run is refused, naming
   `make_csv --min-frames`; otherwise a warning gives the count.
 - the spatial VAE on the user's content (`check_spatial_vae`, once the model is built): a few
   clips are reconstructed by the spatial VAE alone and the PSNR is logged; below
@@ -107,10 +107,10 @@ def _verdict(cfg, report: ClipLengthReport) -> ClipLengthReport | UserError:
     if report.too_short == 0:
         return report
     sampled = "" if report.rows_checked == report.rows_total else f" (an evenly spaced sample of {report.rows_total})"
-    counted = (f"{report.too_short} of the {report.videos_checked} videos in {report.rows_checked} rows checked"
-               f"{sampled} of {data.data_path} are shorter than the {report.needed_frames} frames this stage "
-               f"reads (dataset.num_frames={data.num_frames} × frame_interval={data.frame_interval})")
-    if report.too_short * 2 > report.videos_checked:
+    counted = (f"{report.too_short} of the {report.rows_checked} rows checked{sampled} of {data.data_path} are "
+               f"videos shorter than the {report.needed_frames} frames this stage reads "
+               f"(dataset.num_frames={data.num_frames} × frame_interval={data.frame_interval})")
+    if report.too_short * 2 > report.rows_checked:  # most rows: training would mostly skip
         return ClipsTooShortError(
             f"{counted}, e.g. {report.examples[0]}: leave them out with `python scripts/make_csv.py <folder> "
             f"<csv> --min-frames {report.needed_frames}`, or lower dataset.num_frames")
@@ -122,7 +122,7 @@ def _verdict(cfg, report: ClipLengthReport) -> ClipLengthReport | UserError:
 
 def check_clip_lengths(cfg, dataset, is_main: bool = True) -> ClipLengthReport | None:
     """Rank 0 reads the frame counts of up to `preflight_rows` rows; every rank gets the verdict
-    and raises `ClipsTooShortError` when most videos are too short. None when switched off."""
+    and raises `ClipsTooShortError` when most rows are too-short videos. None when switched off."""
     if not cfg.preflight_rows:
         return None
     outcome = _verdict(cfg, _count_clip_lengths(dataset, cfg.preflight_rows)) if is_main else None
