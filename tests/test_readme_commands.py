@@ -131,9 +131,8 @@ def test_readme_has_commands_to_check():
     assert len(CASES) >= 10
 
 
-@pytest.mark.parametrize("argv", [argv for _, argv in CASES], ids=[name for name, _ in CASES])
-def test_command_parses(argv, monkeypatch):
-    monkeypatch.chdir(REPO)
+def check_command(argv: list[str]) -> None:
+    """Raises (SystemExit from argparse, AssertionError, UserError) when a command has drifted."""
     check_paths(argv)
     program = Path(argv[0]).name
     if program == "bash":
@@ -155,19 +154,22 @@ def test_command_parses(argv, monkeypatch):
         load_config(REPO / config, kind=kind, cfg_options=getattr(namespace, "cfg_options", None) or None)
 
 
+@pytest.mark.parametrize("argv", [argv for _, argv in CASES], ids=[name for name, _ in CASES])
+def test_command_parses(argv):
+    check_command(argv)
+
+
 def test_parse_check_catches_drift():
     """The check itself: an unknown flag, a missing config, a bad --cfg-options key all fail."""
     with pytest.raises(SystemExit):
-        test_command_parses(["python", "scripts/train_vae.py", "configs/vae/train/stage1.py", "--spatial-vae",
-                             "x"], pytest.MonkeyPatch())
+        check_command(["python", "scripts/train_vae.py", "configs/vae/train/stage1.py", "--spatial-vae", "x"])
     with pytest.raises(AssertionError, match="does not exist"):
-        test_command_parses(["python", "scripts/inference_vae.py", "configs/vae/inference/nope.py"],
-                            pytest.MonkeyPatch())
+        check_command(["python", "scripts/inference_vae.py", "configs/vae/inference/nope.py"])
     from opensora_vae.errors import UserError
 
     with pytest.raises(UserError):
-        test_command_parses(["python", "scripts/train_vae.py", "configs/vae/train/stage1.py", "--cfg-options",
-                             "max_step=5"], pytest.MonkeyPatch())
+        check_command(["python", "scripts/train_vae.py", "configs/vae/train/stage1.py", "--cfg-options",
+                       "max_step=5"])
     assert commands("A=1 python x.py a \\\n  --b c   # note\n. .venv/bin/activate && pip install -e .\n") == [
         ["python", "x.py", "a", "--b", "c"], [".", ".venv/bin/activate"], ["pip", "install", "-e", "."]]
 
