@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 PREFLIGHT_FILE = "preflight.json"
 TABLE_CHECK_SECONDS = 30.0  # the frame-count check stops after this long (slow or remote storage)
-MAX_EXAMPLES = 3  # too-short files named in the log
+MAX_EXAMPLES = 3  # too-short files named in preflight.json (and the first in the refusal)
 FRAMES_PER_CLIP = 3  # first, middle and last frame of each clip reconstructed
 
 
@@ -114,9 +114,11 @@ def _verdict(cfg, report: ClipLengthReport) -> ClipLengthReport | UserError:
         return ClipsTooShortError(
             f"{counted}, e.g. {report.examples[0]}: leave them out with `python scripts/make_csv.py <folder> "
             f"<csv> --min-frames {report.needed_frames}`, or lower dataset.num_frames")
-    logger.warning("%s, e.g. %s: they will be skipped and counted (max_skip_fraction=%s); "
+    # The files themselves are named once, by the training loop when it skips them (and in
+    # preflight.json): here only the count.
+    logger.warning("%s: they will be skipped and counted (max_skip_fraction=%s); "
                    "`python scripts/make_csv.py <folder> <csv> --min-frames %d` leaves them out",
-                   counted, "; ".join(report.examples), cfg.max_skip_fraction, report.needed_frames)
+                   counted, cfg.max_skip_fraction, report.needed_frames)
     return report
 
 
