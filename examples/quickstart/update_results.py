@@ -45,8 +45,8 @@ def _machine(summary: dict) -> str:
 
 def _cell(values: Sequence[float], fmt: str) -> str:
     """One number, or the range over the runs ("min – max")."""
-    low, high = min(values), max(values)
-    return format(low, fmt) if low == high else f"{format(low, fmt)} – {format(high, fmt)}"
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return low if low == high else f"{low} – {high}"
 
 
 def _numbers(summary: dict) -> dict[str, float]:
@@ -82,15 +82,16 @@ def compare_runs(summaries: Sequence[dict]) -> list[str]:
     return lines
 
 
-def render_section(summaries: dict | Sequence[dict]) -> str:
-    """The section's markdown: one run's numbers, or the range over several runs (min – max)."""
+def render_section(summaries: dict | Sequence[dict], intro: str = "") -> str:
+    """The section's markdown: one run's numbers, or the range over several runs (min – max);
+    `intro`: what the runs were for (a sentence, no numbers of its own)."""
     runs = [summaries] if isinstance(summaries, dict) else list(summaries)
     first = runs[0]
     seconds = dict(first["seconds"])
     total = seconds.pop("total")
     parts = ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
     lines = ["From the runs' `summary.json` by `python -m examples.quickstart.update_results` (never typed by hand).",
-             ""]
+             ""] + ([intro, ""] if intro else [])
     if len(runs) == 1:
         lines.append(f"`bash scripts/quickstart.sh` on {_machine(first)}: **{total / 60:.1f} min** ({parts}).")
     else:
@@ -136,7 +137,8 @@ REPRODUCIBILITY = (
     "which gives the range over the runs and says for each pair whether the commit or the machine differed.")
 
 
-def update_results(summary_paths: Path | Sequence[Path], results_path: Path, section: str = SECTION) -> None:
+def update_results(summary_paths: Path | Sequence[Path], results_path: Path, section: str = SECTION,
+                   intro: str = "") -> None:
     paths = [summary_paths] if isinstance(summary_paths, (str, Path)) else list(summary_paths)
     summaries = []
     for path in paths:
@@ -145,7 +147,7 @@ def update_results(summary_paths: Path | Sequence[Path], results_path: Path, sec
         except (OSError, ValueError) as err:
             raise ResultsUpdateError(f"cannot read the quickstart summary '{path}': {err}") from err
     try:
-        markdown = render_section(summaries)
+        markdown = render_section(summaries, intro)
     except (KeyError, TypeError, IndexError) as err:
         raise ResultsUpdateError(f"{', '.join(map(str, paths))}: not quickstart summaries of the same "
                                  f"settings (missing {err})") from err
@@ -159,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="one run's summary.json, or several runs of the same settings (their range is shown)")
     parser.add_argument("--results", default=str(REPO_DIR / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--section", default=SECTION, help="RESULTS.md section to write (its marker name)")
+    parser.add_argument("--intro", default="", help="a sentence on what the runs compare (shown first)")
     args = parser.parse_args(argv)
-    update_results([Path(p) for p in args.summary], Path(args.results), args.section)
+    update_results([Path(p) for p in args.summary], Path(args.results), args.section, args.intro)
     print(f"updated the {args.section} section of {args.results} from {', '.join(args.summary)}")
     return 0
 
