@@ -211,3 +211,18 @@ def test_readme_latent_frame_examples_match_the_model():
     frames, latents = ([int(v) for v in group.split(",")] for group in match.groups())
     pipe = build_tiny_pipeline()
     assert [pipe.latent_frames(t) for t in frames] == latents
+
+
+def test_fault_doc_ckpt_every_zero_is_valid():
+    """docs/fault_behaviour.md: `ckpt_every=0` means "final checkpoint only" (valid); a negative
+    value is the exit-2 case."""
+    from opensora_vae.config import load_config
+    from opensora_vae.errors import UserError
+
+    stage1 = REPO / "configs" / "vae" / "train" / "stage1.py"
+    assert load_config(stage1, cfg_options=["ckpt_every=0"]).ckpt_every == 0
+    with pytest.raises(UserError):
+        load_config(stage1, cfg_options=["ckpt_every=-1"])
+    doc = (REPO / "docs" / "fault_behaviour.md").read_text()
+    exit2_rows = [line for line in doc.splitlines() if "exit 2" in line]
+    assert not any("`ckpt_every=0`," in line for line in exit2_rows)
