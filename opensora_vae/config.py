@@ -262,6 +262,9 @@ def _rules(kind: str) -> dict[str, Rule]:
         "val_max_clips": optional(at_least(1)),
         "val_metrics": each(one_of(*EVAL_METRICS)),
         "val_best_metric": one_of(*EVAL_METRICS),
+        "preflight_rows": at_least(0),
+        "preflight_clips": at_least(0),
+        "preflight_min_psnr": at_least(0),
     }
 
 

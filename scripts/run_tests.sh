@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs the whole test suite (CPU, tiny configs).
+# Sets up .venv (pip is skipped while .venv matches requirements.txt, see setup_env.sh) and
+# runs the whole test suite (CPU, tiny configs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

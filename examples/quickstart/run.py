@@ -20,6 +20,7 @@ from pathlib import Path
 from opensora_vae.config import load_config
 from opensora_vae.lpips import find_backbone
 from opensora_vae.metrics.pwcnet import PWC_FILENAME, PWC_URL, PWC_WEIGHTS_ENV, default_pwc_weights_path
+from .contact_sheet import write_contact_sheet
 from .results import (LossTrend, ResultRow, format_loss_trends, format_results_table, loss_trend,
                       read_metrics_json, read_tensorboard_scalars)
 from .sample_data import build_sample_data
@@ -30,6 +31,10 @@ INFERENCE_CONFIG = REPO_DIR / "configs" / "vae" / "inference" / "tiny.py"
 TRAIN_SCRIPT = REPO_DIR / "scripts" / "train_vae.py"
 INFERENCE_SCRIPT = REPO_DIR / "scripts" / "inference_vae.py"
 EVAL_SCRIPT = REPO_DIR / "eval" / "vae" / "eval_common_metric.py"
+# How a real stage 1 gets a pretrained spatial VAE (train_vae.py has no flag of its own for it).
+STAGE1_SPATIAL_HINT = ("scripts/train_vae.py --cfg-options model.spatial.from_pretrained=DIR_OR_HUB_ID, or "
+                       "--ckpt-path of a pipeline checkpoint; this demo: python -m examples.quickstart --spatial-vae")
+CONTACT_SHEET = "contact_sheet.png"
 MARKER = ".quickstart_run"  # only folders carrying it are ever deleted by a new run
 
 
@@ -69,6 +74,11 @@ class DemoSummary:
     tensorboard: list[str]
     heldout: str  # what the held-out evaluation saw
     machine: str
+    contact_sheet: str = ""  # PNG: held-out frames, real | spatial | full pipeline per stage
+    # What the numbers depend on besides the settings (update_results compares runs by them).
+    commit: str = ""
+    cpu: str = ""
+    threads: int = 0
 
 
 def _banner(text: str, start: float) -> None:
@@ -196,7 +206,8 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
               f"{s0.heldout_psnr_before:.2f} dB (random) -> {s0.heldout_psnr:.2f} dB "
               f"({s0.num_heldout_frames} frames); saved {s0.checkpoint}")
         notes.append("Stage 0 (demo only) trained the tiny spatial VAE from scratch because no pretrained "
-                     "SD-VAE is available offline; real runs start from the SD-VAE (--spatial-vae).")
+                     "SD-VAE is available offline; real runs start from a pretrained SD-VAE: "
+                     f"{STAGE1_SPATIAL_HINT}.")
         ckpt = s0.checkpoint
     else:
         from .pretrained_spatial import save_pipeline_with_spatial, write_stage_configs
@@ -236,11 +247,16 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
     _banner(f"reconstructing the {data.num_heldout_videos} held-out clips and evaluating "
             f"({', '.join(metrics)})", start)
     videos: dict[str, str] = {}
+    source = "stage 0" if settings.spatial_vae is None else "pretrained"
+    sheet_columns: dict[str, Path] = {}
     for stage in (1, 2, 3):
         dirs = reconstruct(stage_ckpts[stage], data.heldout_csv, out / "samples" / f"stage{stage}", settings)
         if stage == 1:
+            sheet_columns["real\n(held-out)"] = dirs["ori"]
+            sheet_columns[f"spatial VAE\nonly ({source})"] = dirs["spatial"]
+        sheet_columns[f"full pipeline\nafter stage {stage}"] = dirs["rec"]
+        if stage == 1:
             # Stage 1 freezes the spatial VAE: its spatial-only output is stage 0's VAE.
-            source = "stage 0" if settings.spatial_vae is None else "pretrained"
             rows.append(ResultRow(f"spatial VAE only, {source} (frozen in stage 1)",
                                   evaluate(dirs["ori"], dirs["spatial"], out / "eval" / "stage1_spatial",
                                            metrics, settings, pwc_weights)))
@@ -253,6 +269,7 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
                                   evaluate(dirs["ori"], dirs["spatial"], out / "eval" / "stage3_spatial",
                                            metrics, settings, pwc_weights)))
             videos = {kind: str(path) for kind, path in dirs.items()}
+    sheet = write_contact_sheet(sheet_columns, out / CONTACT_SHEET)
     lap("inference+eval", t)
     seconds["total"] = round(time.perf_counter() - start, 1)
 
@@ -260,13 +277,58 @@ def run_quickstart(settings: DemoSettings) -> DemoSummary:
     summary = DemoSummary(
         out_dir=str(out), data=data.describe(), seconds=seconds, losses=[asdict(tr) for tr in trends],
         results=[asdict(r) for r in rows], notes=notes, videos=videos,
-        tensorboard=[str(out / f"stage{k}" / "tensorboard") for k in (1, 2, 3)],
+        tensorboard=[str(out / f"stage{k}" / "tensorboard") for k in (0, 1, 2, 3)
+                     if (out / f"stage{k}" / "tensorboard").is_dir()],
+        contact_sheet=str(sheet),
         heldout=(f"source frames {h0}-{h1 - 1} (never trained on), first {settings.eval_frames} frames, "
                  f"{settings.clip_size}x{settings.clip_size}"),
-        machine=f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+        machine=machine_description(), commit=git_commit(), cpu=cpu_model(), threads=_torch_threads())
     (out / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
     print_summary(summary, trends, rows, metrics)
     return summary
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows) and the vector
+    width of the kernels torch picked on it (AVX2, AVX512; ATEN_CPU_CAPABILITY can lower it)."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()} kernels"
+
+
+def git_commit() -> str:
+    """The checkout's commit (`+dirty` with uncommitted changes to tracked files), or ''."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def machine_description() -> str:
+    """What the trajectory depends on besides the code: CPU model (its kernels' vector width)
+    and torch's thread count (the order of floating-point sums)."""
+    import torch
+
+    return (f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end")
 
 
 def epoch_window(steps: int, epoch_steps: int) -> int:
@@ -292,7 +354,9 @@ def print_summary(summary: DemoSummary, trends: list[LossTrend], rows: list[Resu
         print("note: " + note)
     print(f"\nvideos (input | full pipeline | spatial only): {summary.videos.get('ori')}  "
           f"{summary.videos.get('rec')}  {summary.videos.get('spatial')}")
-    print(f"TensorBoard logs: tensorboard --logdir {summary.out_dir}")
+    print(f"TensorBoard logs (loss curves, preview images): tensorboard --logdir {summary.out_dir}")
+    print(f"contact sheet (held-out frames: real | spatial VAE only | full pipeline after each stage): "
+          f"{summary.contact_sheet}")
     print(f"summary: {summary.out_dir}/summary.json (benchmarks/RESULTS.md from it: "
           f"python -m examples.quickstart.update_results {summary.out_dir}/summary.json)")
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in summary.seconds.items() if k != "total")

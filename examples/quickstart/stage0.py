@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from opensora_vae.data.table import load_table
 from opensora_vae.data.video_io import VideoFile, is_image, read_image
-from opensora_vae.metrics.psnr import psnr
 from opensora_vae.models import VideoVAEPipeline
+from opensora_vae.training.logging import preview_image
+from opensora_vae.training.preflight import spatial_psnr  # the trainer's preflight check, same number
 
 
 @dataclass
@@ -61,21 +63,6 @@ def spatial_vae_loss(vae, x: torch.Tensor, kl_weight: float, generator: torch.Ge
     return l1 + kl_weight * posterior.kl().mean()
 
 
-@torch.no_grad()
-def spatial_psnr(vae, frames: torch.Tensor, batch_size: int = 64) -> float:
-    """Mean per-frame PSNR (dB, frames in [0, 1]) of the deterministic reconstruction
-    (posterior mode), the way the eval scores videos."""
-    was_training = vae.training
-    vae.eval()
-    values = []
-    for i in range(0, len(frames), batch_size):
-        x = frames[i:i + batch_size]
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        values.append(psnr((x + 1) / 2, ((rec + 1) / 2).clamp(0, 1)))
-    vae.train(was_training)
-    return float(torch.cat(values).mean())
-
-
 PROGRESS_LINES = 10  # progress lines per run
 
 
@@ -92,8 +79,9 @@ def progress_line(step: int, steps: int, losses: list[float], since: float) -> s
 
 def train_spatial_vae(vae, frames: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 1e-3,
                       kl_weight: float = 1e-6, grad_clip: float = 1.0, seed: int = 42,
-                      progress: bool = True) -> list[float]:
-    """AdamW on random frame batches; returns the loss of every step."""
+                      progress: bool = True, writer=None) -> list[float]:
+    """AdamW on random frame batches; returns the loss of every step (also `loss/loss` in the
+    TensorBoard `writer`, when given, as the trainer logs it)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not any(p.requires_grad for p in vae.parameters()):
@@ -113,10 +101,21 @@ def train_spatial_vae(vae, frames: torch.Tensor, steps: int, batch_size: int = 1
         torch.nn.utils.clip_grad_norm_(vae.parameters(), grad_clip)
         optimizer.step()
         losses.append(loss.item())
+        if writer is not None:
+            writer.add_scalar("loss/loss", losses[-1], step)
         if progress and (step % every == 0 or step == steps):
             print(progress_line(step, steps, losses, start), flush=True)
     vae.eval()
     return losses
+
+
+@torch.no_grad()
+def _log_heldout(writer, vae, frames: torch.Tensor, value: float, step: int) -> None:
+    vae.eval()
+    x = frames[:1]
+    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    writer.add_scalar("heldout/psnr", value, step)
+    writer.add_image("preview/input|reconstruction", preview_image(x[0], rec[0]), step)
 
 
 def run_stage0(model_cfg: dict, train_csv: str | Path, heldout_csv: str | Path, out_dir: str | Path,
@@ -132,10 +131,16 @@ def run_stage0(model_cfg: dict, train_csv: str | Path, heldout_csv: str | Path, 
     vae = pipe.spatial_vae.module
     train_frames = load_frames(train_csv, frames_per_video)
     heldout_frames = load_frames(heldout_csv)
+    # TensorBoard like the training stages: the loss curve, the held-out PSNR and a held-out
+    # frame (input | reconstruction) before and after.
+    writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
     before = spatial_psnr(vae, heldout_frames)
+    _log_heldout(writer, vae, heldout_frames, before, step=0)
     losses = train_spatial_vae(vae, train_frames, steps, batch_size, lr, kl_weight, seed=seed,
-                               progress=progress)
+                               progress=progress, writer=writer)
     after = spatial_psnr(vae, heldout_frames)
+    _log_heldout(writer, vae, heldout_frames, after, step=steps)
+    writer.close()
     checkpoint = Path(out_dir) / "model"
     pipe.save_pretrained(checkpoint)
     return Stage0Result(losses, before, after, checkpoint, time.perf_counter() - start,

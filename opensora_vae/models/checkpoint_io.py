@@ -10,10 +10,14 @@ The released `hpcai-tech/OpenSora-VAE-v1.2` holds all weights (spatial and tempo
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -53,6 +57,12 @@ def step_of(path: Path) -> int | None:
     """The global step a checkpoint dir's name says, None for another name."""
     match = STEP_DIR.match(Path(path).name)
     return int(match.group(1)) if match else None
+
+# Offline, huggingface_hub retries every request 5 times with backoff (~30 s per file, each retry
+# logged); one quick connection attempt decides instead, once per process.
+HUB_PROBE_TIMEOUT_S = 3.0
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -105,6 +115,34 @@ def write_pipeline_dir(save_dir: str | Path, config: dict, state: dict[str, torc
     os.chmod(weights, 0o666 & ~_umask())
 
 
+@functools.lru_cache(maxsize=1)
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, or None when it can. Checked once per process
+    (HF_HUB_OFFLINE, else one TCP connection to the endpoint). Unreachable, the process (and its
+    subprocesses) switches to huggingface_hub's offline mode, so the hub loaders use only the
+    local cache and fail in seconds with their own message."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        reason = f"{endpoint.hostname} is unreachable ({err})"
+        logger.warning("the Hugging Face hub %s: using only the local hub cache", reason)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub
+        return reason
+    return None
+
+
+def hub_local_files_only(path_or_repo: str | Path) -> bool:
+    """True when `path_or_repo` is not a local path and the hub cannot be reached."""
+    return not Path(path_or_repo).expanduser().exists() and hub_unreachable() is not None
+
+
 def resolve_checkpoint_files(path_or_repo: str | Path) -> tuple[Path, Path]:
     """(config.json, model.safetensors) from a local dir (or training step dir), else the hub."""
     path_or_repo = resolve_pipeline_dir(path_or_repo)
@@ -127,14 +165,18 @@ def resolve_checkpoint_files(path_or_repo: str | Path) -> tuple[Path, Path]:
         # say where it was looked for rather than suggest a download.
         raise CheckpointError(f"checkpoint '{repo}' does not exist: no such local directory "
                               f"(looked for {looked_for})")
+    offline = hub_local_files_only(repo)
     try:
         from huggingface_hub import hf_hub_download
 
-        return (Path(hf_hub_download(repo, CONFIG_NAME)), Path(hf_hub_download(repo, WEIGHTS_NAME)))
+        return (Path(hf_hub_download(repo, CONFIG_NAME, local_files_only=offline)),
+                Path(hf_hub_download(repo, WEIGHTS_NAME, local_files_only=offline)))
     except Exception as err:
+        why = f"{hub_unreachable()}, and it is not in the local hub cache" if offline else \
+            f"{type(err).__name__}: {err}"
         raise CheckpointError(
             f"'{repo}' is no local directory (looked for {looked_for}) and could not be fetched from "
-            f"the Hugging Face hub ({type(err).__name__}: {err}).\nOn a connected machine run "
+            f"the Hugging Face hub ({why}).\nOn a connected machine run "
             f"`huggingface-cli download {repo} --local-dir pretrained_models/{repo.split('/')[-1]}` "
             "and pass that directory."
         ) from err

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from diffusers import AutoencoderKL
 
-from .checkpoint_io import RELEASED_REPO
+from .checkpoint_io import RELEASED_REPO, hub_local_files_only, hub_unreachable
 from ..config import model_defaults
 from ..errors import MissingWeightsError
 
@@ -54,14 +54,16 @@ class SpatialVAE(nn.Module):
                         local_files_only: bool = False, cache_dir: str | None = None) -> "SpatialVAE":
         """A diffusers AutoencoderKL from a hub id or local dir, e.g. the released spatial VAE:
         `SpatialVAE.from_pretrained(DEFAULT_SPATIAL_REPO, subfolder="vae")`."""
+        offline = not local_files_only and hub_local_files_only(repo_or_path)
         try:
             module = AutoencoderKL.from_pretrained(
-                repo_or_path, subfolder=subfolder, local_files_only=local_files_only,
+                repo_or_path, subfolder=subfolder, local_files_only=local_files_only or offline,
                 cache_dir=cache_dir)
         except Exception as err:  # diffusers raises OSError/EnvironmentError/HF errors alike
             where = f"'{repo_or_path}'" + (f" (subfolder '{subfolder}')" if subfolder else "")
+            why = f"{hub_unreachable()}, and it is not in the local hub cache" if offline else err
             raise MissingWeightsError(
-                f"Could not load the spatial VAE (diffusers AutoencoderKL) from {where}: {err}\n"
+                f"Could not load the spatial VAE (diffusers AutoencoderKL) from {where}: {why}\n"
                 "Provide the weights in one of these ways:\n"
                 f"  * online: they are downloaded from the Hugging Face hub id '{DEFAULT_SPATIAL_REPO}' "
                 "(subfolder 'vae') into the hub cache on first use;\n"

@@ -42,6 +42,7 @@ from .schedule import build_lr_scheduler
 from .states import (Counters, ModelState, OptimizerState, ReplicaChecksums, RNGState, SamplerState,
                      rank_generator_seed)
 from .validation import Validator
+from .preflight import check_clip_lengths, check_spatial_vae
 
 logger = logging.getLogger("opensora_vae.training")
 
@@ -112,12 +113,14 @@ class Trainer:
         self.fsdp = cfg.parallel == "fsdp"
         self._build_data()  # reads and sizes the table: a bad one fails before any output exists
         self.validator = Validator(cfg, env, self.checkpoints) if cfg.val_data_path is not None else None
+        preflight_tables = check_clip_lengths(cfg, self.dataset, env.is_main)
 
         # Rank 0 owns the folder and decides what to resume, so all ranks load the same step.
         self.resume_dir = self.checkpoints.start(cfg.load, overwrite=cfg.overwrite)
         add_log_file(self.outputs / "train.log", env.rank)
         _configure_determinism(cfg.deterministic)
         self.pipe = self._build_model()
+        check_spatial_vae(cfg, self.dataset, self.pipe, self.outputs, preflight_tables, env.is_main)
         self.model = self._parallelize(self.pipe)
         if cfg.compile:
             # In place (nn.Module.compile): parameter names and checkpoints stay those of eager.

@@ -6,6 +6,7 @@ The whole demo (minutes of training) is run by `bash scripts/quickstart.sh`, not
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -126,6 +127,12 @@ def test_stage0_loss_falls_and_checkpoint_loads_in_stage1(sample, tmp_path):
     result = run_stage0(cfg, sample.train_csv, sample.heldout_csv, tmp_path / "s0", steps=30, batch_size=4,
                         lr=2e-3, frames_per_video=4, progress=False)
     assert len(result.losses) == 30
+    # TensorBoard like the training stages: the loss curve and held-out previews before and after.
+    tb = tmp_path / "s0" / "tensorboard"
+    assert read_tensorboard_scalars(tb)["loss/loss"] == [(i + 1, pytest.approx(v)) for i, v in enumerate(result.losses)]
+    assert [v for _, v in read_tensorboard_scalars(tb, prefix="heldout/")["heldout/psnr"]] == pytest.approx(
+        [result.heldout_psnr_before, result.heldout_psnr], abs=1e-4)
+    assert _tensorboard_image_steps(tb, "preview/input|reconstruction") == [0, 30]
     trend = loss_trend("s0", list(enumerate(result.losses, start=1)), window=5)
     assert trend.last < 0.9 * trend.first
     assert result.heldout_psnr > result.heldout_psnr_before + 1.0
@@ -308,3 +315,84 @@ def test_update_results_regenerates_only_the_quickstart_section(tmp_path):
     assert results.read_text() == text  # idempotent
     assert run_main(main, [str(tmp_path / "missing.json"), "--results", str(results)]) == 2
     assert results.read_text() == text
+
+
+def _tensorboard_image_steps(logdir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for path in sorted(Path(logdir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(path), size_guidance={"images": 0})
+        acc.Reload()
+        if tag in acc.Tags().get("images", []):
+            steps += [e.step for e in acc.Images(tag)]
+    return sorted(steps)
+
+
+def test_contact_sheet_puts_each_reconstruction_in_its_column(tmp_path):
+    """Rows: held-out clips; columns: real | spatial | full pipeline per stage. Each cell is the
+    middle frame of that clip in that column's folder (flat colours make it checkable)."""
+    from PIL import Image
+
+    from examples.quickstart.contact_sheet import CELL, GAP, LABEL_HEIGHT, write_contact_sheet
+    from opensora_vae.data.video_io import write_video
+
+    colours = {"real": (200, 30, 30), "spatial": (30, 200, 30), "stage 1": (30, 30, 200)}
+    columns = {}
+    for c, (title, colour) in enumerate(colours.items()):
+        folder = tmp_path / f"col{c}"
+        folder.mkdir()
+        for clip in range(6):
+            frames = np.zeros((5, 16, 16, 3), np.uint8)
+            frames[:] = colour
+            frames[2, :, :, 0] = clip * 40  # the middle frame carries the clip number
+            write_video(folder / f"{clip:03d}.mp4", frames, fps=8, lossless=True)
+        columns[title] = folder
+    sheet_path = write_contact_sheet(columns, tmp_path / "sheet" / "contact.png", max_rows=3)
+    sheet = np.asarray(Image.open(sheet_path).convert("RGB"))
+    assert sheet.shape == (LABEL_HEIGHT + 3 * (CELL + GAP) + GAP, 3 * (CELL + GAP) + GAP, 3)
+    for r, clip in enumerate([0, 2, 5]):  # 3 rows evenly spaced over 6 clips
+        for c, colour in enumerate(colours.values()):
+            y, x = LABEL_HEIGHT + r * (CELL + GAP) + CELL // 2, GAP + c * (CELL + GAP) + CELL // 2
+            assert tuple(sheet[y, x]) == (clip * 40, colour[1], colour[2])
+    with pytest.raises(FileNotFoundError):
+        write_contact_sheet({"empty": tmp_path / "sheet_empty_dir_missing"}, tmp_path / "x.png")
+
+
+def test_every_training_config_previews_in_tensorboard():
+    """Issue 23 item 4: an input|reconstruction image in TensorBoard whatever the config."""
+    from opensora_vae.config import load_config
+
+    for stage in (1, 2, 3):
+        for path in (TINY_TRAIN[stage], REPO / "configs" / "vae" / "train" / f"stage{stage}.py"):
+            assert load_config(path).preview_every > 0, path
+
+
+def test_update_results_gives_the_range_over_runs_and_what_differed(tmp_path):
+    """Issue 23 item 5: several runs' summaries give min – max per number, and each pair is
+    classified (commit vs machine) with whether its numbers are identical."""
+    import json
+
+    from examples.quickstart.update_results import main
+    from opensora_vae.cli import run_main
+
+    base = json.loads(_fake_summary(tmp_path).read_text())
+    runs = {"a": dict(base, commit="4061024", cpu="CPU X", threads=2),
+            "b": dict(base, commit="e7f2af7", cpu="CPU X", threads=2),
+            "c": dict(base, commit="e7f2af7", cpu="CPU X", threads=1)}
+    runs["c"] = json.loads(json.dumps(runs["c"]))
+    runs["c"]["losses"][1]["last"] = 80.0
+    runs["c"]["results"][0]["metrics"]["psnr"] = 16.5
+    paths = []
+    for name, summary in runs.items():
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "summary.json")
+        paths[-1].write_text(json.dumps(summary))
+    results = tmp_path / "RESULTS.md"
+    assert run_main(main, [*map(str, paths), "--results", str(results), "--section", "quickstart-trajectory"]) == 0
+    text = results.read_text()
+    assert "<!-- quickstart-trajectory: begin" in text and "3 runs" in text
+    assert "| stage 1 (latent L1 + identity) | 2 | 138.6 | 75.5 – 80 |" in text
+    assert "| full pipeline after stage 1 | 15.12 – 16.50 |" in text
+    assert "- commits 4061024 vs e7f2af7, same CPU and threads: identical numbers" in text
+    assert "- same commit, CPU X / 2 threads vs CPU X / 1 threads: numbers differ by up to 9.1%" in text

@@ -119,3 +119,11 @@ val_every = 1000  # steps between validations
 val_max_clips = 32  # the table's first N rows (None = every row)
 val_metrics = ("ssim", "psnr", "lpips")  # any of the eval's: ssim psnr lpips flolpips fvd (fvd: >= 256 clips)
 val_best_metric = "lpips"  # one of val_metrics: its best step is recorded in val_best.json
+
+# Preflight checks before step 1 (opensora_vae/training/preflight.py; results in
+# <outputs>/preflight.json). Seconds at start instead of an abort or a useless run hours later.
+preflight_rows = 500  # rows whose video frame count is read (headers only; an evenly spaced sample
+# of larger tables): too-short clips are counted, and the run refused when most are (0 = no check)
+preflight_clips = 4  # clips reconstructed by the spatial VAE alone, PSNR logged (0 = no check)
+preflight_min_psnr = 15.0  # dB: below it a loud warning (a frozen spatial VAE bounds every later stage;
+# an SD/SDXL VAE scores ~25-30 dB on natural video, a random one ~10)

@@ -24,4 +24,4 @@ num_workers = 0
 dtype = "fp32"
 grad_checkpoint = False
 ckpt_every = 50
-preview_every = 0
+preview_every = 25  # TensorBoard input|reconstruction image: one tiny decode, so often
