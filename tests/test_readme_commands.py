@@ -150,7 +150,7 @@ def check_command(argv: list[str]) -> None:
     if config is not None and not _is_placeholder(config):
         from opensora_vae.config import load_config
 
-        kind = "inference" if "/inference/" in config else "train"
+        kind = next((k for k in ("inference", "encode") if f"/{k}/" in config), "train")  # configs/vae/<kind>/
         load_config(REPO / config, kind=kind, cfg_options=getattr(namespace, "cfg_options", None) or None)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..data.video_io import MediaReadError, VideoFile, is_image
-from ..distributed import broadcast_object
+from ..distributed import rank0_decides
 from ..errors import UserError
 from ..metrics.psnr import psnr
 
@@ -102,7 +102,7 @@ def _count_clip_lengths(dataset, limit: int) -> ClipLengthReport:
     return report
 
 
-def _verdict(cfg, report: ClipLengthReport) -> ClipLengthReport | UserError:
+def _verdict(cfg, report: ClipLengthReport) -> ClipLengthReport:
     data = cfg.dataset
     if report.too_short == 0:
         return report
@@ -111,7 +111,7 @@ def _verdict(cfg, report: ClipLengthReport) -> ClipLengthReport | UserError:
                f"videos shorter than the {report.needed_frames} frames this stage reads "
                f"(dataset.num_frames={data.num_frames} × frame_interval={data.frame_interval})")
     if report.too_short * 2 > report.rows_checked:  # most rows: training would mostly skip
-        return ClipsTooShortError(
+        raise ClipsTooShortError(
             f"{counted}, e.g. {report.examples[0]}: leave them out with `python scripts/make_csv.py <folder> "
             f"<csv> --min-frames {report.needed_frames}`, or lower dataset.num_frames")
     # The files themselves are named once, by the training loop when it skips them (and in
@@ -127,10 +127,7 @@ def check_clip_lengths(cfg, dataset, is_main: bool = True) -> ClipLengthReport |
     and raises `ClipsTooShortError` when most rows are too-short videos. None when switched off."""
     if not cfg.preflight_rows:
         return None
-    outcome = _verdict(cfg, _count_clip_lengths(dataset, cfg.preflight_rows)) if is_main else None
-    outcome = broadcast_object(outcome)
-    if isinstance(outcome, UserError):
-        raise outcome
+    outcome = rank0_decides(lambda: _verdict(cfg, _count_clip_lengths(dataset, cfg.preflight_rows)))
     if is_main:
         logger.info("preflight: %d of %d rows checked (%d videos) in %.1f s, %d shorter than %d frames, "
                     "%d unreadable", outcome.rows_checked, outcome.rows_total, outcome.videos_checked,
