@@ -3,7 +3,7 @@
 named in the log, too many skips abort with a clear message, bad tables fail at start, and no
 DataLoader worker hangs or outlives its run.
 
-The media (tests/faults/conftest.py `make_bad_media`): gray, RGBA, CMYK, 16-bit images, a 1-frame
+The media (tests/helpers.py `make_bad_media`): gray, RGBA, CMYK, 16-bit images, a 1-frame
 video, a 47x33 video, a path with spaces and non-ASCII characters (usable); a zero-byte file, a
 text file named .mp4, a missing file, a 5-frame video, an mp4 cut mid-stream with its index in
 front and one cut with its index lost (unusable).
@@ -23,9 +23,8 @@ from opensora_vae.data.dataset import UnreadableSamplesError
 from opensora_vae.data.transforms import VideoTransform, frames_to_clip
 from opensora_vae.data.video_io import MediaReadError
 
-from tests.helpers import make_dataset, run_entry
-
-from .conftest import CLIP_17, TINY_STAGE1, TRAIN_ENTRY, finish, start, train_cmd, write_csv
+from tests.helpers import (CLIP_17, TINY_STAGE1, TRAIN_ENTRY, finish, make_dataset, run_entry, start, train_cmd,
+                           write_csv)
 
 SIZE = (32, 32)
 TRAIN_TIMEOUT = 180  # a run takes ~8 s here; a hung worker would take the loader's 600 s timeout

@@ -17,7 +17,7 @@ from opensora_vae.data import read_video_frames, write_image, write_video
 from opensora_vae.metrics import psnr
 from opensora_vae.metrics.protocol import preprocess
 
-from .conftest import CLIP_17, EVAL_ENTRY, INFER_ENTRY, TINY_INFER, run, run_and_kill_when, write_csv
+from tests.helpers import CLIP_17, EVAL_ENTRY, INFER_ENTRY, TINY_INFER, run, run_and_kill_when, write_csv
 
 # ----------------------------------------------------------------------------- inference
 

@@ -22,10 +22,9 @@ import torch
 from opensora_vae.config import load_config
 from opensora_vae.training import Trainer
 from opensora_vae.training.checkpoint import TMP_PREFIX, find_latest_checkpoint, read_training_state
-from tests.helpers import make_media_csv, run_entry
+from tests.helpers import (FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, child_env, make_media_csv, run,
+                           run_and_kill_when, run_entry, torchrun_cmd)
 
-from .conftest import (CHILD_ENV, FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, run,
-                       run_and_kill_when, torchrun_cmd)
 from .train_worker import FAULT_STALL_MARKER
 
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -142,7 +141,7 @@ def test_one_rank_killed_ends_the_run_quickly_and_load_auto_recovers(data_csv, r
 @pytest.mark.timeout(300)
 def test_sigkill_inside_a_checkpoint_write_is_never_resumed_from(data_csv, reference, tmp_path):
     outputs = tmp_path / "run"
-    env = {**CHILD_ENV, "FAULT_STALL_IN_SAVE_AT_STEP": "5"}
+    env = child_env(FAULT_STALL_IN_SAVE_AT_STEP="5")
     result, fired = run_and_kill_when(_torchrun(data_csv, outputs, script=WORKER),
                                       lambda line: FAULT_STALL_MARKER in line, timeout=240, env=env)
     assert fired is not None, result.out
@@ -170,7 +169,7 @@ def test_repeated_non_finite_losses_abort_and_keep_the_last_good_weights(data_cs
     # two; tests/training/test_engine.py: in-process). Here the loss stays NaN from step 3 on.
     outputs = tmp_path / "run"
     cmd = [sys.executable, WORKER, *_args(data_csv, outputs), "max_nonfinite_steps=3", "keep_last_ckpts=10"]
-    result = run(cmd, env={**CHILD_ENV, "FAULT_NAN_FROM_STEP": "3"})
+    result = run(cmd, env=child_env(FAULT_NAN_FROM_STEP="3"))
     assert result.code == 2, result.out
     assert "Traceback" not in result.out
     for n in (1, 2):

@@ -1,20 +1,18 @@
 """The entry script end to end: plain python, torchrun with 2 ranks (sharded), and its errors."""
 
 import json
-import os
 import subprocess
 import sys
 
 import av
 import pytest
 
-from tests.helpers import INFER_ENTRY, REPO, build_tiny_pipeline
+from tests.helpers import INFER_ENTRY, REPO, TINY_INFER, build_tiny_pipeline, child_env
 from opensora_vae.config import load_config
 from opensora_vae.inference import run_inference
 
 SCRIPT = INFER_ENTRY
-CONFIG = REPO / "configs/vae/inference/tiny.py"
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
+CONFIG = TINY_INFER
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +26,7 @@ def setup(tmp_path_factory):
 
 
 def run_script(args, launcher=(sys.executable,)):
-    return subprocess.run([*launcher, str(SCRIPT), str(CONFIG), *map(str, args)], cwd=REPO, env=ENV,
+    return subprocess.run([*launcher, str(SCRIPT), str(CONFIG), *map(str, args)], cwd=REPO, env=child_env(),
                           capture_output=True, text=True, timeout=120)
 
 
