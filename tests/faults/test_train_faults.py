@@ -9,7 +9,6 @@ must equal it bit for bit (CPU, deterministic=True).
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 import shutil
@@ -129,7 +128,6 @@ def test_one_rank_killed_ends_the_run_quickly_and_load_auto_recovers(data_csv, r
     assert fired is not None and result.code != 0, result.out
     # Rank 0 stops on gloo's "Connection closed by peer" or is stopped by torchrun, whichever is
     # first; either way within seconds (run_and_kill_when fails the test after 120 s).
-    assert "Signal 9 (SIGKILL) received by PID" in result.out
     latest = find_latest_checkpoint(outputs)
     final = run(_torchrun(data_csv, outputs, "--load", "auto"), timeout=240)
     assert final.code == 0 and f"resuming from {latest}" in final.out, final.out
@@ -172,14 +170,14 @@ def test_repeated_non_finite_losses_abort_and_keep_the_last_good_weights(data_cs
     result = run(cmd, env=child_env(FAULT_NAN_FROM_STEP="3"))
     assert result.code == 2, result.out
     assert "Traceback" not in result.out
-    for n in (1, 2):
-        assert f"step {n + 2}: non-finite loss or gradient norm, update skipped ({n} in a row)" in result.out
     assert ("error: aborting at step 5: the loss or gradient was non-finite for 3 consecutive steps "
             "(max_nonfinite_steps=3)") in result.out
     steps = sorted(p.name for p in outputs.glob("step_*"))
     assert steps == [f"step_{s:09d}" for s in (1, 2, 3, 4)]  # no checkpoint of the aborting step
     weights = {s: (outputs / f"step_{s:09d}" / "model/model.safetensors").read_bytes() for s in (1, 2, 3, 4)}
     assert weights[1] != weights[2] and weights[2] == weights[3] == weights[4]  # skipped updates
+    # Steps 3 and 4 were the first and second non-finite ones in a row; step 5's third aborts.
+    assert [read_training_state(outputs / f"step_{s:09d}")["nonfinite_streak"] for s in (1, 2, 3, 4)] == [0, 0, 1, 2]
 
 
 # ----------------------------------------------------------------------------- settings
@@ -260,7 +258,7 @@ def test_load_auto_of_a_damaged_newest_checkpoint_stops_with_its_name(reference,
 
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_resume_with_another_world_size_continues_at_the_same_global_sample(reference, data_csv, tmp_path,
-                                                                            caplog, batch_size):
+                                                                            batch_size):
     """A 2-rank checkpoint resumed by one process: the trainer warns that noise streams are
     re-seeded (not bit-identical) and the data continues at the same global sample."""
     outputs = tmp_path / "out"
@@ -268,10 +266,10 @@ def test_resume_with_another_world_size_continues_at_the_same_global_sample(refe
     cfg = load_config(TINY_STAGE1, cfg_options=[*FAST_TRAIN_OPTIONS, *RESUME_OPTIONS, "max_steps=7"],
                       cli={"data_path": str(data_csv), "outputs": str(outputs), "seed": 3, "load": "auto",
                            "batch_size": batch_size})
-    with caplog.at_level(logging.WARNING):
-        trainer = Trainer(cfg)
-    assert (f"resuming with world size 1 / batch size {batch_size} (checkpoint: 2 / 1): the data continues "
-            "at global sample 4 of epoch 2") in caplog.text  # the end of epoch 2
+    trainer = Trainer(cfg)
+    # Another layout: the noise streams are re-seeded; the data continues at the end of epoch 2.
+    assert not trainer.counters.same_layout and trainer.counters.saved_layout == (2, 1)
+    assert trainer.sampler.state_dict()["epoch"] == 2 and trainer.sampler.state_dict()["global_consumed"] == 4
     result = trainer.fit()
     order = trainer.sampler.global_order(3).tolist()
     # The 2-rank run's step 7 trained on global samples 0 and 1 of epoch 3 (rank 0, rank 1).
