@@ -20,7 +20,7 @@ import torch
 
 from opensora_vae.config import load_config
 from opensora_vae.training import Trainer
-from opensora_vae.training.checkpoint import TMP_PREFIX, find_latest_checkpoint, read_training_state
+from opensora_vae.training.checkpoint import TMP_PREFIX, find_latest_checkpoint, read_lineage, read_training_state
 from tests.helpers import (FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, child_env, make_media_csv, run,
                            run_and_kill_when, run_entry, torchrun_cmd)
 
@@ -66,6 +66,17 @@ def assert_equals_reference(final: Path, reference: Path) -> None:
         _same(got[key], want[key], key)
 
 
+def lineage_of(ckpt: Path | None) -> list[str]:
+    """The run ids that led to `ckpt` (read before a run that may prune it); [] for none."""
+    return [] if ckpt is None else read_lineage(ckpt)
+
+
+def assert_resumed_from(lineage: list[str], written: Path | None) -> None:
+    """`written` is a checkpoint of a run that resumed from the checkpoint of `lineage` ([]: that
+    started from scratch): its run ids are those plus its own."""
+    assert written is not None and read_lineage(written)[:-1] == lineage, (lineage, written)
+
+
 def _clean_exit(log: str) -> None:
     assert "terminate called" not in log  # the gloo shutdown abort the entry must avoid
     assert "Traceback" not in log
@@ -93,9 +104,8 @@ def reference(data_csv, tmp_path_factory) -> Path:
 @pytest.mark.timeout(420)
 def test_sigkill_at_random_steps_then_load_auto_equals_the_uninterrupted_run(data_csv, reference, tmp_path):
     outputs = tmp_path / "run"
-    resumed_from = []
     for kill_after in KILL_AFTER_STEPS:
-        latest = find_latest_checkpoint(outputs)
+        before = lineage_of(find_latest_checkpoint(outputs))
 
         def reached(line: str, k=kill_after) -> bool:
             match = STEP_LINE.search(line)
@@ -104,17 +114,13 @@ def test_sigkill_at_random_steps_then_load_auto_equals_the_uninterrupted_run(dat
         result, fired = run_and_kill_when(_torchrun(data_csv, outputs, "--load", "auto"), reached, timeout=240)
         assert fired is not None, f"run ended before step {kill_after}:\n{result.out}"
         assert result.code != 0  # killed
-        if latest is None:
-            assert "no complete checkpoint" in result.out and "starting from scratch" in result.out
-        else:
-            assert f"resuming from {latest}" in result.out, result.out
-            resumed_from.append(latest.name)
-    latest = find_latest_checkpoint(outputs)
+        assert_resumed_from(before, find_latest_checkpoint(outputs))  # the first run: from scratch
+    before = lineage_of(find_latest_checkpoint(outputs))
     final = run(_torchrun(data_csv, outputs, "--load", "auto"), timeout=240)
     assert final.code == 0, final.out
     _clean_exit(final.out)
-    assert f"resuming from {latest}" in final.out
-    assert len(resumed_from) == len(KILL_AFTER_STEPS) - 1
+    assert_resumed_from(before, outputs / f"step_{STEPS:09d}")
+    assert len(read_lineage(outputs / f"step_{STEPS:09d}")) == len(KILL_AFTER_STEPS) + 1  # one id per run
     assert_equals_reference(outputs / f"step_{STEPS:09d}", reference)
 
 
@@ -128,10 +134,11 @@ def test_one_rank_killed_ends_the_run_quickly_and_load_auto_recovers(data_csv, r
     assert fired is not None and result.code != 0, result.out
     # Rank 0 stops on gloo's "Connection closed by peer" or is stopped by torchrun, whichever is
     # first; either way within seconds (run_and_kill_when fails the test after 120 s).
-    latest = find_latest_checkpoint(outputs)
+    before = lineage_of(find_latest_checkpoint(outputs))
     final = run(_torchrun(data_csv, outputs, "--load", "auto"), timeout=240)
-    assert final.code == 0 and f"resuming from {latest}" in final.out, final.out
+    assert final.code == 0, final.out
     _clean_exit(final.out)
+    assert_resumed_from(before, outputs / f"step_{STEPS:09d}")
     assert_equals_reference(outputs / f"step_{STEPS:09d}", reference)
 
 
@@ -150,10 +157,11 @@ def test_sigkill_inside_a_checkpoint_write_is_never_resumed_from(data_csv, refer
     (tmp,) = [p for p in outputs.iterdir() if p.name.startswith(f"{TMP_PREFIX}step_000000005.")]
     assert (tmp / "model" / "model.safetensors").is_file() and (tmp / "training_state.pt").is_file()
 
+    before = lineage_of(outputs / "step_000000004")
     final = run(_torchrun(data_csv, outputs, "--load", "auto"), timeout=240)
     assert final.code == 0, final.out
     _clean_exit(final.out)
-    assert f"resuming from {outputs / 'step_000000004'}" in final.out
+    assert_resumed_from(before, outputs / f"step_{STEPS:09d}")
     assert not tmp.exists()  # removed at start: a partial save is never loadable
     assert_equals_reference(outputs / f"step_{STEPS:09d}", reference)
 
