@@ -5,7 +5,7 @@ import pytest
 
 from opensora_vae.config import ConfigError, load_config
 
-from tests.helpers import REPO
+from tests.helpers import REPO, child_env
 TRAIN = REPO / "configs/vae/train"
 
 
@@ -96,7 +96,6 @@ def test_an_installed_package_loads_configs_without_a_checkout(tmp_path):
     opensora_vae/configs: built as pip builds it, imported from elsewhere, configs load and are
     checked against the schema (issue 18.5)."""
     import json
-    import os
     import shutil
     import subprocess
     import sys
@@ -124,7 +123,7 @@ print(json.dumps({"file": config.__file__, "dir": str(config.CONFIG_DIR), "max_s
                   "size": list(cfg.dataset.image_size), "refused": refused,
                   "released": config.released_checkpoint()}))
 """
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env = child_env(PYTHONPATH=str(tmp_path / "site"))
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "mine.py")], cwd=tmp_path, env=env,
                          check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])

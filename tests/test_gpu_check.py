@@ -2,12 +2,11 @@
 inference, eval) on the tiny configs, one JSON with every part."""
 
 import json
-import os
 import subprocess
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, child_env
 
 
 @pytest.mark.slow  # five real processes (two torchrun trainings, inference, eval, one throughput run)
@@ -17,7 +16,7 @@ def test_gpu_check_cpu_path_writes_one_json(tmp_path):
     cmd = ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--work", str(tmp_path / "work"),
            "--out", str(out), "--weights-dir", str(tmp_path / "no_weights"), "--max-train-runs", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env=child_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["ok"] and report["device"] == "cpu"

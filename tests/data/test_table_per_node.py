@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, child_env
 
 
 def _worker(csv: str, shared: str, report: str, no_room: bool) -> int:
@@ -54,7 +54,7 @@ def _torchrun(tmp_path: Path, csv: Path, no_room: bool = False):
     report = tmp_path / "report"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
            str(csv), str(shared), str(report), "1" if no_room else "0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), OPENSORA_VAE_SHARED_TABLE_DIR=str(shared))
+    env = child_env(OPENSORA_VAE_SHARED_TABLE_DIR=str(shared))
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
     reports = [json.loads(Path(f"{report}.{r}").read_text()) for r in (0, 1) if Path(f"{report}.{r}").exists()]
     return proc.returncode, proc.stdout + proc.stderr, reports, shared

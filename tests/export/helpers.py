@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import CLIP_17, CLIP_100, REPO, build_tiny_pipeline, make_media_csv, run_entry
+from tests.helpers import CLIP_17, CLIP_100, REPO, build_tiny_pipeline, child_env, make_media_csv, run_entry
 
 ENCODE_ENTRY = REPO / "scripts" / "encode_latents.py"
 TINY_ENCODE = REPO / "configs" / "vae" / "encode" / "tiny.py"
@@ -34,11 +33,6 @@ def run_export_entry(inputs: dict, save_dir: Path, *options: str) -> int:
     return run_entry(ENCODE_ENTRY, export_argv(inputs, save_dir, *options))
 
 
-def subprocess_env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
-                PYTHONPATH=str(REPO))
-
-
 def export_command(inputs: dict, save_dir: Path, *options: str, nproc: int = 1) -> list[str]:
     launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                    f"--nproc_per_node={nproc}"]
@@ -47,7 +41,7 @@ def export_command(inputs: dict, save_dir: Path, *options: str, nproc: int = 1) 
 
 def run_export_subprocess(inputs: dict, save_dir: Path, *options: str, nproc: int = 1) -> subprocess.CompletedProcess:
     return subprocess.run(export_command(inputs, save_dir, *options, nproc=nproc), cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=subprocess_env())
+                          text=True, timeout=600, env=child_env())
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:

@@ -13,9 +13,8 @@ import time
 import pandas as pd
 import pytest
 
-from tests.export.helpers import (export_command, folder_bytes, run_export_entry, run_export_subprocess,
-                                  subprocess_env)
-from tests.helpers import REPO
+from tests.export.helpers import export_command, folder_bytes, run_export_entry, run_export_subprocess
+from tests.helpers import REPO, child_env
 
 ONE_ROW_SHARDS = "export.shard_size=1"
 
@@ -29,7 +28,7 @@ def reference(export_inputs):
 
 def _kill_when(inputs, out, ready) -> bool:
     """Starts the export and SIGKILLs it once `ready()` holds; False if it finished first."""
-    proc = subprocess.Popen(export_command(inputs, out, ONE_ROW_SHARDS), cwd=REPO, env=subprocess_env(),
+    proc = subprocess.Popen(export_command(inputs, out, ONE_ROW_SHARDS), cwd=REPO, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while proc.poll() is None:

@@ -1,12 +1,11 @@
 """Poisoned pipeline checkpoints: weights that are NaN/inf or of the wrong kind are refused at
 load, by every path that loads them (inference, training's --ckpt-path, from_pretrained), and a
-checkpoint whose weights are finite but whose reconstructions are not is counted and warned
-about in the inference report instead of passing as a bad score."""
+checkpoint whose weights are finite but whose reconstructions are not is counted in the
+inference report instead of passing as a bad score."""
 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 
 import pytest
@@ -90,16 +89,14 @@ def _infer(ckpt, csv, save):
     return report
 
 
-def test_nonfinite_reconstructions_are_counted_and_warned(ckpts, tmp_path, caplog):
+def test_nonfinite_reconstructions_are_counted_in_the_report(ckpts, tmp_path):
     cases, csv = ckpts
-    with caplog.at_level(logging.WARNING, logger="opensora_vae"):
-        report = _infer(cases["overflow"], csv, tmp_path / "bad")
+    report = _infer(cases["overflow"], csv, tmp_path / "bad")
     assert report["num_nonfinite"] == 1 and report["num_samples"] == 1
     [entry] = report["nonfinite_samples"]
     assert entry["index"] == 0 and entry["path"] == str(CLIP_17)
     assert entry["rec"] == 3 * 17 * 64 * 64 and entry["spatial"] == 0  # every value of the full rec
     assert report["samples"][0]["nonfinite"] == {"rec": entry["rec"], "spatial": 0}
-    assert any(r.levelno == logging.WARNING and r.name.startswith("opensora_vae.inference") for r in caplog.records)
 
     clean = _infer(cases["good"], csv, tmp_path / "good")
     assert clean["num_nonfinite"] == 0 and clean["nonfinite_samples"] == []

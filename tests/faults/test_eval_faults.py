@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 
 from opensora_vae.data.video_io import VideoFile, read_video_frames, write_video
-from tests.helpers import CLIP_17, EVAL_ENTRY, run_entry
-
-from .conftest import run
+from tests.helpers import CLIP_17, EVAL_ENTRY, run, run_entry
 
 NUM_FRAMES = 5
 RESULTS = f"metric_{NUM_FRAMES}f_32res.json"

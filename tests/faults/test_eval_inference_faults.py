@@ -17,7 +17,7 @@ from opensora_vae.data import read_video_frames, write_image, write_video
 from opensora_vae.metrics import psnr
 from opensora_vae.metrics.protocol import preprocess
 
-from .conftest import CLIP_17, EVAL_ENTRY, INFER_ENTRY, TINY_INFER, run, run_and_kill_when, write_csv
+from tests.helpers import CLIP_17, EVAL_ENTRY, INFER_ENTRY, TINY_INFER, run, run_and_kill_when, write_csv
 
 # ----------------------------------------------------------------------------- inference
 
@@ -32,11 +32,11 @@ def test_inference_skips_and_reports_unusable_rows_with_workers(bad_media, broke
     report = json.loads(save.with_name("s_metrics.json").read_text())
     names = {Path(p).name: i for i, p in enumerate(rows)}
     assert report["num_rows"] == len(rows) and report["num_samples"] == len(bad_media.usable)
-    skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    skipped = {Path(s["path"]).name: s for s in report["skipped"]}
     assert skipped.keys() == bad_media.unusable.keys()
     for name, (_, reason) in bad_media.unusable.items():
-        assert reason.replace("(5 < 17)", "(5 frames < 17 needed") in skipped[name], (name, skipped[name])
-        assert f"skipping sample {names[name]} " in result.out
+        assert reason.replace("(5 < 17)", "(5 frames < 17 needed") in skipped[name]["reason"], (name, skipped[name])
+        assert skipped[name]["index"] == names[name]  # the row number of the table
     # Every usable row is written under its row number: images and the 1-frame video as PNG.
     stills = {"gray.png", "rgba.png", "cmyk.jpg", "gray16.png", "one_frame.mp4"}
     want = sorted(f"{names[n]:03d}.{'png' if n in stills else 'mp4'}" for n in bad_media.usable)

@@ -13,9 +13,8 @@ from PIL import Image
 from opensora_vae.data.video_io import (FrameTooLargeError, MediaReadError, NotARegularFileError, VideoFile,
                                         read_image)
 
-from tests.helpers import CLIP_17, REPO, load_script, make_dataset, run_entry
-
-from .conftest import write_csv
+from tests.helpers import (CLIP_17, FAST_TRAIN_OPTIONS, INFER_ENTRY, REPO, TINY_INFER, TINY_STAGE1, TRAIN_ENTRY,
+                           load_script, make_dataset, run_entry, write_csv)
 
 
 # ----------------------------------------------------------------------------- not regular files
@@ -130,8 +129,6 @@ def test_a_read_that_never_returns_stops_with_an_error_naming_the_file(stuck_vid
 
 @pytest.mark.timeout(120)
 def test_training_with_a_stuck_read_and_no_workers_exits_2(stuck_videos, tmp_path, capsys):
-    from .conftest import FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY
-
     csv = write_csv(tmp_path / "d.csv", [CLIP_17])
     code = run_entry(TRAIN_ENTRY, [TINY_STAGE1, "--data-path", csv, "--outputs", tmp_path / "run",
                                    "--cfg-options", *FAST_TRAIN_OPTIONS, "num_workers=0", "max_steps=2",
@@ -143,8 +140,6 @@ def test_training_with_a_stuck_read_and_no_workers_exits_2(stuck_videos, tmp_pat
 
 @pytest.mark.timeout(120)
 def test_inference_with_a_stuck_read_and_no_workers_exits_2(stuck_videos, broken_checkpoints, tmp_path, capsys):
-    from .conftest import INFER_ENTRY, TINY_INFER
-
     csv = write_csv(tmp_path / "d.csv", [CLIP_17])
     code = run_entry(INFER_ENTRY, [TINY_INFER, "--ckpt-path", broken_checkpoints["good"], "--data-path", csv,
                                    "--save-dir", tmp_path / "s", "--cfg-options", "num_workers=0",
@@ -158,9 +153,7 @@ def test_inference_with_a_stuck_read_and_no_workers_exits_2(stuck_videos, broken
 def test_read_timeout_must_be_positive(tmp_path):
     from opensora_vae.config import ConfigError, load_config
 
-    from .conftest import TINY_INFER
-
-    for kind, path in (("inference", TINY_INFER), ("train", REPO / "configs" / "vae" / "train" / "tiny" / "stage1.py")):
+    for kind, path in (("inference", TINY_INFER), ("train", TINY_STAGE1)):
         assert load_config(path, kind, cfg_options={"dataset.read_timeout_s": 2.5}).dataset.read_timeout_s == 2.5
         with pytest.raises(ConfigError, match="read_timeout_s"):
             load_config(path, kind, cfg_options={"dataset.read_timeout_s": 0})

@@ -9,9 +9,8 @@ import time
 import pytest
 
 from opensora_vae.training import checkpoint as ckpt_io
-from tests.helpers import TINY_STAGE1, TRAIN_ENTRY, make_media_csv, run_entry
-
-from .conftest import CHILD_ENV, FAST_TRAIN_OPTIONS, run, start, finish, kill_run, torchrun_cmd, train_cmd
+from tests.helpers import (FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, finish, kill_run, make_media_csv, run,
+                           run_entry, start, torchrun_cmd, train_cmd)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def test_torchrun_user_error_is_reported_once_without_peer_tracebacks(data_csv, 
     outputs = tmp_path / "out"
     cmd = torchrun_cmd(2, TRAIN_ENTRY, TINY_STAGE1, "--data-path", data_csv, "--outputs", outputs,
                        "--load", tmp_path / "missing_step", "--cfg-options", *FAST_TRAIN_OPTIONS)
-    result = run(cmd, timeout=180, env=CHILD_ENV)
+    result = run(cmd, timeout=180)
     assert result.code != 0
     assert result.out.count("--load " + str(tmp_path / "missing_step") + ": no such") >= 1
     assert result.out.count("error: --load") == 1 and "error (rank 1)" not in result.out, result.out

@@ -19,9 +19,8 @@ import pytest
 
 from opensora_vae.data.sampler import StatefulDistributedSampler
 from opensora_vae.training.checkpoint import find_latest_checkpoint, read_training_state
-from tests.helpers import make_media_csv
-
-from .conftest import FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, finish, start, torchrun_cmd, train_cmd, write_csv
+from tests.helpers import (FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, finish, make_media_csv, start, torchrun_cmd,
+                           train_cmd, write_csv)
 
 TIMEOUT = 240
 MAX_STEPS = 30

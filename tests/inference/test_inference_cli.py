@@ -1,20 +1,19 @@
 """The entry script end to end: plain python, torchrun with 2 ranks (sharded), and its errors."""
 
 import json
-import os
 import subprocess
 import sys
 
 import av
+import numpy as np
 import pytest
 
-from tests.helpers import INFER_ENTRY, REPO, build_tiny_pipeline
+from tests.helpers import INFER_ENTRY, REPO, TINY_INFER, build_tiny_pipeline, child_env
 from opensora_vae.config import load_config
 from opensora_vae.inference import run_inference
 
 SCRIPT = INFER_ENTRY
-CONFIG = REPO / "configs/vae/inference/tiny.py"
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
+CONFIG = TINY_INFER
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,7 @@ def setup(tmp_path_factory):
 
 
 def run_script(args, launcher=(sys.executable,)):
-    return subprocess.run([*launcher, str(SCRIPT), str(CONFIG), *map(str, args)], cwd=REPO, env=ENV,
+    return subprocess.run([*launcher, str(SCRIPT), str(CONFIG), *map(str, args)], cwd=REPO, env=child_env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -38,12 +37,13 @@ def test_python_entry_writes_h264_and_summary(setup):
                        "--num-samples", 2, "--cfg-options", "cal_stats=True"])
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (root / "py_rec").iterdir()) == ["000.mp4"]  # row 1 is missing
-    assert "skipping sample 1" in proc.stderr and "1 skipped" in proc.stdout and "PSNR" in proc.stdout
     with av.open(str(root / "py_rec" / "000.mp4")) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264" and stream.average_rate == 24
     report = json.loads((root / "py_metrics.json").read_text())
     assert report["num_rows"] == 2 and report["num_skipped"] == 1 and len(report["latent_stats"]["scale"]) == 4
+    assert [s["index"] for s in report["skipped"]] == [1] and "file not found" in report["skipped"][0]["reason"]
+    assert [s["index"] for s in report["samples"]] == [0] and np.isfinite(report["samples"][0]["rec"]["psnr"])
 
 
 def test_torchrun_two_ranks_shard_and_merge(setup):
