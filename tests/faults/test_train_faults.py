@@ -172,7 +172,7 @@ def test_sigkill_inside_a_checkpoint_write_is_never_resumed_from(data_csv, refer
 @pytest.mark.timeout(180)
 def test_repeated_non_finite_losses_abort_and_keep_the_last_good_weights(data_csv, tmp_path):
     # One NaN step is skipped with a warning (tests/training/test_distributed.py: on one rank of
-    # two; tests/training/test_engine.py: in-process). Here the loss stays NaN from step 3 on.
+    # two; tests/training/test_trainer.py: in-process). Here the loss stays NaN from step 3 on.
     outputs = tmp_path / "run"
     cmd = [sys.executable, WORKER, *_args(data_csv, outputs), "max_nonfinite_steps=3", "keep_last_ckpts=10"]
     result = run(cmd, env=child_env(FAULT_NAN_FROM_STEP="3"))

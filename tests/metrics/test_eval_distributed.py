@@ -5,7 +5,6 @@ over the ranks in whole batches and merged exactly: the JSON equals one process'
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import pytest
 
 from opensora_vae.data.video_io import read_video_frames, write_video
 from opensora_vae.metrics.fvd import i3d_weights_path
-from tests.helpers import CLIP_17, EVAL_ENTRY, REPO, write_eval_pairs
+from tests.helpers import CLIP_17, EVAL_ENTRY, REPO, write_eval_pairs, child_env
 
 FVD = i3d_weights_path().is_file()
 
@@ -22,7 +21,7 @@ FVD = i3d_weights_path().is_file()
 def _run(launcher: list, folders, res_dir) -> subprocess.CompletedProcess:
     real, gen = folders
     metrics = ["ssim", "psnr", "lpips"] + (["fvd"] if FVD else [])
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = child_env()
     cmd = [*launcher, str(EVAL_ENTRY), "--real_video_dir", str(real), "--generated_video_dir", str(gen),
            "--num_frames", "16", "--resolution", "32", "--device", "cpu", "--batch_size", "2", "--skip_bad",
            "--bootstrap", "200", "--metric", *metrics, "--res_dir", str(res_dir), "--no_progress"]
@@ -56,7 +55,7 @@ def test_a_bad_file_read_by_rank_1_stops_every_rank_with_one_message(tmp_path):
     clip = read_video_frames(CLIP_17, range(4))[:, 40:88, 60:108]
     write_eval_pairs(tmp_path, {f"v{i}": clip for i in range(3)})
     (tmp_path / "gen" / "v2.mp4").write_bytes(b"\0not a video" * 64)  # pair 2: batch 1, rank 1's
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = child_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(EVAL_ENTRY),
            "--real_video_dir", str(tmp_path / "real"), "--generated_video_dir", str(tmp_path / "gen"),
            "--num_frames", "4", "--resolution", "32", "--device", "cpu", "--metric", "psnr", "--no_progress",

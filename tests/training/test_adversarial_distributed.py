@@ -2,7 +2,6 @@
 stopped and resumed with `--load auto` equals an uninterrupted one bit for bit (the discriminator,
 its optimizer and the LeCam EMAs are checkpoint entries), and the step runs under FSDP2."""
 
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from opensora_vae.training.checkpoint import read_training_state
-from tests.helpers import REPO, make_media_csv
+from tests.helpers import REPO, make_media_csv, child_env
 
 CONFIG = str(REPO / "configs/vae/train/tiny/stage3_gan.py")
 OPTIONS = ["dataset.image_size=[32,32]", "dataset.num_frames=9", "perceptual_random_backbone=True",
@@ -21,7 +20,7 @@ def _torchrun(outputs, csv, max_steps, *extra, options=()):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "scripts" / "train_vae.py"), CONFIG, "--data-path", str(csv), "--outputs", str(outputs),
            "--seed", "5", *extra, "--cfg-options", *OPTIONS, f"max_steps={max_steps}", *options]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = child_env()
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 

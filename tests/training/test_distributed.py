@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO
+from tests.helpers import REPO, child_env
 NAN_RANK, NAN_CALL = 1, 2  # rank 1's second loss evaluation (step 2) is NaN
 
 
@@ -43,7 +43,7 @@ def _torchrun(outputs: Path, csv: Path, parallel: str):
            str(REPO / "configs/vae/train/tiny/stage2.py"), "--data-path", str(csv), "--outputs", str(outputs),
            "--cfg-options", "dataset.image_size=[32,32]", "max_steps=4", "ckpt_every=2", "ema_decay=0.9",
            f"parallel={parallel}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = child_env()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     return proc.returncode, proc.stdout + proc.stderr
 

@@ -7,14 +7,13 @@ Run as a script, this file is the torchrun worker of the 2-process check (the re
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import (EVAL_ENTRY, INFER_ENTRY, REPO, TINY_INFER, TINY_TRAIN, TRAIN_ENTRY, moving_frames,
+from tests.helpers import (child_env, EVAL_ENTRY, INFER_ENTRY, REPO, TINY_INFER, TINY_TRAIN, TRAIN_ENTRY, moving_frames,
                            run_entry, tiny_train_cfg, write_test_video)
 
 METRICS = ["ssim", "psnr", "lpips"]
@@ -156,7 +155,7 @@ def test_two_processes_give_the_values_of_one(tmp_path, parallel):
                f"val_data_path={val_csv}", f"parallel={parallel}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAIN_ENTRY),
            str(TINY_TRAIN[1]), "--data-path", str(train_csv), "--outputs", str(outputs), "--cfg-options", *options]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = child_env()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     two = _history(outputs)
