@@ -441,3 +441,36 @@ def make_broken_checkpoints(root: Path) -> dict[str, Path]:
     build_tiny_pipeline(seed=1, temporal=dict(filters=32, num_res_blocks=1, num_groups=8)).save_pretrained(
         cases["other_arch"])
     return cases
+
+
+# ----------------------------------------------------------------------------- training state
+def assert_same_state(a, b, path: str = "state") -> None:
+    """Two checkpoint states are equal: every tensor bit for bit, every other value ==; `path`
+    names the first difference."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+class Value:
+    """The smallest stateful checkpoint entry: its state is its value."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def state_dict(self):
+        return self.value
+
+    def load_state_dict(self, state):
+        self.value = state

@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from opensora_vae.config import load_config
 from opensora_vae.training import Trainer
 from opensora_vae.training.checkpoint import TMP_PREFIX, find_latest_checkpoint, read_lineage, read_training_state
-from tests.helpers import (FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, child_env, make_media_csv, run,
+from tests.helpers import (assert_same_state, FAST_TRAIN_OPTIONS, TINY_STAGE1, TRAIN_ENTRY, child_env, make_media_csv, run,
                            run_and_kill_when, run_entry, torchrun_cmd)
 
 from .train_worker import FAULT_STALL_MARKER
@@ -43,27 +42,12 @@ def _torchrun(csv: Path, outputs: Path, *extra: str, script: Path = TRAIN_ENTRY)
     return torchrun_cmd(2, script, *_args(csv, outputs, *extra))
 
 
-def _same(a, b, where="state"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def assert_equals_reference(final: Path, reference: Path) -> None:
     for weights in ("model/model.safetensors", "ema/model.safetensors"):
         assert (final / weights).read_bytes() == (reference / weights).read_bytes(), weights
     got, want = read_training_state(final), read_training_state(reference)
     for key in ("optimizer", "rng", "sampler", "global_step", "epoch", "skipped_total", "attempts_total"):
-        _same(got[key], want[key], key)
+        assert_same_state(got[key], want[key], key)
 
 
 def lineage_of(ckpt: Path | None) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from opensora_vae.training.checkpoint import read_training_state
-from tests.helpers import REPO, make_media_csv, child_env
+from tests.helpers import assert_same_state, REPO, make_media_csv, child_env
 
 CONFIG = str(REPO / "configs/vae/train/tiny/stage3_gan.py")
 OPTIONS = ["dataset.image_size=[32,32]", "dataset.num_frames=9", "perceptual_random_backbone=True",
@@ -27,21 +27,6 @@ def _torchrun(outputs, csv, max_steps, *extra, options=()):
 def _finish(proc, timeout=400):
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
-
-
-def _same(a, b, path):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +49,7 @@ def test_ddp_run_with_the_discriminator_resumes_bit_identically(tmp_path, csv):
     state_a, state_b = read_training_state(a), read_training_state(b)
     for key in ("discriminator", "discriminator_optimizer", "discriminator_lr_scheduler", "lecam_ema", "optimizer",
                 "lr_scheduler", "rng", "sampler"):
-        _same(state_a[key], state_b[key], key)
+        assert_same_state(state_a[key], state_b[key], key)
     # The discriminator trained (its weights moved from the step-2 ones) and the EMAs moved from 0.
     mid = read_training_state(split / "step_000000002")
     assert not torch.equal(mid["discriminator"]["linear1.weight"], state_b["discriminator"]["linear1.weight"])

@@ -20,7 +20,7 @@ from opensora_vae.training import mixed_num_frames
 from opensora_vae.training.checkpoint import CheckpointManager, DiskFullError, OutputsInUseError
 from opensora_vae.training.states import ModelState
 
-from tests.helpers import TINY_STAGE1
+from tests.helpers import Value, TINY_STAGE1
 
 
 def _fake_ckpt(outputs: Path, step: int, files=("model/config.json", "model/model.safetensors",
@@ -63,19 +63,6 @@ def test_a_fresh_run_or_a_rollback_never_replaces_existing_checkpoints_unless_as
     assert CheckpointManager(tmp_path, 3).resolve(str(tmp_path / "step_000000010"), overwrite=True) == \
         tmp_path / "step_000000010"
     assert CheckpointManager(tmp_path / "new", 3).resolve(None) is None  # an empty folder is fine
-
-
-class Value:
-    """The smallest stateful object: its state is its value."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def state_dict(self):
-        return self.value
-
-    def load_state_dict(self, state):
-        self.value = state
 
 
 def _manager(outputs, keep_last, pipe, **entries):

@@ -3,10 +3,9 @@
 import subprocess
 import sys
 
-import torch
 
 from opensora_vae.training.checkpoint import TMP_PREFIX, read_training_state
-from tests.helpers import REPO, make_media_csv
+from tests.helpers import assert_same_state, REPO, make_media_csv
 
 ENTRY = str(REPO / "scripts" / "train_vae.py")
 CONFIG = str(REPO / "configs/vae/train/tiny/stage1.py")
@@ -24,21 +23,6 @@ def _launch(outputs, csv, max_steps, *extra):
 def _finish(proc, timeout=240):
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
-
-
-def _same_tensors(a, b, path="state"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _same_tensors(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same_tensors(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def test_resume_is_exact_and_ignores_unfinished_checkpoints(tmp_path):
@@ -71,7 +55,7 @@ def test_resume_is_exact_and_ignores_unfinished_checkpoints(tmp_path):
         assert (a / weights).read_bytes() == (b / weights).read_bytes(), weights
     state_a, state_b = read_training_state(a), read_training_state(b)
     for key in ("optimizer", "rng", "sampler", "global_step", "epoch"):
-        _same_tensors(state_a[key], state_b[key], key)
+        assert_same_state(state_a[key], state_b[key], key)
     assert state_b["global_step"] == 6 and state_b["world_size"] == 1 and state_b["batch_size"] == 1
     # The step-4 dir that the resumed run wrote replaced the incomplete one.
     assert (b.parent / "step_000000004" / "training_state.pt").is_file()

@@ -9,20 +9,7 @@ from opensora_vae.training import Trainer
 from opensora_vae.training import checkpoint as ckpt_io
 from opensora_vae.training.checkpoint import CheckpointManager, StateWouldVanishError
 from opensora_vae.training.states import ModelState
-from tests.helpers import TINY_STAGE1, make_media_csv, tiny_train_cfg
-
-
-class Value:
-    """The smallest stateful object: its state is its value."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def state_dict(self):
-        return self.value
-
-    def load_state_dict(self, state):
-        self.value = state
+from tests.helpers import Value, TINY_STAGE1, make_media_csv, tiny_train_cfg
 
 
 def _states(pipe, **extra):
