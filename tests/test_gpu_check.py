@@ -2,7 +2,10 @@
 inference, eval) on the tiny configs, one JSON with every part."""
 
 import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +19,7 @@ def test_gpu_check_cpu_path_writes_one_json(tmp_path):
     cmd = ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--work", str(tmp_path / "work"),
            "--out", str(out), "--weights-dir", str(tmp_path / "no_weights"), "--max-train-runs", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env=child_env())
+                          env=child_env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["ok"] and report["device"] == "cpu"
