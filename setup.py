@@ -24,5 +24,6 @@ setup(
         "tqdm",
         "safetensors",
         "tensorboard",
+        "matplotlib",
     ],
 )

@@ -1,0 +1,209 @@
+"""`eval_common_metric.py --report` (issue 22): one self-contained HTML page whose numbers are the
+JSON's, one row per video, frame strips of the worst videos, the protocol card; it loads in a
+real headless browser (Debian's chromium) with every image rendered."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from opensora_vae.data.video_io import read_video_frames, write_video
+from opensora_vae.metrics import EvalSettings, psnr
+from opensora_vae.metrics.report_html import scored_frames
+from tests.helpers import CLIP_17, EVAL_ENTRY, run_entry
+
+# Three videos, worst (noisiest) first; one name needs HTML escaping.
+NOISE = {"loud<b>&x": 24, "mid": 10, "quiet": 3}
+FLAGS = ["--num_frames", "17", "--resolution", "64", "--crop_size", "56", "--device", "cpu", "--batch_size", "2",
+         "--metric", "ssim", "psnr", "--worst_k", "2", "--bootstrap", "200", "--no_progress"]
+
+
+class _Node:
+    def __init__(self, tag: str, attrs: dict, parent: "_Node | None"):
+        self.tag, self.attrs, self.parent, self.children, self.text = tag, attrs, parent, [], ""
+
+    def iter(self, tag: str | None = None):
+        for child in self.children:
+            if tag is None or child.tag == tag:
+                yield child
+            yield from child.iter(tag)
+
+    def find(self, tag: str, **attrs) -> list["_Node"]:
+        return [n for n in self.iter(tag) if all(n.attrs.get(k.rstrip("_")) == v for k, v in attrs.items())]
+
+    @property
+    def all_text(self) -> str:
+        return self.text + "".join(c.all_text for c in self.children)
+
+
+class _Tree(HTMLParser):
+    """A minimal DOM of the page (the standard library's parser, entities unescaped)."""
+    VOID = {"meta", "img", "br", "link", "input", "hr"}
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.root = self.node = _Node("#root", {}, None)
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        node = _Node(tag, dict(attrs), self.node)
+        self.node.children.append(node)
+        if tag not in self.VOID:
+            self.node = node
+
+    def handle_endtag(self, tag):
+        node = self.node
+        while node.parent is not None and node.tag != tag:
+            node = node.parent
+        if node.parent is not None:
+            self.node = node.parent
+
+    def handle_data(self, data):
+        self.node.text += data
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    clip = read_video_frames(CLIP_17, range(17))[:, 100:172, 60:156]  # 17 frames of 72x96
+    rng = np.random.default_rng(0)
+    (root / "real").mkdir(), (root / "gen").mkdir()
+    for name, amount in NOISE.items():
+        fake = np.clip(clip.astype(int) + rng.integers(-amount, amount + 1, clip.shape), 0, 255).astype(np.uint8)
+        write_video(root / "real" / f"{name}.mp4", clip, 24, lossless=True)
+        write_video(root / "gen" / f"{name}.mp4", fake, 24, lossless=True)
+    code = run_entry(EVAL_ENTRY, ["--real_video_dir", root / "real", "--generated_video_dir", root / "gen",
+                                  "--res_dir", root / "out", "--report", *FLAGS])
+    assert code == 0
+    results = json.loads((root / "out" / "metric_17f_64res.json").read_text())
+    page = (root / "out" / "metric_17f_64res.html").read_text()
+    return root, results, page
+
+
+def test_summary_values_and_intervals_are_the_jsons(evaluated):
+    _, results, page = evaluated
+    rows = {tr.attrs["data-metric"]: tr for tr in _Tree(page).root.find("tr") if "data-metric" in tr.attrs}
+    assert set(rows) == {"ssim", "psnr"}
+    for metric, row in rows.items():
+        value = row.find("td", class_="num value")[0]
+        assert float(value.attrs["data-value"]) == results[metric]
+        assert value.all_text == format(results[metric], ".6f")
+        ci = row.find("td", class_="num ci")[0]
+        low, high = results[f"{metric}_ci95"]
+        assert (float(ci.attrs["data-low"]), float(ci.attrs["data-high"])) == (low, high)
+        assert ci.all_text == f"[{low:.6f}, {high:.6f}]"
+
+
+def test_protocol_card_and_per_video_table(evaluated):
+    _, results, page = evaluated
+    tree = _Tree(page).root
+    card = {tr.attrs["data-field"]: tr.find("td")[0].all_text for tr in tree.find("tr") if "data-field" in tr.attrs}
+    assert card["name"] == "opensora" and set(card) == set(results["protocol"])
+    for key, value in results["protocol"].items():
+        expected = json.dumps(value) if isinstance(value, (dict, list)) else ("none" if value is None else str(value))
+        assert card[key] == expected
+    videos = [tr for tr in tree.find("tr") if "data-video" in tr.attrs]
+    assert [tr.attrs["data-video"] for tr in videos] == sorted(NOISE)  # one row per video, pair order
+    for tr in videos:
+        cells = {td.attrs["data-metric"]: td.all_text for td in tr.find("td") if "data-metric" in td.attrs}
+        record = results["per_video"][tr.attrs["data-video"]]
+        assert cells == {m: format(record[m], ".6f") for m in ("ssim", "psnr")}
+
+
+def test_worst_videos_get_strips_of_the_scored_frames(evaluated):
+    root, results, page = evaluated
+    worst = [w["name"] for w in results["worst_videos"]["psnr"]]
+    assert worst == ["loud<b>&x", "mid"]
+    strips = _Tree(page).root.find("figure", class_="strip")
+    assert [f.attrs["data-video"] for f in strips] == worst
+    for figure in strips:
+        (img,) = figure.find("img")
+        png = Image.open(io.BytesIO(base64.b64decode(img.attrs["src"].removeprefix("data:image/png;base64,"))))
+        assert png.format == "PNG" and png.width >= 7 * 112 and png.height >= 3 * 112  # 56 px frames magnified 2x
+    # The strips read the frames that were scored: their PSNR is the JSON's, frame by frame.
+    settings = EvalSettings(num_frames=17, resolution=64, crop_size=56, metrics=("psnr",), device="cpu")
+    record = results["per_video"]["loud<b>&x"]
+    real, gen = scored_frames(record, root / "real", root / "gen", settings, [0, 7, 16])
+    values = psnr(torch.from_numpy(real).permute(0, 3, 1, 2), torch.from_numpy(gen).permute(0, 3, 1, 2)).tolist()
+    assert values == [record["frames"]["psnr"][p] for p in (0, 7, 16)]
+
+
+def test_page_is_self_contained(evaluated):
+    _, _, page = evaluated
+    tree = _Tree(page).root
+    assert not tree.find("script") and not tree.find("link")
+    links = [n.attrs.get(a) for n in tree.iter() for a in ("src", "href") if n.attrs.get(a)]
+    assert links and all(link.startswith("data:image/png;base64,") for link in links)
+    assert "http://" not in page and "https://" not in page
+    assert len(tree.find("img")) == 4  # two curve plots, two strips
+
+
+def test_report_location_is_checked_before_any_work(evaluated, tmp_path):
+    root, _, _ = evaluated
+    base = ["--real_video_dir", root / "real", "--generated_video_dir", root / "gen", *FLAGS]
+    assert run_entry(EVAL_ENTRY, [*base, "--report"]) == 2  # bare --report needs --res_dir
+    assert run_entry(EVAL_ENTRY, [*base, "--report", tmp_path]) == 2  # a folder
+    foreign = tmp_path / "notes.html"
+    foreign.write_text("<p>mine</p>")
+    assert run_entry(EVAL_ENTRY, [*base, "--report", foreign]) == 2
+    assert foreign.read_text() == "<p>mine</p>"
+    out = tmp_path / "out"
+    assert run_entry(EVAL_ENTRY, [*base, "--res_dir", out, "--report", out / "metric_17f_64res.json"]) == 2
+    assert not out.exists()  # refused before the eval wrote anything
+    # The report of the same two folders is replaced by a rerun (the results JSON's rule).
+    assert run_entry(EVAL_ENTRY, [*base, "--res_dir", root / "out", "--report"]) == 0
+
+
+# --- the page in a real browser -------------------------------------------------------------
+
+_PROBE = """<script>
+window.addEventListener('error', e => document.documentElement.setAttribute('data-js-error', String(e.message)));
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  document.documentElement.setAttribute('data-images',
+    imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + imgs.length);
+});
+</script>"""
+
+
+def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    # --no-sandbox: tests run as root in CI; the page is our own file.
+    return subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not on PATH (Debian: apt-get install chromium)")
+@pytest.mark.timeout(300)
+def test_report_renders_in_headless_chromium(evaluated, tmp_path):
+    """Opened as a person would: no console error, every image decoded, a non-blank screenshot."""
+    root, _, page = evaluated
+    probe = tmp_path / "probed.html"
+    probe.write_text(page.replace("</body>", _PROBE + "</body>"))
+    dom = _chromium("--dump-dom", probe.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html_tag = _Tree(dom.stdout).root.find("html")[0]
+    assert "data-js-error" not in html_tag.attrs
+    assert html_tag.attrs.get("data-images") == "4/4"
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+
+    shot = root / "out" / "report_screenshot.png"  # kept beside the report for a person to look at
+    done = _chromium(f"--screenshot={shot}", "--window-size=1280,4000",
+                     (root / "out" / "metric_17f_64res.html").as_uri())
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert pixels.shape[:2] == (4000, 1280)
+    colours = len(np.unique(pixels.reshape(-1, 3)[::37], axis=0))
+    assert pixels.std() > 20 and colours > 200  # text, plots and video frames, not a blank page
+    assert not [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
