@@ -207,3 +207,33 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     colours = len(np.unique(pixels.reshape(-1, 3)[::37], axis=0))
     assert pixels.std() > 20 and colours > 200  # text, plots and video frames, not a blank page
     assert not [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+
+
+def test_report_without_intervals_fvd_and_unreadable_frames(tmp_path):
+    """No bootstrap (intervals n/a), FVD with its count and the singular-covariance caveat, a name
+    that needs escaping, and worst videos whose files are gone: the page still holds every
+    number, and says the frames could not be read instead of failing."""
+    from opensora_vae.metrics import summarize_results
+    from opensora_vae.metrics.evaluate import ClipResult
+    from opensora_vae.metrics.report_html import write_report
+
+    settings = EvalSettings(metrics=("ssim", "psnr"), device="cpu", bootstrap=0, worst_k=1, chunk_frames=4)
+    results = [ClipResult(index=i, name=name, num_frames=3, frame_indices=[0, 1, 2],
+                          values={"ssim": [0.5 + i / 10] * 3, "psnr": [20.0 + i, 21.0 + i, 22.0 + i]},
+                          means={"ssim": 0.5 + i / 10, "psnr": 21.0 + i}, real=f"gone/{name}.mp4",
+                          generated=f"gone/{name}.mp4")
+               for i, name in enumerate(["a\"b", "c"])]
+    summary = summarize_results(results, settings)
+    summary.update(fvd=123.25, fvd_ci95=None, fvd_num_videos=2, fvd_singular_covariance=True)
+    out = write_report(summary, tmp_path / "real", tmp_path / "gen", settings, tmp_path / "r" / "report.html")
+    tree = _Tree(out.read_text()).root
+    rows = {tr.attrs["data-metric"]: tr for tr in tree.find("tr") if "data-metric" in tr.attrs}
+    assert set(rows) == {"ssim", "psnr", "fvd"}
+    assert rows["fvd"].find("td", class_="num value")[0].all_text == "123.250000"
+    assert "2 video(s); singular covariance" in rows["fvd"].all_text
+    assert all(row.find("td", class_="num ci")[0].all_text == "n/a" for row in rows.values())
+    assert [tr.attrs["data-video"] for tr in tree.find("tr") if "data-video" in tr.attrs] == ["a\"b", "c"]
+    (strip,) = tree.find("figure", class_="strip")
+    assert strip.attrs["data-video"] == "a\"b" and not strip.find("img")
+    assert "could not be read again" in strip.all_text and "file not found" in strip.all_text
+    assert len(tree.find("img")) == 2  # the curves
