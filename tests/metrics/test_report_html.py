@@ -176,9 +176,11 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    # --no-sandbox: tests run as root in CI; the page is our own file.
+def _chromium(profile: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    # --no-sandbox: tests run as root in CI; the page is our own file. A profile of its own: no
+    # lock shared with another browser or test run.
     return subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--user-data-dir={profile}",
                            "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", *args],
                           capture_output=True, text=True, timeout=timeout)
 
@@ -190,7 +192,7 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     root, _, page = evaluated
     probe = tmp_path / "probed.html"
     probe.write_text(page.replace("</body>", _PROBE + "</body>"))
-    dom = _chromium("--dump-dom", probe.as_uri())
+    dom = _chromium(tmp_path / "profile", "--dump-dom", probe.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     html_tag = _Tree(dom.stdout).root.find("html")[0]
     assert "data-js-error" not in html_tag.attrs
@@ -199,7 +201,7 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     assert not console, console
 
     shot = root / "out" / "report_screenshot.png"  # kept beside the report for a person to look at
-    done = _chromium(f"--screenshot={shot}", "--window-size=1280,4000",
+    done = _chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,4000",
                      (root / "out" / "metric_17f_64res.html").as_uri())
     assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
