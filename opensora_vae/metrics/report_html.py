@@ -138,7 +138,10 @@ tr.worst td { background: #fff1f0; }
 table.card td { max-width: 900px; word-break: break-word; }
 .warn { background: #fff8e1; border-left: 4px solid #f0b400; padding: 4px 10px; margin: 4px 0; }
 img { max-width: 100%; height: auto; display: block; }
-figure { margin: 12px 0 24px; } figure.strip { overflow-x: auto; } figure.strip img { max-width: none; } figcaption { font-size: 0.9em; color: #444; margin-bottom: 4px; }
+figure { margin: 12px 0 24px; } figure.strip { overflow-x: auto; }
+table.strip th { font-weight: normal; font-size: 0.8em; text-align: center; vertical-align: middle; border: none; }
+table.strip td { border: none; padding: 1px; }
+img.frame { max-width: none; image-rendering: pixelated; } img.legend { width: 420px; } figcaption { font-size: 0.9em; color: #444; margin-bottom: 4px; }
 code { font-size: 0.9em; }
 """
 
@@ -305,48 +308,72 @@ def scored_frames(record: dict, real_dir: str | os.PathLike, gen_dir: str | os.P
     return out[0], out[1]
 
 
-def _shown(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) frames at display size (see STRIP_MIN_SIDE, STRIP_MAX_SIDE)."""
+def _frame_png(pixels: np.ndarray) -> str:
+    """uint8 (H, W, 3) pixels as a PNG data URI (lossless: reconstruction artefacts stay as scored)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=3)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _display(frames: np.ndarray) -> tuple[np.ndarray, int]:
+    """(T, H, W, C) float frames at most STRIP_MAX_SIDE on the long side (area average), and the
+    whole-pixel magnification the page shows them at (towards STRIP_MIN_SIDE)."""
     h, w = frames.shape[1:3]
-    if max(h, w) < STRIP_MIN_SIDE:
-        k = max(1, STRIP_MIN_SIDE // max(h, w))  # whole pixels, a strip of 8 still fits the page
-        return frames.repeat(k, axis=1).repeat(k, axis=2)
-    scale = STRIP_MAX_SIDE / max(h, w)
-    if scale >= 1:
-        return frames
-    import torch
-    import torch.nn.functional as F
+    if max(h, w) > STRIP_MAX_SIDE:
+        import torch
+        import torch.nn.functional as F
 
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    return F.interpolate(x, size=size, mode="area").permute(0, 2, 3, 1).numpy()
+        scale = STRIP_MAX_SIDE / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)
+        frames = F.interpolate(x, size=size, mode="area").permute(0, 2, 3, 1).numpy()
+    return frames, max(1, STRIP_MIN_SIDE // max(frames.shape[1:3]))
 
 
-def _strip_plot(name: str, real: np.ndarray, gen: np.ndarray, positions: list[int], record: dict,
-                metric: str) -> str:
+def strip_images(real: np.ndarray, gen: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """The rows of a strip as uint8 (T, h, w, 3): real, reconstructed, and mean |real -
+    reconstructed| over RGB coloured on the page's one scale (inferno, 0 to DIFF_MAX); and the
+    magnification they are shown at."""
+    from matplotlib import colormaps
+
+    diff = np.abs(real.astype(np.float64) - gen).mean(axis=-1, keepdims=True)  # of the scored pixels
+    (real, gen, diff), zoom = zip(*(_display(x) for x in (real, gen, diff)))
+    colour = colormaps["inferno"](np.clip(diff[..., 0] / DIFF_MAX, 0, 1), bytes=True)[..., :3]
+    return [_to_uint8(real), _to_uint8(gen), colour], zoom[0]
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+
+
+def _diff_legend() -> str:
+    """The colour scale of every difference row (matplotlib colorbar)."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    diff = np.abs(real - gen).mean(axis=-1, keepdims=True)  # before resizing: the scored pixels
-    real, gen = np.clip(_shown(real), 0, 1), np.clip(_shown(gen), 0, 1)
-    diff = _shown(diff)[..., 0]
-    h, w = real.shape[1:3]
-    cols, dpi = len(positions), 100
-    fig = Figure(figsize=((cols * (w + 10) + 160) / dpi, (3 * (h + 12) + 90) / dpi), dpi=dpi, layout="constrained")
-    axes = fig.subplots(3, cols, squeeze=False)
-    fig.suptitle(f"{name}: real | reconstructed | difference")
-    values = record.get("frames", {}).get(metric)
-    for c, p in enumerate(positions):
-        score = f"\n{metric} {values[p]:.4g}" if values and p < len(values) else ""
-        axes[0, c].set_title(f"frame {record['frame_indices'][p]}{score}", fontsize=8)
-        axes[0, c].imshow(real[c], interpolation="nearest")
-        axes[1, c].imshow(gen[c], interpolation="nearest")
-        shown = axes[2, c].imshow(diff[c], cmap="inferno", vmin=0, vmax=DIFF_MAX, interpolation="nearest")
-        for r in range(3):
-            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-    for r, label in enumerate(("real", "reconstructed", "|difference|")):
-        axes[r, 0].set_ylabel(label)
-    fig.colorbar(shown, ax=list(axes[2, :]), fraction=0.05, pad=0.01, label="mean over RGB")
+    fig = Figure(figsize=(4.2, 0.75), dpi=100, layout="constrained")
+    fig.colorbar(ScalarMappable(Normalize(0, DIFF_MAX), colormaps["inferno"]), cax=fig.add_subplot(),
+                 orientation="horizontal", label="|real − reconstructed|, mean over RGB (pixels in [0, 1])")
     return _png(fig)
+
+
+def _strip_table(real: np.ndarray, gen: np.ndarray, positions: list[int], record: dict, metric: str) -> str:
+    rows, zoom = strip_images(real, gen)
+    h, w = rows[0].shape[1:3]
+    size = f'width="{w * zoom}" height="{h * zoom}"'
+    values = record.get("frames", {}).get(metric)
+    head = "".join(f"<th>frame {record['frame_indices'][p]}"
+                   + (f"<br>{metric} {values[p]:.4g}" if values and p < len(values) else "") + "</th>"
+                   for p in positions)
+    body = "".join(f"<tr><th>{label}</th>" + "".join(f'<td><img class="frame" {size} alt="{label} frame '
+                                                     f'{record["frame_indices"][p]}" src="{_frame_png(row[c])}"></td>'
+                                                     for c, p in enumerate(positions)) + "</tr>"
+                   for label, row in zip(("real", "reconstructed", "|difference|"), rows))
+    return f'<table class="strip"><tr><th></th>{head}</tr>{body}</table>'
 
 
 def _worst_section(results: dict, real_dir: str | os.PathLike, gen_dir: str | os.PathLike,
@@ -361,16 +388,17 @@ def _worst_section(results: dict, real_dir: str | os.PathLike, gen_dir: str | os
         name = entry["name"]
         record = results["per_video"][name]
         positions = _strip_columns(record.get("frames", {}).get(metric), record["num_frames"], metric)
-        caption = (f"{_e(name)}: {metric} {_number(entry['value'])}. Columns: evaluated frames spread over the video "
-                   f"and its worst frame, as scored (after the protocol's resize and crop). Difference: "
-                   f"|real − reconstructed| averaged over RGB, one scale for every video (bright: "
-                   f"{DIFF_MAX:g} or more).")
+        caption = f"{_e(name)}: {metric} {_number(entry['value'])}"
         try:
             real, gen = scored_frames(record, real_dir, gen_dir, settings, positions)
-            body = f'<img alt="frames of {_e(name)}" src="{_strip_plot(name, real, gen, positions, record, metric)}">'
+            body = _strip_table(real, gen, positions, record, metric)
         except (MediaReadError, OSError) as exc:  # the numbers stand; only the picture is missing
             body = f'<p class="warn">frames could not be read again: {_e(exc)}</p>'
         figures.append(f'<figure class="strip" data-video="{_e(name)}"><figcaption>{caption}</figcaption>{body}'
                        "</figure>")
-    return (f'<section id="worst"><h2>Worst {len(figures)} video(s) by {metric}</h2>' + "".join(figures)
+    legend = (f'<p>Columns: evaluated frames spread over the video and its worst frame, as scored (after the '
+              f"protocol's resize and crop; small frames magnified by whole pixels). Difference: one colour scale "
+              f'for every video, bright at {DIFF_MAX:g} or more:</p><img class="legend" alt="difference colour '
+              f'scale" src="{_diff_legend()}">')
+    return (f'<section id="worst"><h2>Worst {len(figures)} video(s) by {metric}</h2>' + legend + "".join(figures)
             + "</section>")

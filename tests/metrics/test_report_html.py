@@ -120,22 +120,45 @@ def test_protocol_card_and_per_video_table(evaluated):
         assert cells == {m: format(record[m], ".6f") for m in ("ssim", "psnr")}
 
 
+def _png_pixels(src: str) -> np.ndarray:
+    png = Image.open(io.BytesIO(base64.b64decode(src.removeprefix("data:image/png;base64,"))))
+    assert png.format == "PNG"
+    return np.asarray(png.convert("RGB"))
+
+
 def test_worst_videos_get_strips_of_the_scored_frames(evaluated):
     root, results, page = evaluated
     worst = [w["name"] for w in results["worst_videos"]["psnr"]]
     assert worst == ["loud<b>&x", "mid"]
     strips = _Tree(page).root.find("figure", class_="strip")
     assert [f.attrs["data-video"] for f in strips] == worst
-    for figure in strips:
-        (img,) = figure.find("img")
-        png = Image.open(io.BytesIO(base64.b64decode(img.attrs["src"].removeprefix("data:image/png;base64,"))))
-        assert png.format == "PNG" and png.width >= 7 * 112 and png.height >= 3 * 112  # 56 px frames magnified 2x
-    # The strips read the frames that were scored: their PSNR is the JSON's, frame by frame.
     settings = EvalSettings(num_frames=17, resolution=64, crop_size=56, metrics=("psnr",), device="cpu")
-    record = results["per_video"]["loud<b>&x"]
-    real, gen = scored_frames(record, root / "real", root / "gen", settings, [0, 7, 16])
-    values = psnr(torch.from_numpy(real).permute(0, 3, 1, 2), torch.from_numpy(gen).permute(0, 3, 1, 2)).tolist()
-    assert values == [record["frames"]["psnr"][p] for p in (0, 7, 16)]
+    for figure in strips:
+        record = results["per_video"][figure.attrs["data-video"]]
+        real_row, gen_row, diff_row = [tr.find("img") for tr in figure.find("tr")[1:]]
+        positions = [record["frame_indices"].index(int(img.attrs["alt"].split()[-1])) for img in real_row]
+        worst_frame = int(np.argmin(record["frames"]["psnr"]))
+        assert worst_frame in positions and positions[0] == 0 and positions[-1] == 16 and len(positions) >= 7
+        assert len(gen_row) == len(diff_row) == len(positions)
+        # The strips show the frames that were scored: re-scored, their PSNR is the JSON's.
+        real, gen = scored_frames(record, root / "real", root / "gen", settings, positions)
+        values = psnr(torch.from_numpy(real).permute(0, 3, 1, 2), torch.from_numpy(gen).permute(0, 3, 1, 2))
+        assert values.tolist() == [record["frames"]["psnr"][p] for p in positions]
+        for c, (r_img, g_img, d_img) in enumerate(zip(real_row, gen_row, diff_row)):
+            assert np.array_equal(_png_pixels(r_img.attrs["src"]), np.rint(real[c] * 255).astype(np.uint8))
+            assert np.array_equal(_png_pixels(g_img.attrs["src"]), np.rint(gen[c] * 255).astype(np.uint8))
+            assert _png_pixels(d_img.attrs["src"]).shape == (56, 56, 3)
+            assert r_img.attrs["width"] == "112" and r_img.attrs["height"] == "112"  # 56 px shown at 2x
+
+
+def _image_count(results: dict) -> int:
+    """Two curve plots, the difference legend, and 3 images per strip column."""
+    columns = 0
+    for entry in results["worst_videos"]["psnr"]:
+        record = results["per_video"][entry["name"]]
+        spread = set(np.linspace(0, record["num_frames"] - 1, 7).round().astype(int).tolist())
+        columns += len(spread | {int(np.argmin(record["frames"]["psnr"]))})
+    return 3 + 3 * columns
 
 
 def test_page_is_self_contained(evaluated):
@@ -145,7 +168,7 @@ def test_page_is_self_contained(evaluated):
     links = [n.attrs.get(a) for n in tree.iter() for a in ("src", "href") if n.attrs.get(a)]
     assert links and all(link.startswith("data:image/png;base64,") for link in links)
     assert "http://" not in page and "https://" not in page
-    assert len(tree.find("img")) == 4  # two curve plots, two strips
+    assert len(tree.find("img")) == _image_count(evaluated[1])
 
 
 def test_report_location_is_checked_before_any_work(evaluated, tmp_path):
@@ -189,14 +212,15 @@ def _chromium(profile: Path, *args: str, timeout: int = 120) -> subprocess.Compl
 @pytest.mark.timeout(300)
 def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     """Opened as a person would: no console error, every image decoded, a non-blank screenshot."""
-    root, _, page = evaluated
+    root, results, page = evaluated
     probe = tmp_path / "probed.html"
     probe.write_text(page.replace("</body>", _PROBE + "</body>"))
     dom = _chromium(tmp_path / "profile", "--dump-dom", probe.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     html_tag = _Tree(dom.stdout).root.find("html")[0]
     assert "data-js-error" not in html_tag.attrs
-    assert html_tag.attrs.get("data-images") == "4/4"
+    count = _image_count(results)
+    assert html_tag.attrs.get("data-images") == f"{count}/{count}"
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
 
@@ -238,4 +262,4 @@ def test_report_without_intervals_fvd_and_unreadable_frames(tmp_path):
     (strip,) = tree.find("figure", class_="strip")
     assert strip.attrs["data-video"] == "a\"b" and not strip.find("img")
     assert "could not be read again" in strip.all_text and "file not found" in strip.all_text
-    assert len(tree.find("img")) == 2  # the curves
+    assert len(tree.find("img")) == 3  # the curves and the difference legend
