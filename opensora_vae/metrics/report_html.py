@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import OutputExistsError, check_folder_location
 from .protocol import EvalError
 from .settings import EVAL_METRICS
+from .summary import HIGHER_IS_BETTER
 
 if TYPE_CHECKING:
     from .settings import EvalSettings
@@ -141,7 +142,8 @@ img { max-width: 100%; height: auto; display: block; }
 figure { margin: 12px 0 24px; } figure.strip { overflow-x: auto; }
 table.strip th { font-weight: normal; font-size: 0.8em; text-align: center; vertical-align: middle; border: none; }
 table.strip td { border: none; padding: 1px; }
-img.frame { max-width: none; image-rendering: pixelated; } img.legend { width: 420px; } figcaption { font-size: 0.9em; color: #444; margin-bottom: 4px; }
+img.frame { max-width: none; image-rendering: pixelated; } img.legend { width: 420px; }
+figcaption { font-size: 0.9em; color: #444; margin-bottom: 4px; }
 code { font-size: 0.9em; }
 """
 
@@ -164,15 +166,14 @@ def _summary_section(results: dict) -> str:
         value, ci = results[metric], results.get(f"{metric}_ci95")
         shown_ci = "n/a" if ci is None else f"[{_number(ci[0])}, {_number(ci[1])}]"
         ci_attrs = "" if ci is None else f' data-low="{ci[0]!r}" data-high="{ci[1]!r}"'
-        better = "higher is better" if metric in ("ssim", "psnr") else "lower is better"
-        extra = ""
+        better = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
         if metric == "fvd":
-            extra = f"{results.get('fvd_num_videos')} video(s)" + (
+            better += f"; {results.get('fvd_num_videos')} video(s)" + (
                 "; singular covariance: not comparable with published values"
                 if results.get("fvd_singular_covariance") else "")
         rows.append(f'<tr data-metric="{metric}"><th>{metric}</th>'
                     f'<td class="num value" data-value="{value!r}">{_number(value)}</td>'
-                    f'<td class="num ci"{ci_attrs}>{shown_ci}</td><td>{better}{"; " + _e(extra) if extra else ""}</td></tr>')
+                    f'<td class="num ci"{ci_attrs}>{shown_ci}</td><td>{_e(better)}</td></tr>')
     counts = (f"{results.get('num_videos', 0)} pair(s) evaluated, {results.get('num_frames_evaluated', 0)} frames, "
               f"{results.get('num_skipped', 0)} skipped, {results.get('num_fps_mismatch', 0)} at different frame rates")
     return ('<section id="summary"><h2>Summary</h2>'
@@ -283,7 +284,7 @@ def _strip_columns(values: Sequence[float] | None, count: int, metric: str) -> l
     picked = set(np.linspace(0, count - 1, min(count, STRIP_FRAMES - 1)).round().astype(int).tolist())
     if values:
         scores = np.asarray(values, dtype=np.float64)
-        picked.add(int(np.argmin(scores) if metric in ("ssim", "psnr") else np.argmax(scores)))
+        picked.add(int(np.argmin(scores) if metric in HIGHER_IS_BETTER else np.argmax(scores)))
     return sorted(picked)
 
 

@@ -208,7 +208,8 @@ def _chromium(profile: Path, *args: str, timeout: int = 120) -> subprocess.Compl
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not on PATH (Debian: apt-get install chromium)")
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium is not on PATH (Debian: apt-get install chromium)")
 @pytest.mark.timeout(300)
 def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     """Opened as a person would: no console error, every image decoded, a non-blank screenshot."""
