@@ -21,7 +21,6 @@ from typing import Sequence
 
 from opensora_vae.cli import run_cli, setup_logging  # first: sets the CPU thread policy before torch loads
 from opensora_vae.metrics.protocol import PROTOCOL_CARDS
-from opensora_vae.metrics.report_html import check_report, write_report
 from opensora_vae.metrics.settings import DEFAULT_EVAL_METRICS, EVAL_METRICS, EvalSettings
 
 D = EvalSettings  # defaults shown in --help are the dataclass's (a protocol may change them)
@@ -90,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = init_distributed() if launched_by_torchrun() else None
     settings = build_settings(args, info.local_rank if info is not None and info.world_size > 1 else None)
     path = results_path(args.res_dir, settings.num_frames, settings.resolution) if args.res_dir else None
-    report = check_report(args.report, path, args.real_video_dir, args.generated_video_dir, args.overwrite)
+    report = None
+    if args.report is not None:  # imported only when asked for: the eval's start-up is measured
+        from opensora_vae.metrics.report_html import check_report, write_report
+
+        report = check_report(args.report, path, args.real_video_dir, args.generated_video_dir, args.overwrite)
     result = evaluate_dirs(args.real_video_dir, args.generated_video_dir, settings,
                            progress=not args.no_progress and (info is None or info.is_main),
                            results_file=path, overwrite=args.overwrite)
