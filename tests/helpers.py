@@ -164,3 +164,22 @@ def cut_with_index_in_front(source: Path, out: Path, keep: float = 0.5) -> Path:
     whole.unlink()
     out.write_bytes(data[: int(len(data) * keep)])
     return out
+
+
+def write_eval_pairs(root: Path, clips: dict, noise: dict | None = None, seed: int = 0,
+                     real: str = "real", generated: str = "gen") -> dict:
+    """Eval folders `root/real`, `root/gen`: each named uint8 (T, H, W, 3) clip written losslessly,
+    its reconstruction the clip plus uniform integer noise of ±`noise[name]` (default 6). Returns
+    {name: (real frames, generated frames)}."""
+    from opensora_vae.data.video_io import write_video
+
+    rng = np.random.default_rng(seed)
+    (root / real).mkdir(parents=True, exist_ok=True), (root / generated).mkdir(parents=True, exist_ok=True)
+    pairs = {}
+    for name, clip in clips.items():
+        amount = (noise or {}).get(name, 6)
+        fake = np.clip(clip.astype(int) + rng.integers(-amount, amount + 1, clip.shape), 0, 255).astype(np.uint8)
+        write_video(root / real / f"{name}.mp4", clip, 24, lossless=True)
+        write_video(root / generated / f"{name}.mp4", fake, 24, lossless=True)
+        pairs[name] = (clip, fake)
+    return pairs

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
-from ..errors import OutputExistsError, check_folder_location
+from ..errors import OutputExistsError, UserError, check_folder_location
 from .protocol import EvalError, MediaPair, frame_indices, pair_files, preprocess
 from .settings import DEFAULT_EVAL_METRICS, EVAL_METRICS, EvalSettings, resolve_device  # noqa: F401 (re-exported)
 
@@ -444,7 +444,18 @@ def evaluate_dirs(real_dir: str | os.PathLike, gen_dir: str | os.PathLike, setti
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
         if distributed.is_initialized() else (0, 1)
     mine = [(i, pairs[i]) for i in rank_pairs(len(pairs), settings.batch_size, rank, world)]
-    local, skipped = _score_pairs(mine, suite, settings, fvd_excluded, progress)
+    try:
+        local, skipped = _score_pairs(mine, suite, settings, fvd_excluded, progress)
+        failure = None
+    except UserError as exc:
+        if world == 1:
+            raise
+        local, skipped, failure = [], [], f"{type(exc).__name__}: {exc}"
+    # A bad file is read by one rank only: every rank learns of it and stops with the same
+    # one-line error (printed once, by rank 0), instead of rank 0 waiting for results that never come.
+    failures = [f for f in distributed.all_gather_objects(failure) if f]
+    if failures:
+        raise EvalError(failures[0])
     results = gather_results(local)
     skipped = sorted((s for part in distributed.all_gather_objects(skipped) for s in part), key=lambda s: s[0])
     result = {**_compared_dirs(real_dir, gen_dir),

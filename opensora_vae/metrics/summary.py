@@ -72,12 +72,12 @@ def bootstrap_ci(results: Sequence["ClipResult"], metric: str, settings: EvalSet
     """Percentile bootstrap 95% interval of the metric's reported value: ``settings.bootstrap``
     resamples of the videos with replacement (the same resamples for every metric, seeded by
     ``settings.seed``). None without resamples or with fewer than 2 videos."""
+    if metric == "fvd":
+        raise ValueError("FVD is a set statistic: fvd_bootstrap_ci")
     n = len(results)
     if settings.bootstrap == 0 or n < 2:
         return None
     idx = np.random.default_rng(settings.seed).integers(0, n, size=(settings.bootstrap, n))
-    if metric in ("fvd",):
-        raise ValueError("use fvd_bootstrap_ci for FVD")
     if settings.card.aggregation == "minibatch_frame":
         return _interval(np.array([_nan(metric_mean([results[i] for i in row], metric, settings)) for row in idx]))
     sums = np.array([math.fsum(r.values.get(metric, ())) for r in results])
@@ -86,7 +86,7 @@ def bootstrap_ci(results: Sequence["ClipResult"], metric: str, settings: EvalSet
         return _interval(sums[idx].sum(axis=1) / counts[idx].sum(axis=1))
 
 
-def _minibatch(settings: EvalSettings) -> bool:
+def _fvd_by_minibatch(settings: EvalSettings) -> bool:
     return settings.card.fvd_averaging == "minibatch_cliplengths"
 
 
@@ -98,7 +98,7 @@ def fvd_value(included: Sequence["ClipResult"], settings: EvalSettings) -> float
     """FVD of the pairs that entered it, by the protocol's averaging."""
     from .fvd import frechet_distance
 
-    if not _minibatch(settings):
+    if not _fvd_by_minibatch(settings):
         return frechet_distance(np.stack([r.features["real"] for r in included]),
                                 np.stack([r.features["generated"] for r in included]))
     return float(np.mean(_minibatch_fvds(included, settings.batch_size)))
@@ -131,7 +131,7 @@ def fvd_bootstrap_ci(included: Sequence["ClipResult"], settings: EvalSettings) -
     if settings.bootstrap == 0 or len(included) < 2:
         return None
     rng = np.random.default_rng([settings.seed, 1])
-    if _minibatch(settings):
+    if _fvd_by_minibatch(settings):
         values = np.array(_minibatch_fvds(included, settings.batch_size))
         idx = rng.integers(0, len(values), size=(settings.bootstrap, len(values)))
         return _interval(values[idx].mean(axis=1))

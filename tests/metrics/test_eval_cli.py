@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from opensora_vae.data.video_io import read_video_frames, write_video
+from opensora_vae.data.video_io import read_video_frames
 from opensora_vae.lpips import find_backbone
 from opensora_vae.metrics import LPIPSMetric, psnr, ssim
 from opensora_vae.metrics.pwcnet import PWC_WEIGHTS_ENV
 from opensora_vae.metrics.protocol import preprocess
-from tests.helpers import CLIP_17, EVAL_ENTRY
+from tests.helpers import CLIP_17, EVAL_ENTRY, write_eval_pairs
 
 SCRIPT = EVAL_ENTRY
 
@@ -28,14 +28,8 @@ def _load_cli():
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     clip = read_video_frames(CLIP_17, range(5))[:, 100:172, 60:156]  # 72x96
-    rng = np.random.default_rng(0)
-    (root / "real").mkdir(), (root / "gen").mkdir()
-    fakes = {}
-    for name, amount in [("clip1", 6), ("clip2", 20)]:
-        fake = np.clip(clip.astype(int) + rng.integers(-amount, amount + 1, clip.shape), 0, 255).astype(np.uint8)
-        write_video(root / "real" / f"{name}.mp4", clip, 24, lossless=True)
-        write_video(root / "gen" / f"{name}.mp4", fake, 24, lossless=True)
-        fakes[name] = fake
+    pairs = write_eval_pairs(root, {"clip1": clip, "clip2": clip}, {"clip1": 6, "clip2": 20})
+    fakes = {name: fake for name, (_, fake) in pairs.items()}
     return root, clip, fakes
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from opensora_vae.data.video_io import read_video_frames, write_video
 from opensora_vae.metrics.fvd import i3d_weights_path
-from tests.helpers import CLIP_17, EVAL_ENTRY, REPO
+from tests.helpers import CLIP_17, EVAL_ENTRY, REPO, write_eval_pairs
 
 FVD = i3d_weights_path().is_file()
 
@@ -31,14 +31,9 @@ def _run(launcher: list, folders, res_dir) -> subprocess.CompletedProcess:
 
 def test_two_processes_give_the_json_of_one(tmp_path):
     clip = read_video_frames(CLIP_17, range(16))[:, 40:88, 60:108]  # 48x48
-    rng = np.random.default_rng(0)
+    clips = {f"v{i}": np.ascontiguousarray(np.roll(clip, 9 * i, axis=1)) for i in range(5)}
+    write_eval_pairs(tmp_path, clips, {f"v{i}": 6 * (i + 1) for i in range(5)})
     real, gen = tmp_path / "real", tmp_path / "gen"
-    real.mkdir(), gen.mkdir()
-    for i in range(5):
-        video = np.ascontiguousarray(np.roll(clip, 9 * i, axis=1))
-        noisy = np.clip(video.astype(int) + rng.integers(-6 * (i + 1), 6 * (i + 1) + 1, video.shape), 0, 255)
-        write_video(real / f"v{i}.mp4", video, 24, lossless=True)
-        write_video(gen / f"v{i}.mp4", noisy.astype(np.uint8), 24, lossless=True)
     write_video(real / "v5.mp4", clip, 24, lossless=True)
     (gen / "v5.mp4").write_bytes(b"\0not a video" * 64)  # skipped (and reported) once
 
@@ -55,3 +50,18 @@ def test_two_processes_give_the_json_of_one(tmp_path):
         assert b.pop("fvd_ci95") == pytest.approx(a.pop("fvd_ci95"), rel=1e-6)
     assert a == b  # means, intervals, per-frame values, per-video records: bit for bit
     assert a["num_videos"] == 5 and a["ssim_ci95"][0] <= a["ssim"] <= a["ssim_ci95"][1]
+
+
+def test_a_bad_file_read_by_rank_1_stops_every_rank_with_one_message(tmp_path):
+    clip = read_video_frames(CLIP_17, range(4))[:, 40:88, 60:108]
+    write_eval_pairs(tmp_path, {f"v{i}": clip for i in range(3)})
+    (tmp_path / "gen" / "v2.mp4").write_bytes(b"\0not a video" * 64)  # pair 2: batch 1, rank 1's
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(EVAL_ENTRY),
+           "--real_video_dir", str(tmp_path / "real"), "--generated_video_dir", str(tmp_path / "gen"),
+           "--num_frames", "4", "--resolution", "32", "--device", "cpu", "--metric", "psnr", "--no_progress",
+           "--res_dir", str(tmp_path / "res")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and "v2.mp4" in errors[0], proc.stderr
+    assert not (tmp_path / "res").exists()

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from opensora_vae.data.video_io import read_video_frames, write_video
+from opensora_vae.data.video_io import read_video_frames
 from opensora_vae.metrics import EvalSettings, evaluate_dirs, summarize_results
 from opensora_vae.metrics.evaluate import ClipResult
 from opensora_vae.metrics.fvd import clip_length_features, frechet_distance, i3d_features, i3d_weights_path, load_i3d
 from opensora_vae.metrics.protocol import (FVD_AVERAGING, FVD_INPUTS, MEANS, PROTOCOL_CARDS, SPREADS, frame_indices,
                                            preprocess)
 from opensora_vae.metrics.summary import bootstrap_ci
-from tests.helpers import CLIP_17
+from tests.helpers import CLIP_17, write_eval_pairs
 
 needs_i3d = pytest.mark.skipif(not i3d_weights_path().is_file(), reason="I3D weights absent")
 
@@ -98,15 +98,8 @@ def test_bootstrap_interval_resamples_videos_seeded():
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocols")
     clip = read_video_frames(CLIP_17, range(17))[:, 30:78, 40:104]  # 48x64, 17 frames
-    rng = np.random.default_rng(0)
-    (root / "r").mkdir(), (root / "g").mkdir()
-    videos = {}
-    for i in range(3):
-        real = np.ascontiguousarray(np.roll(clip, 11 * i, axis=2))
-        fake = np.clip(real.astype(int) + rng.integers(-12, 13, real.shape), 0, 255).astype(np.uint8)
-        write_video(root / "r" / f"v{i}.mp4", real, 24, lossless=True)
-        write_video(root / "g" / f"v{i}.mp4", fake, 24, lossless=True)
-        videos[f"v{i}"] = (real, fake)
+    clips = {f"v{i}": np.ascontiguousarray(np.roll(clip, 11 * i, axis=2)) for i in range(3)}
+    videos = write_eval_pairs(root, clips, dict.fromkeys(clips, 12), real="r", generated="g")
     return root, videos
 
 

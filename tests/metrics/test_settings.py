@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from opensora_vae.data.video_io import read_video_frames, write_video
+from opensora_vae.data.video_io import read_video_frames
 from opensora_vae.metrics import EvalError, EvalSettings, MetricSuite, evaluate_dirs, score_pair, summarize_results
 from opensora_vae.metrics.evaluate import rank_pairs
-from tests.helpers import CLIP_17
+from tests.helpers import CLIP_17, write_eval_pairs
 
 
 def test_defaults_are_the_reference_scripts_and_the_device_is_resolved_once():
@@ -50,15 +50,8 @@ def test_from_cli_takes_the_protocols_defaults_then_the_flags():
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("pairs")
     clip = read_video_frames(CLIP_17, range(9))[:, 20:100, 30:126]  # 80x96
-    rng = np.random.default_rng(0)
-    (root / "r").mkdir(), (root / "g").mkdir()
-    pairs = {}
-    for i in range(5):
-        real = np.ascontiguousarray(np.roll(clip, 7 * i, axis=2))
-        fake = np.clip(real.astype(int) + rng.integers(-4 - 3 * i, 5 + 3 * i, real.shape), 0, 255).astype(np.uint8)
-        write_video(root / "r" / f"v{i}.mp4", real, 24, lossless=True)
-        write_video(root / "g" / f"v{i}.mp4", fake, 24, lossless=True)
-        pairs[f"v{i}"] = (real, fake)
+    clips = {f"v{i}": np.ascontiguousarray(np.roll(clip, 7 * i, axis=2)) for i in range(5)}
+    pairs = write_eval_pairs(root, clips, {f"v{i}": 4 + 3 * i for i in range(5)}, real="r", generated="g")
     return root, pairs
 
 
