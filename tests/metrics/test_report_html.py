@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from opensora_vae.data.video_io import read_video_frames, write_video
+from opensora_vae.data.video_io import read_video_frames
 from opensora_vae.metrics import EvalSettings, psnr
 from opensora_vae.metrics.report_html import scored_frames
-from tests.helpers import CLIP_17, EVAL_ENTRY, run_entry
+from tests.helpers import CLIP_17, EVAL_ENTRY, run_entry, write_eval_pairs
 
 # Three videos, worst (noisiest) first; one name needs HTML escaping.
 NOISE = {"loud<b>&x": 24, "mid": 10, "quiet": 3}
@@ -76,12 +76,7 @@ class _Tree(HTMLParser):
 def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     clip = read_video_frames(CLIP_17, range(17))[:, 100:172, 60:156]  # 17 frames of 72x96
-    rng = np.random.default_rng(0)
-    (root / "real").mkdir(), (root / "gen").mkdir()
-    for name, amount in NOISE.items():
-        fake = np.clip(clip.astype(int) + rng.integers(-amount, amount + 1, clip.shape), 0, 255).astype(np.uint8)
-        write_video(root / "real" / f"{name}.mp4", clip, 24, lossless=True)
-        write_video(root / "gen" / f"{name}.mp4", fake, 24, lossless=True)
+    write_eval_pairs(root, {name: clip for name in NOISE}, NOISE)
     code = run_entry(EVAL_ENTRY, ["--real_video_dir", root / "real", "--generated_video_dir", root / "gen",
                                   "--res_dir", root / "out", "--report", *FLAGS])
     assert code == 0
