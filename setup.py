@@ -28,5 +28,6 @@ setup(
         "tqdm",
         "safetensors",
         "tensorboard",
+        "matplotlib",
     ],
 )

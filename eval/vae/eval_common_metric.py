@@ -8,6 +8,7 @@ Files are paired by name (without extension). `--protocol` names how the numbers
 (opensora: the reference's, the default; styleganv; osp: Open-Sora-Plan's); the JSON carries every
 choice of it as `protocol`, with bootstrap 95% intervals (`<metric>_ci95`). Under
 `torchrun --nproc_per_node=N` the pairs are split over the processes and merged exactly.
+`--report` also writes a self-contained HTML page (next to the JSON, or at the path given).
 The JSON names the two folders it compared; an existing results file of other folders is kept
 unless --overwrite is given (a rerun of the same comparison replaces it). Settings and output
 locations are checked before any video is read.
@@ -58,13 +59,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worst_k", type=int, default=SUPPRESS, help=f"worst videos listed per metric (default {D.worst_k})")
     p.add_argument("--chunk_frames", type=int, default=SUPPRESS,
                    help=f"frames per temporal-VAE chunk, for per-position PSNR/SSIM (default {D.chunk_frames})")
+    p.add_argument("--report", nargs="?", const="", default=None, metavar="HTML",
+                   help="also write a self-contained HTML report (summary, protocol card, per-video table, "
+                        "per-frame curves, frames of the worst videos); default path: the results JSON's, .html")
     p.add_argument("--no_progress", action="store_true")
     return p.parse_args(argv)
 
 
 def build_settings(args: argparse.Namespace, local_rank: int | None = None) -> EvalSettings:
     """The one EvalSettings of a run, from the flags given (torchrun: one GPU per process)."""
-    skip = {"real_video_dir", "generated_video_dir", "sample_fps", "res_dir", "overwrite", "no_progress"}
+    skip = {"real_video_dir", "generated_video_dir", "sample_fps", "res_dir", "overwrite", "no_progress", "report"}
     given = {k: v for k, v in vars(args).items() if k not in skip}
     if "metric" in given:
         given["metrics"] = tuple(given.pop("metric"))
@@ -85,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = init_distributed() if launched_by_torchrun() else None
     settings = build_settings(args, info.local_rank if info is not None and info.world_size > 1 else None)
     path = results_path(args.res_dir, settings.num_frames, settings.resolution) if args.res_dir else None
+    report = None
+    if args.report is not None:  # imported only when asked for: the eval's start-up is measured
+        from opensora_vae.metrics.report_html import check_report, write_report
+
+        report = check_report(args.report, path, args.real_video_dir, args.generated_video_dir, args.overwrite)
     result = evaluate_dirs(args.real_video_dir, args.generated_video_dir, settings,
                            progress=not args.no_progress and (info is None or info.is_main),
                            results_file=path, overwrite=args.overwrite)
@@ -99,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{result['num_videos']} pair(s) evaluated, {result['num_skipped']} skipped")
     if path is not None:
         print(f"wrote {path}")
+    if report is not None:
+        print(f"wrote {write_report(result, args.real_video_dir, args.generated_video_dir, settings, report)}")
     return 0
 
 
