@@ -55,7 +55,7 @@ def straightforward(ckpt: Path, csv: Path, out: Path) -> float:
     pipe = VideoVAEPipeline.from_pretrained(ckpt).eval()
     clips = ExportClips(csv, whole_video=False, num_frames=cfg.dataset.num_frames,
                         frame_interval=cfg.dataset.frame_interval, image_size=tuple(cfg.dataset.image_size),
-                        transform_name=cfg.dataset.transform_name, seed=cfg.seed)
+                        transform_name=cfg.dataset.transform_name, read_timeout_s=None)
     out.mkdir(parents=True)
     for i in range(len(clips)):
         x = clips[i]["video"][None]
