@@ -9,7 +9,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "run_export": "runner", "LatentDataset": "reader", "LatentsMismatchError": "reader",
-    "ExportError": "storage", "ChannelMoments": "stats", "shift_scale_text": "stats",
+    "ExportError": "storage",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -30,7 +30,7 @@ from ..precision import autocast
 from .clips import ExportClips
 from .encode import decode_psnr, encode_moments
 from .manifest import make_stamp, read_manifest, sha256_file, stamp_mismatches
-from .stats import ChannelMoments, shift_scale_text
+from ..inference.latent_stats import LatentStats, shift_scale_text
 from .storage import (INDEX_NAME, LATENT_DTYPES, MANIFEST_NAME, SHARD_DIR, STATUS_OK, ExportError,
                       read_shard_meta, remove_stale_temporaries, row_key, shard_name, write_index,
                       write_json, write_shard)
@@ -118,7 +118,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     # Statistics: each rank merges its shards' moments, then rank 0 merges the ranks' (Chan).
     mine = [read_shard_meta(shard_dir / shard_name(k)) for k in range(info.rank, num_shards, info.world_size)]
     channels = pipe.shift.numel()
-    local = ChannelMoments.merged([ChannelMoments.from_dict(m["moments"]) for m in mine], channels)
+    local = LatentStats.merged([LatentStats.from_dict(m["moments"]) for m in mine], channels)
     gathered = all_gather_objects(local.to_dict())
     manifest = rank0_decides(lambda: _finish(folder, stamp, num_shards, gathered, channels, cfg, start, verbose))
     barrier()
@@ -133,7 +133,7 @@ def _finish(folder: Path, stamp: dict, num_shards: int, gathered: list[dict], ch
     if num_ok == 0:
         example = next(f"{r['path']}: {r['status']}" for r in rows) if rows else "no rows"
         raise ExportError(f"none of the {len(rows)} rows of {cfg.dataset.data_path} could be encoded, e.g. {example}")
-    moments = ChannelMoments.merged([ChannelMoments.from_dict(g) for g in gathered], channels)
+    moments = LatentStats.merged([LatentStats.from_dict(g) for g in gathered], channels)
     mean, std = moments.mean.tolist(), moments.std.tolist()
     write_index(folder / INDEX_NAME, rows)
     psnrs = [r["psnr"] for r in rows if r["psnr"] is not None]
@@ -163,7 +163,7 @@ class _ShardWriter:
 
     def write(self, shard: int, items: list[dict]) -> None:
         tensors: dict[str, torch.Tensor] = {}
-        moments = ChannelMoments(self.pipe.shift.numel())
+        moments = LatentStats(self.pipe.shift.numel())
         rows, ok = [], [it for it in items if it["error"] is None]
         encoded: dict[int, tuple[torch.Tensor, torch.Tensor, float | None]] = {}
         for start in range(0, len(ok), self.cfg.batch_size):
@@ -178,7 +178,7 @@ class _ShardWriter:
                 mean, logvar, row["psnr"] = encoded[item["index"]]
                 key = row_key(item["index"])
                 tensors[f"{key}.mean"], tensors[f"{key}.logvar"] = mean, logvar
-                moments.update(mean)
+                moments.update(mean, channel_dim=0)
                 row.update(key=key, shape=list(mean.shape), frames=int(item["video"].shape[1]))
             else:
                 logger.warning("skipping row %d %s: %s", item["index"], item["path"], item["error"])

@@ -1,4 +1,11 @@
-"""Per-channel statistics of the temporal latents: how the released shift/scale were made."""
+"""Per-channel statistics of the temporal latents: how the released shift/scale were made (the
+quantity `cal_stats` reports: population mean and std of every latent value of a channel).
+
+One class for inference's `cal_stats` and the latent export. It keeps (count, mean, M2) in float64
+and merges parts with Chan et al.'s parallel Welford update, so merging shards or ranks is exact
+up to rounding whatever their sizes, and the `E[z²] - E[z]²` cancellation of sums of squares
+cannot occur.
+"""
 
 from __future__ import annotations
 
@@ -6,53 +13,68 @@ import torch
 
 
 class LatentStats:
-    """Running per-channel count, sum and sum of squares in float64 over every latent value.
-
-    `shift = mean` and `scale = std` (population) normalise the latents to zero mean, unit
-    variance per channel; `merge` combines the sums of several processes.
-    """
+    """Per-channel count, mean and M2 (sum of squared deviations) in float64."""
 
     def __init__(self, channels: int):
         self.count = torch.zeros(channels, dtype=torch.float64)
-        self.sum = torch.zeros(channels, dtype=torch.float64)
-        self.sum_sq = torch.zeros(channels, dtype=torch.float64)
+        self.mean = torch.zeros(channels, dtype=torch.float64)
+        self.m2 = torch.zeros(channels, dtype=torch.float64)
 
-    def update(self, z: torch.Tensor) -> None:
-        """z: (B, C, T, H, W) un-normalised latents."""
-        if z.ndim < 2 or z.shape[1] != self.sum.numel():
-            raise ValueError(f"expected latents with {self.sum.numel()} channels on axis 1, got {tuple(z.shape)}")
-        per_channel = z.detach().to(torch.float64).transpose(0, 1).flatten(1).cpu()
-        self.count += per_channel.shape[1]
-        self.sum += per_channel.sum(dim=1)
-        self.sum_sq += per_channel.square().sum(dim=1)
+    def update(self, z: torch.Tensor, channel_dim: int = 1) -> None:
+        """Adds every value of `z`, channels on `channel_dim` (1: a (B, C, T, H, W) batch of
+        un-normalised latents; 0: one (C, T, H, W) latent)."""
+        if z.ndim <= channel_dim or z.shape[channel_dim] != self.mean.numel():
+            raise ValueError(f"expected latents with {self.mean.numel()} channels on axis {channel_dim}, "
+                             f"got {tuple(z.shape)}")
+        values = z.detach().to(torch.float64).movedim(channel_dim, 0).flatten(1).cpu()
+        part = LatentStats(values.shape[0])
+        part.count.fill_(values.shape[1])
+        part.mean = values.mean(dim=1)
+        part.m2 = (values - part.mean[:, None]).square().sum(dim=1)
+        self.merge(part)
 
     def merge(self, other: "LatentStats") -> None:
-        self.count += other.count
-        self.sum += other.sum
-        self.sum_sq += other.sum_sq
-
-    def as_tensor(self) -> torch.Tensor:
-        return torch.stack([self.count, self.sum, self.sum_sq])
-
-    @classmethod
-    def from_tensor(cls, sums: torch.Tensor) -> "LatentStats":
-        stats = cls(sums.shape[1])
-        stats.count, stats.sum, stats.sum_sq = (t.clone() for t in sums.to(torch.float64).cpu())
-        return stats
-
-    @property
-    def mean(self) -> torch.Tensor:
-        if (self.count == 0).any():
-            raise ValueError("no latents were accumulated")
-        return self.sum / self.count
+        """Chan's pairwise update: the moments of the union of both parts."""
+        total = self.count + other.count
+        if not bool((total > 0).all()):
+            return  # both empty
+        delta = other.mean - self.mean
+        weight = other.count / total
+        self.m2 = self.m2 + other.m2 + delta.square() * self.count * weight
+        self.mean = self.mean + delta * weight
+        self.count = total
 
     @property
     def std(self) -> torch.Tensor:
-        mean = self.mean
-        # E[z²] - E[z]² can dip below 0 by rounding when the variance is tiny.
-        return (self.sum_sq / self.count - mean.square()).clamp_min(0).sqrt()
+        """Population standard deviation (what normalises the latents to unit variance)."""
+        return (self.m2 / self.count.clamp_min(1)).sqrt()
+
+    def to_dict(self) -> dict:
+        return {"count": self.count.tolist(), "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LatentStats":
+        out = cls(len(data["mean"]))
+        out.count, out.mean, out.m2 = (torch.tensor(data[k], dtype=torch.float64) for k in ("count", "mean", "m2"))
+        return out
+
+    @classmethod
+    def merged(cls, parts: list["LatentStats"], channels: int) -> "LatentStats":
+        out = cls(channels)
+        for part in parts:
+            out.merge(part)
+        return out
 
     def summary(self) -> dict:
+        if (self.count == 0).any():
+            raise ValueError("no latents were accumulated")
         mean, std = self.mean.tolist(), self.std.tolist()
         return {"count_per_channel": int(self.count[0].item()), "mean": mean, "std": std,
                 "shift": mean, "scale": std}
+
+
+def shift_scale_text(mean: list[float], std: list[float]) -> str:
+    """The statistics as the model config writes them (configs/vae/_base_/model_v1_2.py)."""
+    def fmt(values):
+        return "(" + ", ".join(f"{v:.6f}" for v in values) + ")"
+    return f"shift={fmt(mean)},\nscale={fmt(std)},"

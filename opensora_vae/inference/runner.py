@@ -134,7 +134,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
             progress.update(len(batch))
 
     gathered = all_gather_objects({"records": records, "skipped": skipped,
-                                   "stats": stats.as_tensor() if stats is not None else None})
+                                   "stats": stats.to_dict() if stats is not None else None})
     records = sorted((r for g in gathered for r in g["records"]), key=lambda r: r["index"])
     skipped = sorted((s for g in gathered for s in g["skipped"]), key=lambda s: s["index"])
     if not records:
@@ -142,9 +142,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
         raise InferenceError(f"none of the {len(rows)} samples of {ds_cfg.data_path} could be used, "
                              f"e.g. {example}")
     if stats is not None:
-        stats = LatentStats.from_tensor(gathered[0]["stats"])
-        for g in gathered[1:]:
-            stats.merge(LatentStats.from_tensor(g["stats"]))
+        stats = LatentStats.merged([LatentStats.from_dict(g["stats"]) for g in gathered], stats.mean.numel())
 
     report = summarize(cfg, records, skipped, stats, pipe, layout, names, dataset.paths, ckpt_path=cfg.ckpt_path,
                        resolved_ckpt=resolved, device=info.device, world_size=info.world_size,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from opensora_vae.data import LatentDataset
-from opensora_vae.export import ChannelMoments
+from opensora_vae.inference import LatentStats
 from opensora_vae.export.clips import ExportClips
 from opensora_vae.export.reader import LatentsMismatchError
 from opensora_vae.models import VideoVAEPipeline
@@ -200,10 +200,10 @@ def test_whole_video_mode_encodes_every_frame_in_chunks(export_inputs, tmp_path)
 def test_channel_moments_merge_is_exact():
     gen = torch.Generator().manual_seed(0)
     data = torch.randn(4, 1000, generator=gen, dtype=torch.float64) * torch.tensor([[1.0], [3.0], [0.1], [10.0]]) + 5
-    parts = [ChannelMoments(4) for _ in range(3)]
+    parts = [LatentStats(4) for _ in range(3)]
     for part, chunk in zip(parts, torch.tensor_split(data, [7, 400], dim=1)):
-        part.update(chunk)
-    merged = ChannelMoments.merged(parts, 4)
+        part.update(chunk, channel_dim=0)
+    merged = LatentStats.merged(parts, 4)
     assert torch.allclose(merged.mean, data.mean(1), atol=1e-12, rtol=0)
     assert torch.allclose(merged.std, data.std(1, unbiased=False), atol=1e-12, rtol=0)
     assert merged.count.tolist() == [1000.0] * 4
