@@ -115,13 +115,29 @@ class VideoTransform:
         """``self(frames_to_clip(video.read(indices)))`` for a VideoFile ``video``, bit for bit,
         with each frame reduced to the output size as soon as it is decoded, one colour plane at
         a time (the crop and resize work plane by plane): the peak memory of a sample is one
-        source frame as uint8 plus one plane as float32, whatever the clip length."""
-        return self._to_model(torch.stack(video.read(indices, each=self._frame)))
+        source frame as uint8 plus one plane as float32, whatever the clip length.
 
-    def _frame(self, frame: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> the spatial transform's float (3, H', W') in [0, 1]."""
-        planes = [self._spatial(_unit_float(frame[None, None, :, :, c]), self.image_size) for c in range(3)]
-        return torch.cat(planes, dim=1)[0]
+        The float plane is one buffer for the whole clip, refilled for every plane: allocating
+        it per plane costs a fresh mmap (page faults, zeroing) each time in a loader worker,
+        whose malloc thresholds are fixed (`dataset._fix_malloc_thresholds`): 13% of a 17-frame
+        720x405 read there (benchmarks/bench_export.py)."""
+        plane: list[torch.Tensor] = []  # allocated at the first frame, when its size is known
+        return self._to_model(torch.stack(video.read(indices, each=lambda frame: self._frame(frame, plane))))
+
+    def _frame(self, frame: np.ndarray, plane: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 (H, W, 3) -> the spatial transform's float (3, H', W') in [0, 1], each colour plane
+        converted in `plane[0]` (same values as `_unit_float`: float32 of the byte, / 255)."""
+        if not plane or plane[0].shape != frame.shape[:2]:
+            plane[:] = [torch.empty(frame.shape[:2], dtype=torch.float32)]
+        buf = plane[0]
+        out = []
+        for c in range(3):
+            np.copyto(buf.numpy(), frame[:, :, c])  # uint8 -> float32, exact
+            reduced = self._spatial(buf.div_(255.0)[None, None], self.image_size)
+            # no resize (the frame is already the output size) leaves a view of the buffer
+            out.append(reduced.clone() if reduced.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
+                       else reduced)
+        return torch.cat(out, dim=1)[0]
 
     @staticmethod
     def _to_model(clip: torch.Tensor) -> torch.Tensor:
