@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..data import build_dataloader
 from ..distributed import DistEnv, all_gather_objects, barrier, process_group, rank0_decides
 from ..errors import check_folder_location
-from ..inference.dataset import collate_items
+from ..inference.dataset import collate_items, group_by_shape
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import read_pipeline_config, resolve_checkpoint_files
 from ..precision import autocast
@@ -105,13 +105,11 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     writer = _ShardWriter(pipe, cfg, info.device, stamp["vae"]["weights_sha256"], shard_dir)
     progress = tqdm(total=len(rows), unit="clip", desc="export", disable=not (verbose and info.is_main))
     with progress:
-        pending: list[dict] = []
         for (item,) in loader:
-            pending.append(item)
+            writer.add(item)
             shard = item["index"] // ex.shard_size
             if item["index"] + 1 == min((shard + 1) * ex.shard_size, num_rows):  # the shard's last row
-                writer.write(shard, pending)
-                pending = []
+                writer.write(shard)
             progress.update(1)
     barrier()
 
@@ -153,38 +151,60 @@ def _finish(folder: Path, stamp: dict, num_shards: int, gathered: list[dict], ch
 
 
 class _ShardWriter:
-    """Encodes one shard's clips (in `batch_size` groups of one shape, in row order: the same
-    batches whatever the rank or a resume) and writes the shard file."""
+    """Encodes one shard's clips in `batch_size` groups (consecutive readable rows in row order,
+    split by shape: the same batches whatever the rank, the loader's timing or a resume) and
+    writes the shard file.
+
+    A batch is encoded as soon as it is full, not when the shard is: the loader's workers keep
+    decoding (they only run `prefetch_factor` items ahead) while the main process encodes, and
+    only the encoded moments, not the shard's pixels, wait for the shard to end."""
 
     def __init__(self, pipe: VideoVAEPipeline, cfg: Any, device: torch.device, weights_sha256: str, shard_dir: Path):
         self.pipe, self.cfg, self.device, self.shard_dir = pipe, cfg, device, shard_dir
         self.dtype = LATENT_DTYPES[cfg.export.latent_dtype]
         self.weights_sha256 = weights_sha256
+        self.items: list[dict] = []  # the shard's rows so far, without their pixels once encoded
+        self.waiting: list[dict] = []  # readable rows not encoded yet (fewer than batch_size)
+        self.encoded: dict[int, tuple[torch.Tensor, torch.Tensor, float | None]] = {}
 
-    def write(self, shard: int, items: list[dict]) -> None:
+    def add(self, item: dict) -> None:
+        """The shard's next row (rows arrive in order)."""
+        self.items.append(item)
+        if item["error"] is None:
+            item["frames"] = int(item["video"].shape[1])
+            self.waiting.append(item)
+            if len(self.waiting) == self.cfg.batch_size:
+                self._encode_waiting()
+
+    def write(self, shard: int) -> None:
+        """Encodes what is left of the shard and writes its file."""
+        self._encode_waiting()
         tensors: dict[str, torch.Tensor] = {}
         moments = LatentStats(self.pipe.shift.numel())
-        rows, ok = [], [it for it in items if it["error"] is None]
-        encoded: dict[int, tuple[torch.Tensor, torch.Tensor, float | None]] = {}
-        for start in range(0, len(ok), self.cfg.batch_size):
-            batch = ok[start:start + self.cfg.batch_size]
-            for group in _by_shape(batch):
-                encoded.update(self._encode(group))
-        for item in items:
+        rows = []
+        for item in self.items:
             row = {"row": item["index"], "path": item["path"], "shard": shard_name(shard), "key": None,
                    "shape": None, "frames": None, "fps": item["fps"], "is_image": bool(item["is_image"]),
                    "status": item["error"] or STATUS_OK, "psnr": None}
             if item["error"] is None:
-                mean, logvar, row["psnr"] = encoded[item["index"]]
+                mean, logvar, row["psnr"] = self.encoded[item["index"]]
                 key = row_key(item["index"])
                 tensors[f"{key}.mean"], tensors[f"{key}.logvar"] = mean, logvar
                 moments.update(mean, channel_dim=0)
-                row.update(key=key, shape=list(mean.shape), frames=int(item["video"].shape[1]))
+                row.update(key=key, shape=list(mean.shape), frames=item["frames"])
             else:
                 logger.warning("skipping row %d %s: %s", item["index"], item["path"], item["error"])
             rows.append(row)
         meta = {"shard": shard, "rows": rows, "moments": moments.to_dict(), "weights_sha256": self.weights_sha256}
         write_shard(self.shard_dir / shard_name(shard), tensors, meta)
+        self.items, self.encoded = [], {}
+
+    def _encode_waiting(self) -> None:
+        for group in group_by_shape(self.waiting):
+            self.encoded.update(self._encode(group))
+        for item in self.waiting:
+            item["video"] = None  # the pixels are no longer needed: a shard holds only moments
+        self.waiting = []
 
     def _encode(self, group: list[dict]) -> dict[int, tuple[torch.Tensor, torch.Tensor, float | None]]:
         x = torch.stack([it["video"] for it in group]).to(self.device)
@@ -200,10 +220,3 @@ class _ShardWriter:
                     value = decode_psnr(self.pipe, mean[i:i + 1].to(self.device, torch.float32), x[i:i + 1])
             out[item["index"]] = (mean[i].clone(), logvar[i].clone(), value)
         return out
-
-
-def _by_shape(items: list[dict]) -> list[list[dict]]:
-    groups: dict[tuple, list[dict]] = {}
-    for item in items:
-        groups.setdefault(tuple(item["video"].shape), []).append(item)
-    return list(groups.values())

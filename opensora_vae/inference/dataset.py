@@ -46,3 +46,12 @@ class InferenceDataset(Dataset):
 def collate_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep the items as a list: images, videos and skips of one batch have different shapes."""
     return items
+
+
+def group_by_shape(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Items split by their video's shape (in first-seen order, each group in item order): one
+    batch stacks clips of one shape."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(tuple(item["video"].shape), []).append(item)
+    return list(groups.values())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ from ..distributed import DistEnv, all_gather_objects, barrier, process_group, r
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import resolve_pipeline_dir
 from ..precision import autocast
-from .dataset import InferenceDataset, collate_items
+from .dataset import InferenceDataset, collate_items, group_by_shape
 from .latent_stats import LatentStats
 from .outputs import OutputLayout, output_names, to_uint8_frames
 from .report import KINDS, format_summary, frame_metrics, summarize
@@ -36,13 +35,6 @@ def sample_generator(seed: int, index: int, device: torch.device) -> torch.Gener
     """Latent noise per (seed, first sample index of the batch), whatever the rank or worker."""
     state = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
     return torch.Generator(device=device).manual_seed(state)
-
-
-def _group_by_shape(items: list[dict]) -> list[list[dict]]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for item in items:
-        groups[tuple(item["video"].shape)].append(item)
-    return list(groups.values())
 
 
 def _reconstruct_group(pipe: VideoVAEPipeline, items: list[dict], cfg: Any, info: DistEnv,
@@ -129,7 +121,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
                     logger.warning("skipping sample %d %s: %s", item["index"], item["path"], item["error"])
                     skipped.append({"name": names[item["index"]], "index": item["index"], "path": item["path"],
                                     "reason": item["error"]})
-            for group in _group_by_shape([item for item in batch if item["error"] is None]):
+            for group in group_by_shape([item for item in batch if item["error"] is None]):
                 records.extend(_reconstruct_group(pipe, group, cfg, info, layout, names, stats))
             progress.update(len(batch))
 
