@@ -42,7 +42,11 @@ def _check_clip(clip: torch.Tensor) -> None:
 def _resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(clip.shape[-2:]) == tuple(size):
         return clip
-    return F.interpolate(clip, size=size, mode="bilinear", align_corners=False)
+    # Each plane as its own 1-channel image: torch's kernel for several channels rounds some
+    # values 1 ulp differently on one thread than on several; one channel at a time gives the
+    # multi-thread values at any thread count, and the same as a frame reduced plane by plane.
+    planes = clip.reshape(-1, 1, *clip.shape[-2:])
+    return F.interpolate(planes, size=size, mode="bilinear", align_corners=False).reshape(*clip.shape[:-2], *size)
 
 
 def center_crop_resize(clip: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

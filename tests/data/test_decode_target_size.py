@@ -73,3 +73,24 @@ def test_out_of_memory_while_decoding_is_raised_as_memory_error_not_a_bad_file(t
     csv.write_text(f"path\n{CLIP_17}\n{CLIP_17}\n")
     with pytest.raises(MemoryError):
         make_dataset(csv, num_frames=17, image_size=(16, 16), max_retries=20)[0]
+
+
+def test_the_transform_does_not_depend_on_the_thread_count():
+    """torch's batched bilinear kernel rounds differently with one thread than with several (1 ulp):
+    a clip, a frame read plane by plane and an image must get the same pixels under
+    OMP_NUM_THREADS=1 (which this project recommends on small machines) as under the default."""
+    path, indices = CASES[1]
+    full = frames_to_clip(read_video_frames(path, indices))
+    before = torch.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for name in TRANSFORM_NAMES:
+                transform = VideoTransform(name, (300, 161))
+                results[threads, name] = transform(full)
+                assert torch.equal(transform.from_video(VideoFile(path), indices), results[threads, name]), name
+    finally:
+        torch.set_num_threads(before)
+    for name in TRANSFORM_NAMES:
+        assert torch.equal(results[1, name], results[2, name]), name
