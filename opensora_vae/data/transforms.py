@@ -125,23 +125,21 @@ class VideoTransform:
         it per plane costs a fresh mmap (page faults, zeroing) each time in a loader worker,
         whose malloc thresholds are fixed (`dataset._fix_malloc_thresholds`): 13% of a 17-frame
         720x405 read there (benchmarks/bench_export.py)."""
-        plane: list[torch.Tensor] = []  # allocated at the first frame, when its size is known
-        return self._to_model(torch.stack(video.read(indices, each=lambda frame: self._frame(frame, plane))))
+        planes: dict[tuple[int, int], torch.Tensor] = {}  # float32 buffer by source frame size
+        return self._to_model(torch.stack(video.read(indices, each=lambda frame: self._frame(frame, planes))))
 
-    def _frame(self, frame: np.ndarray, plane: list[torch.Tensor]) -> torch.Tensor:
+    def _frame(self, frame: np.ndarray, planes: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
         """uint8 (H, W, 3) -> the spatial transform's float (3, H', W') in [0, 1], each colour plane
-        converted in `plane[0]` (same values as `_unit_float`: float32 of the byte, / 255)."""
-        if not plane or plane[0].shape != frame.shape[:2]:
-            plane[:] = [torch.empty(frame.shape[:2], dtype=torch.float32)]
-        buf = plane[0]
-        out = []
+        converted in the clip's buffer (same values as `_unit_float`: float32 of the byte, / 255)
+        and copied out before the next plane refills it."""
+        buf = planes.get(frame.shape[:2])
+        if buf is None:
+            buf = planes[frame.shape[:2]] = torch.empty(frame.shape[:2], dtype=torch.float32)
+        out = torch.empty(3, *self.image_size)
         for c in range(3):
             np.copyto(buf.numpy(), frame[:, :, c])  # uint8 -> float32, exact
-            reduced = self._spatial(buf.div_(255.0)[None, None], self.image_size)
-            # no resize (the frame is already the output size) leaves a view of the buffer
-            out.append(reduced.clone() if reduced.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
-                       else reduced)
-        return torch.cat(out, dim=1)[0]
+            out[c] = self._spatial(buf.div_(255.0)[None, None], self.image_size)[0, 0]
+        return out
 
     @staticmethod
     def _to_model(clip: torch.Tensor) -> torch.Tensor:
