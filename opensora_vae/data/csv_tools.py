@@ -160,6 +160,11 @@ def build_csv(
             f"{out_csv} with an empty one: pass --overwrite to do it anyway")
     os.makedirs(csv_dir, exist_ok=True)
     tmp = os.path.join(csv_dir, f".{os.path.basename(out_csv)}.tmp")
-    pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
-    os.replace(tmp, out_csv)
+    try:
+        pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
+        os.replace(tmp, out_csv)
+    except BaseException:  # disk full, interrupted: the old table stays, no half table is left
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return summary

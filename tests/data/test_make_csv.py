@@ -125,3 +125,20 @@ def test_make_csv_to_a_folder_or_under_a_file_is_a_one_line_error(mixed_folder, 
     blocker.write_text("x")
     assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, blocker / "d.csv"]) == 2
     assert blocker.read_text() == "x"
+
+
+def test_a_table_write_that_fails_keeps_the_old_table_and_leaves_no_temporary_file(mixed_folder, tmp_path,
+                                                                                   monkeypatch):
+    out = tmp_path / "d.csv"
+    assert run_entry(MAKE_CSV_ENTRY, [mixed_folder, out]) == 0
+    before = out.read_text()
+
+    def disk_full(self, path, **kwargs):
+        Path(path).write_text("path,num_frames\nhalf")  # part of the table made it to disk
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    with pytest.raises(OSError):
+        build_csv(mixed_folder, out)
+    assert out.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["d.csv"]
