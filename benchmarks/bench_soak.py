@@ -38,44 +38,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from opensora_vae.cli import setup_logging  # noqa: E402  (first: sets the CPU thread policy)
 
+from memory import child_pids, rss_mb, uss_mb  # noqa: E402  benchmarks/memory.py
+
 SECTION = "bench_soak"
 PAGE_KB = 1024
-
-
-def _kb_field(path: str, names: tuple[str, ...]) -> float | None:
-    """Sum of the `names` fields (kB) of a /proc status-like file, in MB; None if it is gone."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return None
-    total = 0
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in names:
-            total += int(value.split()[0])
-    return total / 1024
-
-
-def rss_mb(pid: int) -> float | None:
-    return _kb_field(f"/proc/{pid}/status", ("VmRSS",))
-
-
-def uss_mb(pid: int) -> float | None:
-    return _kb_field(f"/proc/{pid}/smaps_rollup", ("Private_Clean", "Private_Dirty"))
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return sorted(found)
 
 
 class Sampler(threading.Thread):
@@ -93,7 +59,7 @@ class Sampler(threading.Thread):
         while not self.stop.wait(self.every):
             step = self.trainer.counters.global_step
             workers = {}
-            for pid in children(me):
+            for pid in child_pids(me):
                 rss, uss = rss_mb(pid), uss_mb(pid)
                 if rss is not None and uss is not None:
                     workers[pid] = (rss, uss)

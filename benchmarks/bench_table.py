@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory import child_pids, rss_mb, uss_mb  # benchmarks/memory.py (this script's folder)
+
 REPO = Path(__file__).resolve().parents[1]
 OLD_REV = "eb33e14"  # the last commit whose VideoDataset kept the pandas table and a list of paths
 SECTION = "bench_table"
@@ -87,33 +89,6 @@ def write_table(folder: Path, rows: int) -> tuple[Path, float]:
 
 
 # ----------------------------------------------------------------------------- one measurement
-
-
-def uss_mb(pid: int) -> float:
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        name, value = line.split(":", 1)
-        fields[name] = int(value.split()[0])
-    return (fields["Private_Clean"] + fields["Private_Dirty"]) / 1024
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def child_pids() -> list[int]:
-    me, pids = os.getpid(), []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
-                    pids.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return pids
 
 
 def old_dataset_module():

@@ -31,7 +31,7 @@ MODES = {"per node (shared)": "node", "per rank": "rank"}
 
 def rank_measure(csv: str, mode: str, report: str) -> int:
     """One rank of the torchrun job: load, measure, write ``report.<rank>``."""
-    from bench_table import uss_mb
+    from memory import uss_mb  # benchmarks/memory.py (on PYTHONPATH)
 
     from opensora_vae import distributed
     from opensora_vae.data.table import load_table, load_table_once_per_node

@@ -474,3 +474,24 @@ class Value:
 
     def load_state_dict(self, state):
         self.value = state
+
+
+def checkpoint_manager(outputs: Path, keep_last: int | None, pipe, **entries):
+    """A `CheckpointManager` over the least a checkpoint holds (the model and the step counter)
+    plus `entries`, without a Trainer."""
+    from opensora_vae.training.checkpoint import CheckpointManager
+    from opensora_vae.training.states import ModelState
+
+    return CheckpointManager(outputs, keep_last, states={"model": ModelState(pipe, fsdp=False),
+                                                         "counters": Value({"global_step": 0}), **entries})
+
+
+def save_step(manager, step: int, cfg) -> Path:
+    """Saves `manager`'s states as step `step` (its counter says so, as the trainer's would)."""
+    manager.states["counters"].value = {"global_step": step}
+    return manager.save(step, cfg)
+
+
+def step_dirs(folder: Path) -> list[str]:
+    """The names of the checkpoint folders in `folder`, oldest first."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("step_"))

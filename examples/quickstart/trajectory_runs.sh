@@ -32,7 +32,10 @@ for commit in "$@"; do
   tree=$WORK/tree_$commit
   [ -d "$tree" ] || git worktree add --detach "$tree" "$commit" > /dev/null
   cp examples/quickstart/*.py "$tree/examples/quickstart/"
-  cp opensora_vae/training/preflight.py "$tree/opensora_vae/training/"  # the driver's stage 0 imports it
+  # The driver's stage 0 imports preflight.py; commits from before it existed get this checkout's
+  # copy, the others keep their own (the package must be the commit's, see above).
+  git cat-file -e "$commit:opensora_vae/training/preflight.py" 2>/dev/null ||
+    cp opensora_vae/training/preflight.py "$tree/opensora_vae/training/"
   run "${commit}_native" "$tree"
 done
 run "$1_avx2" "$WORK/tree_$1" ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2

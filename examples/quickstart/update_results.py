@@ -82,10 +82,30 @@ def compare_runs(summaries: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _settings(summary: dict) -> tuple:
+    """What makes two runs' numbers comparable row by row: the stages with their step counts,
+    the result rows and the held-out clips."""
+    return ([(trend["name"], trend["steps"]) for trend in summary["losses"]],
+            [row["label"] for row in summary["results"]], summary["heldout"])
+
+
+def check_same_settings(runs: Sequence[dict]) -> None:
+    """Ranges are taken row by row and the steps and held-out clips are the first run's, so a
+    run of other settings would be merged silently into ranges over unrelated numbers."""
+    first = _settings(runs[0])
+    for k, run in enumerate(runs[1:], start=2):
+        for what, mine, theirs in zip(("stages and steps", "result rows", "held-out clips"),
+                                      _settings(run), first):
+            if mine != theirs:
+                raise ResultsUpdateError(f"run {k} is not of the same settings as run 1: its {what} are "
+                                         f"{mine}, run 1's are {theirs}")
+
+
 def render_section(summaries: dict | Sequence[dict], intro: str = "") -> str:
-    """The section's markdown: one run's numbers, or the range over several runs (min – max);
-    `intro`: what the runs were for (a sentence, no numbers of its own)."""
+    """The section's markdown: one run's numbers, or the range over several runs of the same
+    settings (min – max); `intro`: what the runs were for (a sentence, no numbers of its own)."""
     runs = [summaries] if isinstance(summaries, dict) else list(summaries)
+    check_same_settings(runs)
     first = runs[0]
     seconds = dict(first["seconds"])
     total = seconds.pop("total")

@@ -396,3 +396,34 @@ def test_update_results_gives_the_range_over_runs_and_what_differed(tmp_path):
     assert "| full pipeline after stage 1 | 15.12 – 16.50 |" in text
     assert "- commits 4061024 vs e7f2af7, same CPU and threads: identical numbers" in text
     assert "- same commit, CPU X / 2 threads vs CPU X / 1 threads: numbers differ by up to 9.1%" in text
+
+
+@pytest.mark.parametrize("change", ["steps", "stage", "label", "heldout"])
+def test_update_results_refuses_runs_of_other_settings(tmp_path, change):
+    """Runs are merged number by number into ranges "of the same settings": a run whose stages,
+    step counts, result rows or held-out clips differ from the first run's is an error, not a
+    silent range over unrelated numbers."""
+    import json
+
+    from examples.quickstart.update_results import main
+    from opensora_vae.cli import run_main
+
+    base = json.loads(_fake_summary(tmp_path).read_text())
+    other = json.loads(json.dumps(base))
+    if change == "steps":
+        other["losses"][1]["steps"] += 10
+    elif change == "stage":
+        other["losses"][1]["name"] = "stage 2 (latent L1)"
+    elif change == "label":
+        other["results"][0]["label"] = "full pipeline after stage 2"
+    else:
+        other["heldout"] = "source frames 60-79"
+    paths = []
+    for name, summary in (("a", base), ("b", other)):
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "summary.json")
+        paths[-1].write_text(json.dumps(summary))
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n")
+    assert run_main(main, [*map(str, paths), "--results", str(results)]) == 2
+    assert results.read_text() == "# Results\n"

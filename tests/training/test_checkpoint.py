@@ -18,9 +18,8 @@ from opensora_vae.errors import OutputExistsError
 from opensora_vae.training import checkpoint as ckpt_io
 from opensora_vae.training import mixed_num_frames
 from opensora_vae.training.checkpoint import CheckpointManager, DiskFullError, OutputsInUseError
-from opensora_vae.training.states import ModelState
 
-from tests.helpers import Value, TINY_STAGE1
+from tests.helpers import TINY_STAGE1, checkpoint_manager, save_step, step_dirs
 
 
 def _fake_ckpt(outputs: Path, step: int, files=("model/config.json", "model/model.safetensors",
@@ -65,40 +64,26 @@ def test_a_fresh_run_or_a_rollback_never_replaces_existing_checkpoints_unless_as
     assert CheckpointManager(tmp_path / "new", 3).resolve(None) is None  # an empty folder is fine
 
 
-def _manager(outputs, keep_last, pipe, **entries):
-    return CheckpointManager(outputs, keep_last, states={"model": ModelState(pipe, fsdp=False),
-                                                         "counters": Value({"global_step": 0}), **entries})
-
-
-def _save(manager, step, pipe, cfg):
-    manager.states["counters"].value = {"global_step": step}
-    return manager.save(step, cfg)
-
-
 def test_pruning_removes_only_this_lineage_and_never_a_newer_branch(tmp_path, tiny_pipeline):
     cfg = load_config(TINY_STAGE1)
-    first = _manager(tmp_path, 2, tiny_pipeline)
+    first = checkpoint_manager(tmp_path, 2, tiny_pipeline)
     for step in (1, 2, 3, 4):
-        _save(first, step, tiny_pipeline, cfg)
-    assert _names(tmp_path) == ["step_000000003", "step_000000004"]
+        save_step(first, step, cfg)
+    assert step_dirs(tmp_path) == ["step_000000003", "step_000000004"]
     # A second, unrelated run into the same folder (overwrite=True) prunes only its own.
-    other = _manager(tmp_path, 1, tiny_pipeline)
+    other = checkpoint_manager(tmp_path, 1, tiny_pipeline)
     assert other.resolve(None, overwrite=True) is None
     for step in (5, 6):
-        _save(other, step, tiny_pipeline, cfg)
-    assert _names(tmp_path) == ["step_000000003", "step_000000004", "step_000000006"]
+        save_step(other, step, cfg)
+    assert step_dirs(tmp_path) == ["step_000000003", "step_000000004", "step_000000006"]
     # A rollback to step 3 keeps step 4 and 6 (a later branch) until it overwrites them itself.
-    rollback = _manager(tmp_path, 1, tiny_pipeline)
+    rollback = checkpoint_manager(tmp_path, 1, tiny_pipeline)
     assert rollback.resolve(str(tmp_path / "step_000000003"), overwrite=True) == tmp_path / "step_000000003"
     assert rollback.lineage[:-1] == first.lineage
-    _save(rollback, 4, tiny_pipeline, cfg)  # replaces the old step 4 (same lineage), prunes step 3
-    assert _names(tmp_path) == ["step_000000004", "step_000000006"]
+    save_step(rollback, 4, cfg)  # replaces the old step 4 (same lineage), prunes step 3
+    assert step_dirs(tmp_path) == ["step_000000004", "step_000000006"]
     assert ckpt_io.read_lineage(tmp_path / "step_000000004") == rollback.lineage
     assert ckpt_io.read_training_state(tmp_path / "step_000000004")["lineage"] == rollback.lineage
-
-
-def _names(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("step_"))
 
 
 def test_the_outputs_lock_refuses_a_second_run_and_stale_temp_dirs_are_removed(tmp_path):
@@ -126,28 +111,28 @@ def test_a_lock_held_by_a_dead_process_does_not_block(tmp_path):
 
 def test_a_full_disk_is_refused_before_writing_and_keeps_older_checkpoints(tmp_path, tiny_pipeline, monkeypatch):
     cfg = load_config(TINY_STAGE1)
-    manager = _manager(tmp_path, 1, tiny_pipeline)
-    _save(manager, 1, tiny_pipeline, cfg)
+    manager = checkpoint_manager(tmp_path, 1, tiny_pipeline)
+    save_step(manager, 1, cfg)
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(ckpt_io.shutil, "disk_usage", lambda path: usage._replace(free=1000))
     with pytest.raises(DiskFullError, match="needed ~"):
-        _save(manager, 2, tiny_pipeline, cfg)
-    assert _names(tmp_path) == ["step_000000001"]
+        save_step(manager, 2, cfg)
+    assert step_dirs(tmp_path) == ["step_000000001"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(ckpt_io.TMP_PREFIX)]
 
 
 def test_a_write_that_runs_out_of_space_removes_its_partial_dir(tmp_path, tiny_pipeline, monkeypatch):
     cfg = load_config(TINY_STAGE1)
-    manager = _manager(tmp_path, 1, tiny_pipeline)
-    _save(manager, 1, tiny_pipeline, cfg)
+    manager = checkpoint_manager(tmp_path, 1, tiny_pipeline)
+    save_step(manager, 1, cfg)
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_io.torch, "save", no_space)
     with pytest.raises(DiskFullError):
-        _save(manager, 2, tiny_pipeline, cfg)
-    assert _names(tmp_path) == ["step_000000001"]
+        save_step(manager, 2, cfg)
+    assert step_dirs(tmp_path) == ["step_000000001"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(ckpt_io.TMP_PREFIX)]
 
 

@@ -7,22 +7,9 @@ import torch
 from opensora_vae.config import load_config
 from opensora_vae.training import Trainer
 from opensora_vae.training import checkpoint as ckpt_io
-from opensora_vae.training.checkpoint import CheckpointManager, StateWouldVanishError
-from opensora_vae.training.states import ModelState
-from tests.helpers import Value, TINY_STAGE1, make_media_csv, tiny_train_cfg
-
-
-def _states(pipe, **extra):
-    return {"model": ModelState(pipe, fsdp=False), "counters": Value({"global_step": 0}), **extra}
-
-
-def _save(manager, step, cfg):
-    manager.states["counters"].value = {"global_step": step}
-    return manager.save(step, cfg)
-
-
-def _names(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("step_"))
+from opensora_vae.training.checkpoint import StateWouldVanishError
+from tests.helpers import (Value, TINY_STAGE1, checkpoint_manager, make_media_csv, save_step, step_dirs,
+                           tiny_train_cfg)
 
 
 def test_a_new_component_is_two_entries_and_nothing_else(tmp_path, tiny_pipeline):
@@ -33,15 +20,13 @@ def test_a_new_component_is_two_entries_and_nothing_else(tmp_path, tiny_pipeline
     opt = torch.optim.AdamW(disc.parameters(), lr=1e-3)
     disc(torch.randn(2, 4)).sum().backward()
     opt.step()
-    manager = CheckpointManager(tmp_path, 2, states=_states(tiny_pipeline, discriminator=disc,
-                                                            discriminator_optimizer=opt))
-    path = _save(manager, 1, cfg)
+    manager = checkpoint_manager(tmp_path, 2, tiny_pipeline, discriminator=disc, discriminator_optimizer=opt)
+    path = save_step(manager, 1, cfg)
     assert {"discriminator", "discriminator_optimizer"} <= ckpt_io.held_entries(path)
 
     fresh = torch.nn.Linear(4, 1)
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
-    resumed = CheckpointManager(tmp_path, 2, states=_states(tiny_pipeline, discriminator=fresh,
-                                                            discriminator_optimizer=fresh_opt))
+    resumed = checkpoint_manager(tmp_path, 2, tiny_pipeline, discriminator=fresh, discriminator_optimizer=fresh_opt)
     assert resumed.start("auto") == path
     assert resumed.restore()
     assert all(torch.equal(a, b) for a, b in zip(disc.state_dict().values(), fresh.state_dict().values()))
@@ -53,9 +38,9 @@ def test_a_new_component_is_two_entries_and_nothing_else(tmp_path, tiny_pipeline
 
 def test_state_a_resume_would_not_continue_is_refused_unless_dropped(tmp_path, tiny_pipeline):
     cfg = load_config(TINY_STAGE1)
-    manager = CheckpointManager(tmp_path, 5, states=_states(tiny_pipeline, discriminator=Value({"w": 1})))
-    _save(manager, 1, cfg)
-    without = CheckpointManager(tmp_path, 5, states=_states(tiny_pipeline))
+    manager = checkpoint_manager(tmp_path, 5, tiny_pipeline, discriminator=Value({"w": 1}))
+    save_step(manager, 1, cfg)
+    without = checkpoint_manager(tmp_path, 5, tiny_pipeline)
     without.start("auto")
     with pytest.raises(StateWouldVanishError, match=r"'discriminator'.*drop_state=\[discriminator\]"):
         without.restore()
@@ -65,17 +50,17 @@ def test_state_a_resume_would_not_continue_is_refused_unless_dropped(tmp_path, t
 
 def test_pruning_keeps_the_newest_checkpoint_holding_state_that_newer_ones_lack(tmp_path, tiny_pipeline):
     cfg = load_config(TINY_STAGE1)
-    first = CheckpointManager(tmp_path, 1, states=_states(tiny_pipeline, ema=Value({})))
+    first = checkpoint_manager(tmp_path, 1, tiny_pipeline, ema=Value({}))
     for step in (1, 2):
-        _save(first, step, cfg)
-    assert _names(tmp_path) == ["step_000000002"]
-    second = CheckpointManager(tmp_path, 1, states=_states(tiny_pipeline))
+        save_step(first, step, cfg)
+    assert step_dirs(tmp_path) == ["step_000000002"]
+    second = checkpoint_manager(tmp_path, 1, tiny_pipeline)
     second.start("auto")
     second.restore(drop=["ema"])
     for step in (3, 4, 5):
-        _save(second, step, cfg)
+        save_step(second, step, cfg)
     # step 2 is the last one with ema/: kept, whatever keep_last_ckpts says; the rest rotate.
-    assert _names(tmp_path) == ["step_000000002", "step_000000005"]
+    assert step_dirs(tmp_path) == ["step_000000002", "step_000000005"]
     assert (tmp_path / "step_000000002" / "ema" / "model.safetensors").is_file()
     second.release()
 
@@ -92,7 +77,7 @@ def test_an_ema_is_never_lost_on_resume(tmp_path, media_csv):
                            ema_decay=0.5)).fit()
     with pytest.raises(StateWouldVanishError, match=r"'ema'.*--cfg-options ema_decay=.*drop_state=\[ema\]"):
         Trainer(tiny_train_cfg(1, out, media_csv, max_steps=4, ckpt_every=1, keep_last_ckpts=1, load="auto"))
-    assert _names(out) == ["step_000000002"]
+    assert step_dirs(out) == ["step_000000002"]
     # Continued: the EMA goes on from the saved one.
     kept = Trainer(tiny_train_cfg(1, out, media_csv, max_steps=3, ckpt_every=1, keep_last_ckpts=1,
                                   ema_decay=0.5, load="auto"))
@@ -102,7 +87,7 @@ def test_an_ema_is_never_lost_on_resume(tmp_path, media_csv):
     # Dropped on purpose: training goes on, and pruning keeps the newest checkpoint holding ema/.
     Trainer(tiny_train_cfg(1, out, media_csv, max_steps=5, ckpt_every=1, keep_last_ckpts=1, load="auto",
                            drop_state=["ema"])).fit()
-    assert _names(out) == ["step_000000003", "step_000000005"]
+    assert step_dirs(out) == ["step_000000003", "step_000000005"]
     assert (out / "step_000000003" / "ema").is_dir() and not (out / "step_000000005" / "ema").exists()
 
 
