@@ -33,7 +33,7 @@ from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
 from ..precision import autocast
 from .adversarial import AdversarialPhase
-from .checkpoint import EMA_SUBDIR, MODEL_SUBDIR, CheckpointManager
+from .checkpoint import EMA_SUBDIR, MODEL_SUBDIR, VALIDATION_ENTRY, CheckpointManager
 from .ema import EMA
 from .latent_health import LatentHealth
 from .logging import MAX_SKIP_EXAMPLES, RunningMeans, SkipLog, TrainLogger, check_wandb_available, preview_image
@@ -171,7 +171,7 @@ class Trainer:
                 register(name, state)
         register("latent_health", self.latent_health)
         if self.validator is not None:
-            register("validation", self.validator)
+            register(VALIDATION_ENTRY, self.validator)
 
     @property
     def global_step(self) -> int:
