@@ -57,7 +57,7 @@ from mmengine.config import Config
 from ..distributed import barrier, rank0_decides
 from ..errors import OutputExistsError, UserError
 from ..models.checkpoint_io import (CONFIG_DUMP, CONFIG_NAME, EMA_SUBDIR, LINEAGE_NAME, LOCK_NAME, MODEL_SUBDIR,
-                                    STATE_NAME, STEP_DIR, TMP_PREFIX, TOP_LEVEL_ENTRIES, WEIGHT_DIRS, WEIGHTS_NAME,
+                                    STATE_NAME, TMP_PREFIX, TOP_LEVEL_ENTRIES, WEIGHT_DIRS, WEIGHTS_NAME,
                                     CheckpointError, load_state_dict_file, step_dir_name, step_of,
                                     write_pipeline_dir)
 from .adversarial import ADVERSARIAL_ENTRIES
