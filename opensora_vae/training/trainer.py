@@ -268,7 +268,8 @@ class Trainer:
         names = sorted(terms)
         local = torch.stack([terms[n].detach().float() for n in names])
         finite = bool(torch.isfinite(local).all())
-        # One collective per step: [non-finite flag, skipped samples, read attempts, *terms].
+        # One all-reduce for the loss terms and the skip decision: [non-finite flag, skipped samples,
+        # read attempts, *terms] (latent health and the discriminator step reduce their own metrics).
         # Every rank then takes the same skip decision, so none waits in backward for the others.
         packed = torch.cat([torch.tensor([0.0 if finite else 1.0, skipped_samples,
                                           video.shape[0] + skipped_samples], device=local.device),
