@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.transforms import _size2
+
 LEAKY_SLOPE = 0.2
 # The reference's ResBlockDown is built without its num_groups: the blocks always use 32 groups,
 # only the final norm uses the constructor's num_groups. Kept, so the outputs stay the reference's.
@@ -71,10 +73,6 @@ class ResBlockDown(nn.Module):
         return (residual + x) / math.sqrt(2)
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
-
-
 class StyleGANDiscriminator3D(nn.Module):
     """`(B, in_channels, num_frames, H, W)` clips → `(B, 1)` logits (real > fake)."""
 
@@ -82,7 +80,7 @@ class StyleGANDiscriminator3D(nn.Module):
                  filters: int = 128, channel_multipliers: Sequence[int] = (2, 4, 4, 4, 4),
                  num_groups: int = 32):
         super().__init__()
-        self.image_size = _pair(image_size)
+        self.image_size = _size2(image_size)
         self.num_frames = int(num_frames)
         self.in_channels = in_channels
         self.num_blocks = len(channel_multipliers)

@@ -38,7 +38,14 @@ class DiagonalGaussian:
     def mode(self) -> torch.Tensor:
         return self.mean
 
+    def kl_elements(self) -> torch.Tensor:
+        """KL to the standard normal per element, unsummed: the shape of `mean`."""
+        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar)
+
     def kl(self) -> torch.Tensor:
-        """KL to the standard normal, summed over all non-batch axes: shape (B,)."""
+        """KL to the standard normal, summed over all non-batch axes: shape (B,).
+
+        Halving before the sum gives the same bits as halving after: scaling by 0.5 is exact.
+        """
         dims = list(range(1, self.mean.ndim))
-        return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=dims)
+        return torch.sum(self.kl_elements(), dim=dims)

@@ -44,6 +44,9 @@ LECAM_EMA_DECAY = 0.999  # the reference's LeCamEMA decay
 # Seed offset of the discriminator's initial weights (drawn from a generator of their own, so
 # turning the phase on does not shift the global RNG stream of the rest of the run).
 DISCRIMINATOR_SEED_OFFSET = 7919
+# The checkpoint entries of `states()`, in load order: the scheduler after the optimizer, which sets
+# the resumed lr. training/checkpoint.py names the config key that keeps them.
+ADVERSARIAL_ENTRIES = ("discriminator", "discriminator_optimizer", "discriminator_lr_scheduler", "lecam_ema")
 
 
 @dataclass(frozen=True)
@@ -134,14 +137,12 @@ class AdversarialPhase:
                         max(self.settings.discriminator_start, 0) + 1)
 
     def states(self) -> dict[str, Any]:
-        """The checkpoint entries, by name."""
+        """The checkpoint entries, by name (`ADVERSARIAL_ENTRIES`, in that order)."""
         # Never sharded (replicated under both parallel modes): the plain module's full state;
         # the weights keep the reference's state_dict keys and load strictly.
-        return {"discriminator": ModelState(self.discriminator, fsdp=False),
-                "discriminator_optimizer": OptimizerState(self.discriminator, self.optimizer, False, self._hyper),
-                # After the optimizer: it sets the resumed lr.
-                "discriminator_lr_scheduler": self.lr_scheduler,
-                "lecam_ema": self.lecam}
+        return dict(zip(ADVERSARIAL_ENTRIES, (ModelState(self.discriminator, fsdp=False),
+                                              OptimizerState(self.discriminator, self.optimizer, False, self._hyper),
+                                              self.lr_scheduler, self.lecam), strict=True))
 
     def _last_layer_weight(self) -> torch.Tensor:
         weight = self.last_layer.weight
@@ -227,6 +228,8 @@ class AdversarialPhase:
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
         self.lr_scheduler.step()  # skipped updates included: the rate is a function of the step
+        # Set by this step's add_generator_term, which the trainer calls first at every active step
+        # (zeros only for a caller that steps D alone).
         pending = self._pending
         names = ["d_loss", "logits_real", "logits_fake", "lecam", "gradient_penalty", "g_loss", "d_weight"]
         values = torch.stack([d_loss.detach(), real_mean.detach(), fake_mean.detach(), lecam.detach(), gp.detach(),
@@ -239,7 +242,5 @@ class AdversarialPhase:
             self.lecam.update(metrics["gan/logits_real"], metrics["gan/logits_fake"])
         if not s.gradient_penalty_loss_weight:
             del metrics["gan/gradient_penalty"]
-        if not pending:  # the generator step had no adversarial term (e.g. it was skipped)
-            del metrics["gan/g_loss"], metrics["gan/d_weight"]
         metrics.update({"gan/d_grad_norm": norm, "gan/d_update_skipped": float(not updated), "gan/d_lr": lr})
         return metrics

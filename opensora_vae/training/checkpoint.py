@@ -57,22 +57,25 @@ from mmengine.config import Config
 from ..distributed import barrier, rank0_decides
 from ..errors import OutputExistsError, UserError
 from ..models.checkpoint_io import (CONFIG_DUMP, CONFIG_NAME, EMA_SUBDIR, LINEAGE_NAME, LOCK_NAME, MODEL_SUBDIR,
-                                    STATE_NAME, STEP_DIR, TMP_PREFIX, TOP_LEVEL_ENTRIES, WEIGHT_DIRS, WEIGHTS_NAME,
+                                    STATE_NAME, TMP_PREFIX, TOP_LEVEL_ENTRIES, WEIGHT_DIRS, WEIGHTS_NAME,
                                     CheckpointError, load_state_dict_file, step_dir_name, step_of,
                                     write_pipeline_dir)
+from .adversarial import ADVERSARIAL_ENTRIES
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # Headroom over the bytes of the tensors: safetensors/torch.save headers, the config, the filesystem.
 SPACE_MARGIN = 1.05
+# The validator's entry (its best score and last validated step), registered by the trainer.
+VALIDATION_ENTRY = "validation"
 # Entries of checkpoints written before lineage.json listed them (plus the WEIGHT_DIRS present).
 LEGACY_ENTRIES = (MODEL_SUBDIR, "optimizer", "sampler", "rng", "counters", "replicas")
 # The config key that turns an optional entry on: named when a resume would drop its state.
-ENTRY_CONFIG_KEYS = {EMA_SUBDIR: "ema_decay=<its decay, e.g. 0.9999>", "validation": "val_data_path=<the validation table>"}
-# The adversarial phase's entries (training/adversarial.py): its config file's `discriminator` dict.
-ENTRY_CONFIG_KEYS.update(dict.fromkeys(("discriminator", "discriminator_optimizer", "discriminator_lr_scheduler",
-                                        "lecam_ema"),
+ENTRY_CONFIG_KEYS = {EMA_SUBDIR: "ema_decay=<its decay, e.g. 0.9999>",
+                     VALIDATION_ENTRY: "val_data_path=<the validation table>"}
+# The adversarial phase's entries: its config file's `discriminator` dict.
+ENTRY_CONFIG_KEYS.update(dict.fromkeys(ADVERSARIAL_ENTRIES,
                                        "discriminator=<the run's dict, e.g. configs/vae/train/stage3_gan.py's>"))
 
 

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from ..distributed import all_reduce_sum
+from ..models.distributions import DiagonalGaussian
 
 logger = logging.getLogger("opensora_vae.training")
 
@@ -60,10 +61,11 @@ class LatentHealth:
         """Metrics of one training forward (`PipelineOutput`) of `pipe` (for shift/scale)."""
         z = pipe.normalize(out.z.detach().float())
         channels = z.shape[1]
-        mean, logvar = out.posterior.mean.detach().double(), out.posterior.logvar.detach().double()
+        # In double: the per-channel sums run over every position, where float32 would drift.
+        posterior = DiagonalGaussian(out.posterior.moments.detach().double())
         per_channel = lambda t: t.transpose(0, 1).flatten(1).double()  # noqa: E731  (C, B*T*h*w)
-        zc, mc = per_channel(z), per_channel(mean)
-        kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
+        zc, mc = per_channel(z), per_channel(posterior.mean)
+        kl = posterior.kl_elements()
         parts = [torch.tensor([float(z.shape[0]), float(zc.shape[1])], dtype=torch.float64, device=z.device),
                  zc.sum(1), zc.square().sum(1), mc.sum(1), mc.square().sum(1), per_channel(kl).sum(1)]
         if self.track_spatial:

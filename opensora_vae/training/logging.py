@@ -73,7 +73,7 @@ class RunningMeans:
     """The last `window` values of each loss term, for the log's running means. A checkpoint
     entry: a resumed run's means continue where the saved run's were (bounded: `window` each)."""
 
-    def __init__(self, window: int = 50):
+    def __init__(self, window: int):
         self.window = window
         self.recent: dict[str, collections.deque] = {}
 

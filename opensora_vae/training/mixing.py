@@ -21,5 +21,6 @@ def mixed_num_frames(strategy: str | None, image_ratio: float, num_frames: int, 
     rng = random.Random(f"opensora_vae.mixed:{seed}:{step}")
     if strategy == "mixed_video_image":
         return 1 if rng.random() < image_ratio else num_frames
-    assert strategy == "mixed_video_random", f"{strategy!r}: load_config allows only {MIXED_STRATEGIES}"
-    return rng.randint(1, num_frames)
+    if strategy == "mixed_video_random":
+        return rng.randint(1, num_frames)
+    raise ValueError(f"unknown mixed_strategy {strategy!r}, expected one of {MIXED_STRATEGIES}")

@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 PREFLIGHT_FILE = "preflight.json"
 TABLE_CHECK_SECONDS = 30.0  # the frame-count check stops after this long (slow or remote storage)
 MAX_EXAMPLES = 3  # too-short files named in preflight.json (and the first in the refusal)
-FRAMES_PER_CLIP = 3  # first, middle and last frame of each clip reconstructed
 
 
 class ClipsTooShortError(UserError):

@@ -33,7 +33,7 @@ from ..models.pipeline import VideoVAEPipeline
 from ..models.temporal import ResBlock
 from ..precision import autocast
 from .adversarial import AdversarialPhase
-from .checkpoint import EMA_SUBDIR, MODEL_SUBDIR, CheckpointManager
+from .checkpoint import EMA_SUBDIR, MODEL_SUBDIR, VALIDATION_ENTRY, CheckpointManager
 from .ema import EMA
 from .latent_health import LatentHealth
 from .logging import MAX_SKIP_EXAMPLES, RunningMeans, SkipLog, TrainLogger, check_wandb_available, preview_image
@@ -171,7 +171,7 @@ class Trainer:
                 register(name, state)
         register("latent_health", self.latent_health)
         if self.validator is not None:
-            register("validation", self.validator)
+            register(VALIDATION_ENTRY, self.validator)
 
     @property
     def global_step(self) -> int:
@@ -268,7 +268,8 @@ class Trainer:
         names = sorted(terms)
         local = torch.stack([terms[n].detach().float() for n in names])
         finite = bool(torch.isfinite(local).all())
-        # One collective per step: [non-finite flag, skipped samples, read attempts, *terms].
+        # One all-reduce for the loss terms and the skip decision: [non-finite flag, skipped samples,
+        # read attempts, *terms] (latent health and the discriminator step reduce their own metrics).
         # Every rank then takes the same skip decision, so none waits in backward for the others.
         packed = torch.cat([torch.tensor([0.0 if finite else 1.0, skipped_samples,
                                           video.shape[0] + skipped_samples], device=local.device),
