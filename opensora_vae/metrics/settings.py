@@ -140,6 +140,15 @@ class EvalSettings:
         defaults = PROTOCOL_CARDS[protocol].defaults if protocol in PROTOCOL_CARDS else {}
         return cls(**{**defaults, **given})
 
+    @classmethod
+    def from_config(cls, cfg: Any, **fields: Any) -> "EvalSettings":
+        """Settings of the clips a run config reads (inference, in-loop validation): its window
+        (`dataset.num_frames` at `dataset.frame_interval` from frame 0) and the model's chunk
+        (`model.micro_frame_size`; None encodes the whole clip at once, so the clip is one chunk);
+        ``fields``: the other settings."""
+        return cls(num_frames=cfg.dataset.num_frames, sample_rate=cfg.dataset.frame_interval,
+                   chunk_frames=cfg.model.micro_frame_size or cfg.dataset.num_frames, **fields)
+
     def describe(self) -> dict:
         """The JSON's ``protocol``: the card (every choice; ``name`` is the protocol's name) and
         the values of this run."""

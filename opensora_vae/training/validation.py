@@ -88,11 +88,9 @@ def val_eval_settings(cfg: Any, device: torch.device) -> EvalSettings:
     selected frames)."""
     size = cfg.dataset.image_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
-    return EvalSettings(metrics=tuple(cfg.val_metrics), num_frames=cfg.dataset.num_frames,
-                        sample_rate=cfg.dataset.frame_interval, resolution=min(height, width),
-                        crop_size=height if height == width else None, device=device, batch_size=1,
-                        skip_bad=True, bootstrap=0,
-                        chunk_frames=cfg.model.micro_frame_size or cfg.dataset.num_frames)
+    return EvalSettings.from_config(cfg, metrics=tuple(cfg.val_metrics), resolution=min(height, width),
+                                    crop_size=height if height == width else None, device=device,
+                                    batch_size=1, skip_bad=True, bootstrap=0)
 
 
 class Validator:
