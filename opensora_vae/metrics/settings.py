@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .protocol import PROTOCOL_CARDS, EvalError, ProtocolCard
+from .ssim import WINDOW_SIZE as SSIM_WINDOW  # a frame smaller than SSIM's window has no valid region
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 EVAL_METRICS = ("ssim", "psnr", "lpips", "flolpips", "fvd")
 # The reference's metrics, the default: FVD needs the I3D weights, 16+ frames and many videos.
 DEFAULT_EVAL_METRICS = ("ssim", "psnr", "lpips", "flolpips")
-# Side of SSIM's Gaussian window (ssim.WINDOW_SIZE): a frame smaller than it has no valid region.
-SSIM_WINDOW = 11
 # Crops feed the spatial VAE's 8x downsampling when a validation reuses these settings.
 CROP_MULTIPLE = 8
 
