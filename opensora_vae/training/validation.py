@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..data.clips import READ_ERRORS, ClipReader, ProtocolWindow, skip_reason
+from ..data.clips import ClipReader, ProtocolWindow
 from ..data.table import load_table
 from ..data.transforms import VideoTransform
 from ..distributed import DistEnv, all_gather_objects
@@ -198,10 +198,9 @@ class Validator:
         start = time.perf_counter()
         results, skipped, previews = [], [], []
         for row in self.rows:
-            try:
-                clip = self.reader.read(self.paths[row])  # a ReadTimeoutError is not a skip: it stops the run
-            except READ_ERRORS as exc:
-                skipped.append({"index": row, "path": self.paths[row], "reason": skip_reason(exc)})
+            clip, reason = self.reader.try_read(self.paths[row])  # a ReadTimeoutError is not a skip: it stops the run
+            if clip is None:
+                skipped.append({"index": row, "path": self.paths[row], "reason": reason})
                 continue
             result, preview = self._score(pipe, row, clip)
             results.append(result)
