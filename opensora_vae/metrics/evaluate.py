@@ -458,8 +458,10 @@ def evaluate_dirs(real_dir: str | os.PathLike, gen_dir: str | os.PathLike, setti
         raise EvalError(failures[0])
     results = gather_results(local)
     skipped = sorted((s for part in distributed.all_gather_objects(skipped) for s in part), key=lambda s: s[0])
+    # The summary (bootstrap intervals, FVD) once, on rank 0; every rank returns the same dict.
     result = {**_compared_dirs(real_dir, gen_dir),
-              **summarize_results(results, settings, skipped=[s[1] for s in skipped])}
+              **distributed.rank0_decides(lambda: summarize_results(results, settings,
+                                                                    skipped=[s[1] for s in skipped]))}
     if rank == 0:  # each skip and warning reported once, whatever the number of ranks
         for entry in result["skipped"]:
             logger.warning("skipped %s: %s", entry["name"], entry["reason"])
