@@ -65,10 +65,7 @@ def eval_settings(cfg: Any) -> Any:
     frames 0, s, 2s, ... as the dataset read them, at their size)."""
     from ..metrics.settings import EvalSettings
 
-    chunk = cfg.model.get("micro_frame_size") if hasattr(cfg, "model") else None
-    return EvalSettings(metrics=FRAME_METRICS, num_frames=cfg.dataset.num_frames,
-                        sample_rate=cfg.dataset.frame_interval, resolution=None, crop_size=None, device="cpu",
-                        **({"chunk_frames": chunk} if chunk else {}))
+    return EvalSettings.from_config(cfg, metrics=FRAME_METRICS, resolution=None, crop_size=None, device="cpu")
 
 
 def _eval_block(records: list[dict], kind: str, skipped: list[dict], settings: Any,

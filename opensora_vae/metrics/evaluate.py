@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
 from ..errors import OutputExistsError, UserError, check_folder_location
 from .protocol import EvalError, MediaPair, frame_indices, pair_files, preprocess
-from .settings import DEFAULT_EVAL_METRICS, EVAL_METRICS, EvalSettings, resolve_device  # noqa: F401 (re-exported)
+from .settings import EVAL_METRICS, EvalSettings
 
 if TYPE_CHECKING:  # the metric modules are imported when a metric is asked for (lpips costs seconds)
     from .flolpips import FloLPIPS
@@ -458,8 +458,10 @@ def evaluate_dirs(real_dir: str | os.PathLike, gen_dir: str | os.PathLike, setti
         raise EvalError(failures[0])
     results = gather_results(local)
     skipped = sorted((s for part in distributed.all_gather_objects(skipped) for s in part), key=lambda s: s[0])
+    # The summary (bootstrap intervals, FVD) once, on rank 0; every rank returns the same dict.
     result = {**_compared_dirs(real_dir, gen_dir),
-              **summarize_results(results, settings, skipped=[s[1] for s in skipped], fvd_excluded=fvd_excluded)}
+              **distributed.rank0_decides(lambda: summarize_results(results, settings,
+                                                                    skipped=[s[1] for s in skipped]))}
     if rank == 0:  # each skip and warning reported once, whatever the number of ranks
         for entry in result["skipped"]:
             logger.warning("skipped %s: %s", entry["name"], entry["reason"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .protocol import PROTOCOL_CARDS, EvalError, ProtocolCard
+from .ssim import WINDOW_SIZE as SSIM_WINDOW  # a frame smaller than SSIM's window has no valid region
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 EVAL_METRICS = ("ssim", "psnr", "lpips", "flolpips", "fvd")
 # The reference's metrics, the default: FVD needs the I3D weights, 16+ frames and many videos.
 DEFAULT_EVAL_METRICS = ("ssim", "psnr", "lpips", "flolpips")
-# Side of SSIM's Gaussian window (ssim.WINDOW_SIZE): a frame smaller than it has no valid region.
-SSIM_WINDOW = 11
 # Crops feed the spatial VAE's 8x downsampling when a validation reuses these settings.
 CROP_MULTIPLE = 8
 
@@ -139,6 +138,15 @@ class EvalSettings:
         protocol = given.get("protocol", cls.protocol)
         defaults = PROTOCOL_CARDS[protocol].defaults if protocol in PROTOCOL_CARDS else {}
         return cls(**{**defaults, **given})
+
+    @classmethod
+    def from_config(cls, cfg: Any, **fields: Any) -> "EvalSettings":
+        """Settings of the clips a run config reads (inference, in-loop validation): its window
+        (`dataset.num_frames` at `dataset.frame_interval` from frame 0) and the model's chunk
+        (`model.micro_frame_size`; None encodes the whole clip at once, so the clip is one chunk);
+        ``fields``: the other settings."""
+        return cls(num_frames=cfg.dataset.num_frames, sample_rate=cfg.dataset.frame_interval,
+                   chunk_frames=cfg.model.micro_frame_size or cfg.dataset.num_frames, **fields)
 
     def describe(self) -> dict:
         """The JSON's ``protocol``: the card (every choice; ``name`` is the protocol's name) and

@@ -179,11 +179,10 @@ def video_record(r: "ClipResult") -> dict:
             "frame_indices": r.frame_indices, "frames": r.values}
 
 
-def summarize_results(results: Sequence["ClipResult"], settings: EvalSettings, skipped: Sequence[dict] = (),
-                      fvd_excluded: dict[str, str] | None = None) -> dict:
+def summarize_results(results: Sequence["ClipResult"], settings: EvalSettings, skipped: Sequence[dict] = ()) -> dict:
     """The eval's result (everything of the JSON but the two folders) from every pair's result
-    in pair order. ``skipped``: ``{"name", "reason"}`` of unreadable pairs; ``fvd_excluded``:
-    name → reason of pairs planned out of FVD (`evaluate.plan_fvd`)."""
+    in pair order. ``skipped``: ``{"name", "reason"}`` of unreadable pairs. A pair left out of FVD
+    carries its reason (`ClipResult.fvd_excluded`)."""
     from .protocol import EvalError
 
     results = sorted(results, key=lambda r: r.index)
@@ -207,7 +206,7 @@ def summarize_results(results: Sequence["ClipResult"], settings: EvalSettings, s
             out[metric] = metric_mean(results, metric, settings)
             out[f"{metric}_ci95"] = bootstrap_ci(results, metric, settings)
     if "fvd" in settings.metrics:
-        out.update(_fvd_summary(results, settings, fvd_excluded or {}, notes))
+        out.update(_fvd_summary(results, settings, notes))
     out.update(
         per_video={r.name: video_record(r) for r in results},
         num_videos=len(results),
@@ -222,8 +221,7 @@ def summarize_results(results: Sequence["ClipResult"], settings: EvalSettings, s
     return out
 
 
-def _fvd_summary(results: Sequence["ClipResult"], settings: EvalSettings, planned: dict[str, str],
-                 notes: list[str]) -> dict:
+def _fvd_summary(results: Sequence["ClipResult"], settings: EvalSettings, notes: list[str]) -> dict:
     from .fvd import FewVideosWarning, fvd_warnings
 
     included = [r for r in results if r.features is not None]

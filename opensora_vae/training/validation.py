@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..data.clips import READ_ERRORS, ClipReader, ProtocolWindow, skip_reason
+from ..data.clips import ClipReader, ProtocolWindow
 from ..data.table import load_table
 from ..data.transforms import VideoTransform
 from ..distributed import DistEnv, all_gather_objects
@@ -88,11 +88,9 @@ def val_eval_settings(cfg: Any, device: torch.device) -> EvalSettings:
     selected frames)."""
     size = cfg.dataset.image_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
-    return EvalSettings(metrics=tuple(cfg.val_metrics), num_frames=cfg.dataset.num_frames,
-                        sample_rate=cfg.dataset.frame_interval, resolution=min(height, width),
-                        crop_size=height if height == width else None, device=device, batch_size=1,
-                        skip_bad=True, bootstrap=0,
-                        chunk_frames=cfg.model.micro_frame_size or cfg.dataset.num_frames)
+    return EvalSettings.from_config(cfg, metrics=tuple(cfg.val_metrics), resolution=min(height, width),
+                                    crop_size=height if height == width else None, device=device,
+                                    batch_size=1, skip_bad=True, bootstrap=0)
 
 
 class Validator:
@@ -200,10 +198,9 @@ class Validator:
         start = time.perf_counter()
         results, skipped, previews = [], [], []
         for row in self.rows:
-            try:
-                clip = self.reader.read(self.paths[row])  # a ReadTimeoutError is not a skip: it stops the run
-            except READ_ERRORS as exc:
-                skipped.append({"index": row, "path": self.paths[row], "reason": skip_reason(exc)})
+            clip, reason = self.reader.try_read(self.paths[row])  # a ReadTimeoutError is not a skip: it stops the run
+            if clip is None:
+                skipped.append({"index": row, "path": self.paths[row], "reason": reason})
                 continue
             result, preview = self._score(pipe, row, clip)
             results.append(result)

@@ -353,3 +353,15 @@ def test_output_names_are_row_indices_or_source_stems_with_the_mapping_in_the_js
     assert not list(tmp_path.glob("t_*"))
     with pytest.raises(ConfigError, match="output_names"):
         tiny_config(ckpt, csv, tmp_path / "u", output_names="basename")
+
+
+def test_whole_clip_model_reports_the_clip_as_one_chunk(workspace, tmp_path):
+    """`model.micro_frame_size=None` encodes the whole clip at once: the report's chunk (the
+    per-position seams) is `dataset.num_frames`, not the eval's default of 17."""
+    one = tmp_path / "one.csv"
+    one.write_text(f"path\n{CLIP_17}\n")
+    run_inference(tiny_config(workspace / "run" / "step_000000010", one, tmp_path / "w",
+                              **{"model.micro_frame_size": None, "dataset.num_frames": 9}), verbose=False)
+    saved = json.loads((tmp_path / "w_metrics.json").read_text())
+    for block in (saved, saved["spatial"]):
+        assert block["protocol"]["chunk_frames"] == 9

@@ -9,7 +9,7 @@ import torch
 from opensora_vae.data.video_io import MediaReadError, read_video_frames, write_image, write_video
 from opensora_vae.lpips import build_lpips
 from opensora_vae.metrics import EvalSettings, FloLPIPS, LPIPSMetric, MetricSuite, build_pwcnet, evaluate_dirs, psnr, ssim
-from opensora_vae.metrics.evaluate import resolve_device
+from opensora_vae.metrics.settings import resolve_device
 from opensora_vae.metrics.protocol import preprocess
 from tests.helpers import CLIP_17
 
