@@ -99,3 +99,20 @@ def test_tiling_and_slicing(tiny_pipeline, clip):
     assert [model.frames_for(n) for n in (1, 5, 6, 7)] == [4, 17, 21, 25]  # images: pass num_frames=1
     with pytest.raises(ValueError, match="one value"):
         AutoencoderKLOpenSora(latents_mean=[0.0, 0.0, 0.0, 0.0], vae_2d={"config": tiny_pipeline.export_config()["vae_2d"]["config"]})
+
+
+def test_decode_without_frame_count_follows_the_temporal_downsample():
+    """A temporal VAE with 8x time compression (three downsamples) over whole clips: `frames_for`
+    must use its factor, not the released 4x."""
+    from opensora_vae.config import load_config
+    from tests.helpers import TINY_STAGE1, build_tiny_pipeline
+
+    temporal = {**load_config(TINY_STAGE1).model.temporal.to_dict(), "temporal_downsample": (True, True, True)}
+    pipe = build_tiny_pipeline(micro_frame_size=None, temporal=temporal).eval()
+    assert pipe.temporal_vae.time_downsample_factor == 8
+    model = AutoencoderKLOpenSora.from_pipeline(pipe).eval()
+    x = torch.rand(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(x).latent_dist.mode()
+        assert z.shape[2] == 2 and model.frames_for(2) == 16
+        assert torch.equal(model.decode(z).sample, model.decode(z, num_frames=16).sample)
