@@ -301,6 +301,7 @@ REQUIRED = {
                   "ckpt_path": "no checkpoint: pass --ckpt-path (a save_pretrained dir, a training step dir, "
                                "or a hub id such as the released one of configs/vae/inference/video.py)"},
 }
+REQUIRED["encode"] = REQUIRED["inference"]  # the export reads the same data and checkpoint keys
 
 
 def check_required(cfg: Config | dict, kind: str) -> None:

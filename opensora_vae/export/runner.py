@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from ..config import check_required
 from ..data import build_dataloader
 from ..distributed import DistEnv, all_gather_objects, barrier, process_group, rank0_decides
 from ..errors import check_folder_location
@@ -61,8 +62,7 @@ def _prepare_folder(folder: Path, stamp: dict, ckpt_path: str, data_path: str) -
 
 def run_export(cfg: Any, verbose: bool = True) -> dict:
     """Runs (or resumes) the export; returns the final manifest (rank 0 also writes it)."""
-    if cfg.dataset.data_path is None:
-        raise ExportError("no data: pass --data-path CSV")
+    check_required(cfg, "encode")  # every other setting was checked by load_config
     with process_group() as info:
         return _run(cfg, info, verbose)
 

@@ -43,6 +43,15 @@ def test_inference_only_keys_are_refused(key, tmp_path):
         load_config(own, kind="encode")
 
 
+def test_required_keys_are_named_together_before_any_work():
+    from opensora_vae.export import run_export
+
+    cfg = load_config(REPO / "configs/vae/encode/tiny.py", kind="encode")
+    with pytest.raises(ConfigError) as err:
+        run_export(cfg)
+    assert "no data: pass --data-path" in str(err.value) and "no checkpoint: pass --ckpt-path" in str(err.value)
+
+
 def test_short_videos_are_skipped_and_all_bad_rows_is_an_error(export_inputs, tmp_path, capsys):
     import pandas as pd
 
