@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 from ..data.table import PathTable
 from ..errors import UserError
 from ..models.distributions import LOGVAR_MAX, LOGVAR_MIN
-from .manifest import read_manifest, sha256_file
+from ..weights import sha256_of
+from .manifest import read_manifest
 from .storage import INDEX_NAME, SHARD_DIR, SHARD_META_KEY, STATUS_OK, row_key
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -42,7 +43,7 @@ def weights_sha256(vae: str | os.PathLike) -> str:
         return vae
     from ..models.checkpoint_io import resolve_checkpoint_files
 
-    return sha256_file(resolve_checkpoint_files(vae)[1])
+    return sha256_of(resolve_checkpoint_files(vae)[1])
 
 
 class LatentDataset(Dataset):

@@ -25,13 +25,14 @@ from ..data import build_dataloader
 from ..distributed import DistEnv, all_gather_objects, barrier, process_group, rank0_decides
 from ..errors import check_folder_location
 from ..inference.dataset import collate_items, group_by_shape
+from ..inference.latent_stats import LatentStats, shift_scale_text
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import read_pipeline_config, resolve_checkpoint_files
 from ..precision import autocast
+from ..weights import sha256_of
 from .clips import ExportClips
 from .encode import decode_psnr, encode_moments
-from .manifest import make_stamp, read_manifest, sha256_file, stamp_mismatches
-from ..inference.latent_stats import LatentStats, shift_scale_text
+from .manifest import make_stamp, read_manifest, stamp_mismatches
 from .storage import (INDEX_NAME, LATENT_DTYPES, MANIFEST_NAME, SHARD_DIR, STATUS_OK, ExportError,
                       read_shard_meta, remove_stale_temporaries, row_key, shard_name, write_index,
                       write_json, write_shard)
@@ -76,7 +77,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
                         frame_interval=ds_cfg.frame_interval, image_size=tuple(ds_cfg.image_size),
                         transform_name=ds_cfg.transform_name, read_timeout_s=ds_cfg.read_timeout_s)
     num_rows = len(clips) if cfg.num_samples is None else min(cfg.num_samples, len(clips))
-    hashes = rank0_decides(lambda: (sha256_file(weights_path), sha256_file(ds_cfg.data_path)))
+    hashes = rank0_decides(lambda: (sha256_of(weights_path), sha256_of(ds_cfg.data_path)))
     pipe = VideoVAEPipeline.from_pretrained(config_path.parent, micro_frame_size=cfg.model.micro_frame_size,
                                             micro_batch_size=cfg.model.spatial.micro_batch_size)
     pipe = pipe.to(info.device).eval()

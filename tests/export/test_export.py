@@ -73,9 +73,9 @@ def test_latents_equal_the_pipeline_and_stats_are_exact(exported, export_inputs)
     assert manifest["stats"]["std"] == pytest.approx(every.std(1, unbiased=False).tolist(), abs=1e-12)
     assert len(manifest["stats"]["mean"]) == len(manifest["stats"]["std"]) == 4
     assert manifest["vae"]["shift"] == pipe.shift.flatten().tolist()
-    from opensora_vae.export.manifest import sha256_file
+    from opensora_vae.weights import sha256_of
 
-    assert manifest["vae"]["weights_sha256"] == sha256_file(export_inputs["ckpt"] / "model.safetensors")
+    assert manifest["vae"]["weights_sha256"] == sha256_of(export_inputs["ckpt"] / "model.safetensors")
     assert manifest["window"] == {"whole_video": False, "num_frames": 17, "frame_interval": 1,
                                   "image_size": [32, 32], "transform_name": "center"}
     assert manifest["package_version"] == "0.1.0"
