@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import check_required
 from ..data import build_dataloader
-from ..distributed import DistEnv, all_gather_objects, barrier, process_group, rank0_decides
+from ..distributed import DistEnv, barrier, process_group, rank0_decides
 from ..errors import check_folder_location
 from ..inference.dataset import collate_items, group_by_shape
 from ..inference.latent_stats import LatentStats, shift_scale_text
@@ -114,25 +114,24 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
             progress.update(1)
     barrier()
 
-    # Statistics: each rank merges its shards' moments, then rank 0 merges the ranks' (Chan).
-    mine = [read_shard_meta(shard_dir / shard_name(k)) for k in range(info.rank, num_shards, info.world_size)]
     channels = pipe.shift.numel()
-    local = LatentStats.merged([LatentStats.from_dict(m["moments"]) for m in mine], channels)
-    gathered = all_gather_objects(local.to_dict())
-    manifest = rank0_decides(lambda: _finish(folder, stamp, num_shards, gathered, channels, cfg, start, verbose))
+    manifest = rank0_decides(lambda: _finish(folder, stamp, num_shards, channels, cfg, start, verbose))
     barrier()
     return manifest
 
 
-def _finish(folder: Path, stamp: dict, num_shards: int, gathered: list[dict], channels: int, cfg: Any,
-            start: float, verbose: bool) -> dict:
-    rows = [r for k in range(num_shards) for r in read_shard_meta(folder / SHARD_DIR / shard_name(k))["rows"]]
+def _finish(folder: Path, stamp: dict, num_shards: int, channels: int, cfg: Any, start: float,
+            verbose: bool) -> dict:
+    # Every shard's header once: its index rows, and its latent moments merged in shard order
+    # (Chan), so the statistics are the same whatever the number of ranks that wrote the shards.
+    metas = [read_shard_meta(folder / SHARD_DIR / shard_name(k)) for k in range(num_shards)]
+    rows = [r for meta in metas for r in meta["rows"]]
     skipped = Counter(r["status"] for r in rows if r["status"] != STATUS_OK)
     num_ok = len(rows) - sum(skipped.values())
     if num_ok == 0:
         example = next(f"{r['path']}: {r['status']}" for r in rows) if rows else "no rows"
         raise ExportError(f"none of the {len(rows)} rows of {cfg.dataset.data_path} could be encoded, e.g. {example}")
-    moments = LatentStats.merged([LatentStats.from_dict(g) for g in gathered], channels)
+    moments = LatentStats.merged([LatentStats.from_dict(meta["moments"]) for meta in metas], channels)
     mean, std = moments.mean.tolist(), moments.std.tolist()
     write_index(folder / INDEX_NAME, rows)
     psnrs = [r["psnr"] for r in rows if r["psnr"] is not None]
