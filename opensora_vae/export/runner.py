@@ -207,7 +207,7 @@ class _ShardWriter:
         self.waiting = []
 
     def _encode(self, group: list[dict]) -> dict[int, tuple[torch.Tensor, torch.Tensor, float | None]]:
-        x = torch.stack([it["video"] for it in group]).to(self.device)
+        x = torch.stack([it["video"] for it in group])  # on the CPU: encode_moments moves one chunk at a time
         with autocast(self.device, self.cfg.dtype):
             mean, logvar = encode_moments(self.pipe, x)
         mean, logvar = mean.to(self.dtype).cpu(), logvar.to(self.dtype).cpu()
@@ -217,6 +217,6 @@ class _ShardWriter:
             value = None
             if qa_every and item["index"] % qa_every == 0:
                 with autocast(self.device, self.cfg.dtype):  # the stored values, as a reader gets them
-                    value = decode_psnr(self.pipe, mean[i:i + 1].to(self.device, torch.float32), x[i:i + 1])
+                    value = decode_psnr(self.pipe, mean[i:i + 1].float(), x[i:i + 1])
             out[item["index"]] = (mean[i].clone(), logvar[i].clone(), value)
         return out
