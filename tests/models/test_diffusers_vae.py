@@ -88,11 +88,21 @@ def test_tiling_and_slicing(tiny_pipeline, clip):
         model.enable_slicing()
         sliced = model.encode(clip).latent_dist.mode()
         assert torch.allclose(sliced, full, atol=1e-5)
-        assert model.decode(sliced).sample.shape == (2, 3, model.frames_for(sliced.shape[2]), 32, 32)
+        frames = model.frames_for(sliced.shape[2])
+        one_by_one = model.decode(sliced).sample
+        assert one_by_one.shape == (2, 3, frames, 32, 32)
         model.disable_slicing()
+        # the batch at once: other float sums in batched kernels (|x| up to ~3)
+        assert torch.allclose(one_by_one, model.decode(sliced).sample, atol=1e-4, rtol=0)
+        for i in range(2):  # each element alone is exactly the pipeline's decode of it
+            own = tiny_pipeline.spatial_vae.decode(tiny_pipeline.decode_temporal(sliced[i:i + 1], frames))
+            assert torch.equal(one_by_one[i:i + 1], own)
         model.enable_tiling(temporal_tile=2, temporal_overlap=1)
         assert model.pipeline.temporal_tile == 2
-        assert model.encode(clip).latent_dist.mode().shape == full.shape
+        tiled = model.encode(clip).latent_dist
+        own = tiny_pipeline.encode_temporal(tiny_pipeline.encode_spatial(clip, sample=False))
+        assert torch.equal(tiled.mode(), own.mean) and torch.equal(tiled.logvar, own.logvar)
+        assert not torch.equal(tiled.mode(), full)  # the tiles are really used
         model.disable_tiling()
         assert model.pipeline.temporal_tile is None
     # 17 frames -> 5 latents, 18..21 -> 6 (17 + a causal chunk of 1..4): the most frames for each
