@@ -31,6 +31,12 @@ CONFIG_DIR = _config_dir()  # holds _base_/ (the schema), train/ and inference/
 SCHEMAS = {"train": "default_train.py", "inference": "default_inference.py", "encode": "default_encode.py",
            "model": "model_v1_2.py"}
 
+# Keys a schema file inherits from its base but whose run never reads them: the export inherits the
+# inference settings (clip window, checkpoint, workers, dtype) with inference's reconstruction-output
+# keys. A section drops inherited keys with `_delete_` (inference's model.*); mmengine has no such
+# thing for a top-level key, so these are dropped from the schema here and refused as unknown keys.
+NOT_READ = {"encode": ("fps", "lossless", "save_grid", "overwrite", "sample", "cal_stats", "output_names")}
+
 # Flags of the entry scripts that set config keys (reference CLI names).
 CLI_KEYS = {
     "data_path": "dataset.data_path",
@@ -57,6 +63,23 @@ def schema_path(kind: str) -> Path:
         raise FileNotFoundError(f"config schema {path} is missing: reinstall the package (setup.py ships "
                                 "configs/vae as opensora_vae/configs) or run from a checkout")
     return path
+
+
+def _schema(kind: str) -> dict:
+    """The keys (with defaults) a config of `kind` may set: its schema file less `NOT_READ[kind]`."""
+    schema = Config.fromfile(str(schema_path(kind))).to_dict()
+    for key in NOT_READ.get(kind, ()):
+        schema.pop(key)
+    return schema
+
+
+def _drop_inherited(cfg: Config, kind: str) -> None:
+    """Removes the `NOT_READ[kind]` keys `cfg` holds with the value its schema file inherits (nothing
+    can read them); one a config file sets to another value stays, for `validate` to refuse."""
+    inherited = Config.fromfile(str(schema_path(kind))).to_dict()
+    for key in NOT_READ.get(kind, ()):
+        if key in cfg and cfg[key] == inherited[key]:
+            cfg.pop(key)
 
 
 # Keys whose schema default is None ("unset") still have one type when they are set.
@@ -220,6 +243,8 @@ def _rules(kind: str) -> dict[str, Rule]:
 
             inference.update({"export.latent_dtype": one_of(*LATENT_DTYPES), "export.shard_size": at_least(1),
                               "export.qa_every": at_least(0)})
+            for key in NOT_READ[kind]:
+                inference.pop(key, None)
         return inference
     from .metrics.settings import EVAL_METRICS
     from .training.mixing import MIXED_STRATEGIES
@@ -276,6 +301,7 @@ REQUIRED = {
                   "ckpt_path": "no checkpoint: pass --ckpt-path (a save_pretrained dir, a training step dir, "
                                "or a hub id such as the released one of configs/vae/inference/video.py)"},
 }
+REQUIRED["encode"] = REQUIRED["inference"]  # the export reads the same data and checkpoint keys
 
 
 def check_required(cfg: Config | dict, kind: str) -> None:
@@ -331,7 +357,7 @@ def _similar(a: str, b: str) -> bool:
 
 
 def validate(cfg: Config | dict, kind: str) -> None:
-    schema = Config.fromfile(str(schema_path(kind))).to_dict()
+    schema = _schema(kind)
     data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     errors: list[str] = []
     _validate(data, schema, "", errors, TYPES_WHEN_SET.get(kind, {}))
@@ -439,6 +465,7 @@ def load_config(path: str | Path, kind: str = "train", cfg_options: Iterable[str
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     cfg = Config.fromfile(str(path))
+    _drop_inherited(cfg, kind)
     overrides = parse_options(cfg_options)
     for flag, value in (cli or {}).items():
         if flag not in CLI_KEYS:
@@ -449,7 +476,7 @@ def load_config(path: str | Path, kind: str = "train", cfg_options: Iterable[str
         if value is not None:
             overrides[CLI_KEYS[flag]] = value
     # Unknown dotted keys must fail, not create new entries: check before merging.
-    schema = Config.fromfile(str(schema_path(kind))).to_dict()
+    schema = _schema(kind)
     errors: list[str] = []
     for dotted in overrides:
         node, prefix = schema, ""

@@ -9,7 +9,6 @@ also as `shift`/`scale`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from .storage import ExportError
 
 FORMAT = "opensora_vae.latents/1"
 STAMP_KEYS = ("format", "package_version", "vae", "window", "compute", "storage", "data")
-HASH_BLOCK = 16 << 20
 
 
 def package_version() -> str:
@@ -32,14 +30,6 @@ def package_version() -> str:
         setup = Path(__file__).resolve().parents[2] / "setup.py"
         found = re.search(r'version="([^"]+)"', setup.read_text()) if setup.is_file() else None
         return found.group(1) if found else "unknown"
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stamp_mismatches(existing: dict, stamp: dict) -> list[str]:

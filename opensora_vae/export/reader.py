@@ -3,7 +3,8 @@
 `dataset[i]` is the i-th exported clip (rows with status `ok`, in CSV order): `{"z": (C, T', h, w)
 float32 normalised with the VAE's shift/scale, "path": the row's path as written in the CSV,
 "row", "shape", "frames", "fps", "is_image", "psnr"}`. `z` is the posterior mode, or with
-`sample=True` a sample drawn from `np.random.SeedSequence([seed, row])`: the same for a row
+`sample=True` a sample of the posterior with the generator of `sample_generator(seed, row)`
+(inference's latent noise, seeded by `np.random.SeedSequence([seed, row])`): the same for a row
 whatever the worker, process or order that reads it.
 
 Like the path table (data/table.py), the index is held in a few numpy arrays (paths as one UTF-8
@@ -24,9 +25,11 @@ from torch.utils.data import Dataset
 
 from ..data.table import PathTable
 from ..errors import UserError
-from ..models.distributions import LOGVAR_MAX, LOGVAR_MIN
-from .manifest import read_manifest, sha256_file
-from .storage import INDEX_NAME, SHARD_DIR, SHARD_META_KEY, STATUS_OK, row_key
+from ..inference.runner import sample_generator
+from ..models.distributions import DiagonalGaussian
+from ..weights import sha256_of
+from .manifest import read_manifest
+from .storage import INDEX_NAME, SHARD_DIR, SHARD_META_KEY, STATUS_OK, row_key, shard_name
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -42,7 +45,7 @@ def weights_sha256(vae: str | os.PathLike) -> str:
         return vae
     from ..models.checkpoint_io import resolve_checkpoint_files
 
-    return sha256_file(resolve_checkpoint_files(vae)[1])
+    return sha256_of(resolve_checkpoint_files(vae)[1])
 
 
 class LatentDataset(Dataset):
@@ -101,7 +104,7 @@ class LatentDataset(Dataset):
             self._open, self._pid = {}, os.getpid()
         handle = self._open.get(shard)
         if handle is None:
-            path = self.root / SHARD_DIR / f"{shard:06d}.safetensors"
+            path = self.root / SHARD_DIR / shard_name(shard)
             handle = safe_open(str(path), framework="pt")
             import json
 
@@ -125,10 +128,9 @@ class LatentDataset(Dataset):
         mean, logvar = (t.float() for t in self.moments(index))
         row = int(self.rows[index])
         z = mean
-        if self.sample:
-            state = int(np.random.SeedSequence([self.seed, row]).generate_state(1)[0])
-            noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(state))
-            z = mean + torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)) * noise
+        if self.sample:  # the posterior's own sampling (clamped logvar), one batch of one clip
+            posterior = DiagonalGaussian(torch.cat([mean, logvar])[None])
+            z = posterior.sample(sample_generator(self.seed, row, mean.device))[0]
         if self.normalize:
             z = (z - self.shift) / self.scale
         psnr = float(self.psnr[index])

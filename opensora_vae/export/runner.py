@@ -20,17 +20,19 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from ..config import check_required
 from ..data import build_dataloader
-from ..distributed import DistEnv, all_gather_objects, barrier, process_group, rank0_decides
+from ..distributed import DistEnv, barrier, process_group, rank0_decides
 from ..errors import check_folder_location
 from ..inference.dataset import collate_items, group_by_shape
+from ..inference.latent_stats import LatentStats, shift_scale_text
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import read_pipeline_config, resolve_checkpoint_files
 from ..precision import autocast
+from ..weights import sha256_of
 from .clips import ExportClips
 from .encode import decode_psnr, encode_moments
-from .manifest import make_stamp, read_manifest, sha256_file, stamp_mismatches
-from ..inference.latent_stats import LatentStats, shift_scale_text
+from .manifest import make_stamp, read_manifest, stamp_mismatches
 from .storage import (INDEX_NAME, LATENT_DTYPES, MANIFEST_NAME, SHARD_DIR, STATUS_OK, ExportError,
                       read_shard_meta, remove_stale_temporaries, row_key, shard_name, write_index,
                       write_json, write_shard)
@@ -61,8 +63,7 @@ def _prepare_folder(folder: Path, stamp: dict, ckpt_path: str, data_path: str) -
 
 def run_export(cfg: Any, verbose: bool = True) -> dict:
     """Runs (or resumes) the export; returns the final manifest (rank 0 also writes it)."""
-    if cfg.dataset.data_path is None:
-        raise ExportError("no data: pass --data-path CSV")
+    check_required(cfg, "encode")  # every other setting was checked by load_config
     with process_group() as info:
         return _run(cfg, info, verbose)
 
@@ -76,7 +77,7 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
                         frame_interval=ds_cfg.frame_interval, image_size=tuple(ds_cfg.image_size),
                         transform_name=ds_cfg.transform_name, read_timeout_s=ds_cfg.read_timeout_s)
     num_rows = len(clips) if cfg.num_samples is None else min(cfg.num_samples, len(clips))
-    hashes = rank0_decides(lambda: (sha256_file(weights_path), sha256_file(ds_cfg.data_path)))
+    hashes = rank0_decides(lambda: (sha256_of(weights_path), sha256_of(ds_cfg.data_path)))
     pipe = VideoVAEPipeline.from_pretrained(config_path.parent, micro_frame_size=cfg.model.micro_frame_size,
                                             micro_batch_size=cfg.model.spatial.micro_batch_size)
     pipe = pipe.to(info.device).eval()
@@ -113,25 +114,24 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
             progress.update(1)
     barrier()
 
-    # Statistics: each rank merges its shards' moments, then rank 0 merges the ranks' (Chan).
-    mine = [read_shard_meta(shard_dir / shard_name(k)) for k in range(info.rank, num_shards, info.world_size)]
     channels = pipe.shift.numel()
-    local = LatentStats.merged([LatentStats.from_dict(m["moments"]) for m in mine], channels)
-    gathered = all_gather_objects(local.to_dict())
-    manifest = rank0_decides(lambda: _finish(folder, stamp, num_shards, gathered, channels, cfg, start, verbose))
+    manifest = rank0_decides(lambda: _finish(folder, stamp, num_shards, channels, cfg, start, verbose))
     barrier()
     return manifest
 
 
-def _finish(folder: Path, stamp: dict, num_shards: int, gathered: list[dict], channels: int, cfg: Any,
-            start: float, verbose: bool) -> dict:
-    rows = [r for k in range(num_shards) for r in read_shard_meta(folder / SHARD_DIR / shard_name(k))["rows"]]
+def _finish(folder: Path, stamp: dict, num_shards: int, channels: int, cfg: Any, start: float,
+            verbose: bool) -> dict:
+    # Every shard's header once: its index rows, and its latent moments merged in shard order
+    # (Chan), so the statistics are the same whatever the number of ranks that wrote the shards.
+    metas = [read_shard_meta(folder / SHARD_DIR / shard_name(k)) for k in range(num_shards)]
+    rows = [r for meta in metas for r in meta["rows"]]
     skipped = Counter(r["status"] for r in rows if r["status"] != STATUS_OK)
     num_ok = len(rows) - sum(skipped.values())
     if num_ok == 0:
         example = next(f"{r['path']}: {r['status']}" for r in rows) if rows else "no rows"
         raise ExportError(f"none of the {len(rows)} rows of {cfg.dataset.data_path} could be encoded, e.g. {example}")
-    moments = LatentStats.merged([LatentStats.from_dict(g) for g in gathered], channels)
+    moments = LatentStats.merged([LatentStats.from_dict(meta["moments"]) for meta in metas], channels)
     mean, std = moments.mean.tolist(), moments.std.tolist()
     write_index(folder / INDEX_NAME, rows)
     psnrs = [r["psnr"] for r in rows if r["psnr"] is not None]
@@ -207,7 +207,7 @@ class _ShardWriter:
         self.waiting = []
 
     def _encode(self, group: list[dict]) -> dict[int, tuple[torch.Tensor, torch.Tensor, float | None]]:
-        x = torch.stack([it["video"] for it in group]).to(self.device)
+        x = torch.stack([it["video"] for it in group])  # on the CPU: encode_moments moves one chunk at a time
         with autocast(self.device, self.cfg.dtype):
             mean, logvar = encode_moments(self.pipe, x)
         mean, logvar = mean.to(self.dtype).cpu(), logvar.to(self.dtype).cpu()
@@ -217,6 +217,6 @@ class _ShardWriter:
             value = None
             if qa_every and item["index"] % qa_every == 0:
                 with autocast(self.device, self.cfg.dtype):  # the stored values, as a reader gets them
-                    value = decode_psnr(self.pipe, mean[i:i + 1].to(self.device, torch.float32), x[i:i + 1])
+                    value = decode_psnr(self.pipe, mean[i:i + 1].float(), x[i:i + 1])
             out[item["index"]] = (mean[i].clone(), logvar[i].clone(), value)
         return out

@@ -30,10 +30,13 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
+from ..config import model_defaults
 from .checkpoint_io import CONFIG_NAME, resolve_pipeline_dir
 from .pipeline import SCALE, SHIFT, VideoVAEPipeline
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# The released model's chunk length; its one place is configs/vae/_base_/model_v1_2.py, as SHIFT/SCALE.
+MICRO_FRAME_SIZE = model_defaults()["micro_frame_size"]
 
 
 class AutoencoderKLOpenSora(ModelMixin, ConfigMixin):
@@ -47,7 +50,7 @@ class AutoencoderKLOpenSora(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = False
 
     @register_to_config
-    def __init__(self, micro_frame_size: int | None = 17, shift: Sequence[float] = SHIFT,
+    def __init__(self, micro_frame_size: int | None = MICRO_FRAME_SIZE, shift: Sequence[float] = SHIFT,
                  scale: Sequence[float] = SCALE, vae_2d: dict | None = None, vae_temporal: dict | None = None,
                  latents_mean: Sequence[float] | None = None, latents_std: Sequence[float] | None = None,
                  scaling_factor: float = 1.0):
@@ -124,7 +127,10 @@ class AutoencoderKLOpenSora(ModelMixin, ConfigMixin):
 
     def frames_for(self, latent_frames: int) -> int:
         """The largest frame count whose latents have `latent_frames` frames (full micro chunks)."""
-        frames = 4 * latent_frames + (self.pipeline.micro_frame_size or 0) + 4
+        # Start above the answer and step down: a latent frame covers `factor` frames (4 in the
+        # release; another temporal_downsample changes it), a partial last chunk adds up to one more.
+        factor = self.pipeline.temporal_vae.time_downsample_factor
+        frames = factor * latent_frames + (self.pipeline.micro_frame_size or 0) + factor
         while frames > 0 and self.pipeline.latent_frames(frames) > latent_frames:
             frames -= 1
         return frames

@@ -27,6 +27,31 @@ def test_bad_export_settings_are_refused(option, message):
     assert message in str(err.value)
 
 
+# Inference settings the export never reads: setting one is refused, not silently ignored.
+NOT_READ = ("fps", "lossless", "save_grid", "overwrite", "sample", "cal_stats", "output_names")
+
+
+@pytest.mark.parametrize("key", NOT_READ)
+def test_inference_only_keys_are_refused(key, tmp_path):
+    cfg = load_config(REPO / "configs/vae/encode/tiny.py", kind="encode")
+    assert key not in cfg  # inherited from the inference schema, dropped: nothing can read it
+    with pytest.raises(ConfigError, match=f"unknown key '{key}' in overrides"):
+        load_config(REPO / "configs/vae/encode/tiny.py", kind="encode", cfg_options=[f"{key}=True"])
+    own = tmp_path / "own.py"
+    own.write_text(f"_base_ = ['{REPO}/configs/vae/encode/tiny.py']\n{key} = True\n")
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'"):
+        load_config(own, kind="encode")
+
+
+def test_required_keys_are_named_together_before_any_work():
+    from opensora_vae.export import run_export
+
+    cfg = load_config(REPO / "configs/vae/encode/tiny.py", kind="encode")
+    with pytest.raises(ConfigError) as err:
+        run_export(cfg)
+    assert "no data: pass --data-path" in str(err.value) and "no checkpoint: pass --ckpt-path" in str(err.value)
+
+
 def test_short_videos_are_skipped_and_all_bad_rows_is_an_error(export_inputs, tmp_path, capsys):
     import pandas as pd
 

@@ -73,12 +73,40 @@ def test_latents_equal_the_pipeline_and_stats_are_exact(exported, export_inputs)
     assert manifest["stats"]["std"] == pytest.approx(every.std(1, unbiased=False).tolist(), abs=1e-12)
     assert len(manifest["stats"]["mean"]) == len(manifest["stats"]["std"]) == 4
     assert manifest["vae"]["shift"] == pipe.shift.flatten().tolist()
-    from opensora_vae.export.manifest import sha256_file
+    from opensora_vae.weights import sha256_of
 
-    assert manifest["vae"]["weights_sha256"] == sha256_file(export_inputs["ckpt"] / "model.safetensors")
+    assert manifest["vae"]["weights_sha256"] == sha256_of(export_inputs["ckpt"] / "model.safetensors")
     assert manifest["window"] == {"whole_video": False, "num_frames": 17, "frame_interval": 1,
                                   "image_size": [32, 32], "transform_name": "center"}
-    assert manifest["package_version"] == "0.1.0"
+    from importlib.metadata import version
+
+    assert manifest["package_version"] == version("opensora_vae")
+    # the stored log-variance is the pipeline's own posterior's (clamped), in the storage dtype
+    for i in range(5):
+        x = clips[i]["video"][None]
+        posterior = pipe.encode_temporal(pipe.encode_spatial(x, sample=False))
+        assert torch.equal(raw.moments(i)[1], posterior.logvar[0].to(torch.bfloat16))
+
+
+def test_qa_psnr_is_the_psnr_of_the_stored_mean_decoded(exported, export_inputs):
+    """Recomputed here from the stored latents with the pipeline's decoders and skimage's PSNR."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    pipe = VideoVAEPipeline.from_pretrained(export_inputs["ckpt"]).eval()
+    clips, raw = _clips(export_inputs), LatentDataset(exported, normalize=False)
+    checked = 0
+    for i in range(len(raw)):
+        if raw[i]["psnr"] is None:
+            continue
+        x = clips[i]["video"][None]
+        with torch.no_grad():
+            rec = pipe.spatial_vae.decode(pipe.decode_temporal(raw[i]["z"][None], x.shape[2]))
+        to_frames = lambda v: ((v[0].transpose(0, 1).double() + 1) / 2).clamp(0, 1).numpy()  # noqa: E731
+        real, fake = to_frames(x), to_frames(rec)
+        want = np.mean([peak_signal_noise_ratio(a, b, data_range=1.0) for a, b in zip(real, fake)])
+        assert raw[i]["psnr"] == pytest.approx(want, abs=1e-6)
+        checked += 1
+    assert checked == 2  # rows 0 (a video) and 3 (an image)
 
 
 def test_reader_item_sampling_and_vae_check(exported, export_inputs, tmp_path):
@@ -89,6 +117,13 @@ def test_reader_item_sampling_and_vae_check(exported, export_inputs, tmp_path):
     a, b = LatentDataset(exported, sample=True, seed=3), LatentDataset(exported, sample=True, seed=3)
     assert torch.equal(a[2]["z"], b[2]["z"]) and not torch.equal(a[2]["z"], ds[2]["z"])
     assert not torch.equal(a[2]["z"], LatentDataset(exported, sample=True, seed=4)[2]["z"])
+    # the documented draw: mean + exp(logvar / 2) * noise, noise from SeedSequence([seed, row])
+    raw = LatentDataset(exported, sample=True, seed=3, normalize=False)
+    mean, logvar = (t.float() for t in raw.moments(2))
+    state = int(np.random.SeedSequence([3, raw[2]["row"]]).generate_state(1)[0])
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(state))
+    torch.testing.assert_close(raw[2]["z"], mean + torch.exp(0.5 * logvar) * noise, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a[2]["z"], (raw[2]["z"] - ds.shift) / ds.scale, rtol=1e-6, atol=1e-6)
     LatentDataset(exported, vae=export_inputs["ckpt"])  # the VAE that made them
     other = tmp_path / "other"
     build_tiny_pipeline(seed=1).save_pretrained(other)
@@ -176,8 +211,8 @@ def test_disk_full_keeps_nothing_partial_and_the_rerun_completes(exported, expor
     out = tmp_path / "out"
     assert run_export_entry(export_inputs, out) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) >= 1
-    assert [line for line in err.splitlines() if line.startswith("error:")][0].endswith("to continue")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert message in err and "Traceback" not in err and len(errors) == 1 and errors[0].endswith("to continue")
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["000000.safetensors"]  # whole shards only
     assert not (out / "index.parquet").exists()
     monkeypatch.setattr(safetensors.torch, "save_file", real)

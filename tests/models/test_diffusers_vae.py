@@ -88,14 +88,41 @@ def test_tiling_and_slicing(tiny_pipeline, clip):
         model.enable_slicing()
         sliced = model.encode(clip).latent_dist.mode()
         assert torch.allclose(sliced, full, atol=1e-5)
-        assert model.decode(sliced).sample.shape == (2, 3, model.frames_for(sliced.shape[2]), 32, 32)
+        frames = model.frames_for(sliced.shape[2])
+        one_by_one = model.decode(sliced).sample
+        assert one_by_one.shape == (2, 3, frames, 32, 32)
         model.disable_slicing()
+        # the batch at once: other float sums in batched kernels (|x| up to ~3)
+        assert torch.allclose(one_by_one, model.decode(sliced).sample, atol=1e-4, rtol=0)
+        for i in range(2):  # each element alone is exactly the pipeline's decode of it
+            own = tiny_pipeline.spatial_vae.decode(tiny_pipeline.decode_temporal(sliced[i:i + 1], frames))
+            assert torch.equal(one_by_one[i:i + 1], own)
         model.enable_tiling(temporal_tile=2, temporal_overlap=1)
         assert model.pipeline.temporal_tile == 2
-        assert model.encode(clip).latent_dist.mode().shape == full.shape
+        tiled = model.encode(clip).latent_dist
+        own = tiny_pipeline.encode_temporal(tiny_pipeline.encode_spatial(clip, sample=False))
+        assert torch.equal(tiled.mode(), own.mean) and torch.equal(tiled.logvar, own.logvar)
+        assert not torch.equal(tiled.mode(), full)  # the tiles are really used
         model.disable_tiling()
         assert model.pipeline.temporal_tile is None
     # 17 frames -> 5 latents, 18..21 -> 6 (17 + a causal chunk of 1..4): the most frames for each
     assert [model.frames_for(n) for n in (1, 5, 6, 7)] == [4, 17, 21, 25]  # images: pass num_frames=1
     with pytest.raises(ValueError, match="one value"):
         AutoencoderKLOpenSora(latents_mean=[0.0, 0.0, 0.0, 0.0], vae_2d={"config": tiny_pipeline.export_config()["vae_2d"]["config"]})
+
+
+def test_decode_without_frame_count_follows_the_temporal_downsample():
+    """A temporal VAE with 8x time compression (three downsamples) over whole clips: `frames_for`
+    must use its factor, not the released 4x."""
+    from opensora_vae.config import load_config
+    from tests.helpers import TINY_STAGE1, build_tiny_pipeline
+
+    temporal = {**load_config(TINY_STAGE1).model.temporal.to_dict(), "temporal_downsample": (True, True, True)}
+    pipe = build_tiny_pipeline(micro_frame_size=None, temporal=temporal).eval()
+    assert pipe.temporal_vae.time_downsample_factor == 8
+    model = AutoencoderKLOpenSora.from_pipeline(pipe).eval()
+    x = torch.rand(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(x).latent_dist.mode()
+        assert z.shape[2] == 2 and model.frames_for(2) == 16
+        assert torch.equal(model.decode(z).sample, model.decode(z, num_frames=16).sample)
