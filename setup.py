@@ -9,7 +9,8 @@ setup(
     packages=find_packages(include=["opensora_vae", "opensora_vae.*"]) + ["opensora_vae.configs"],
     package_dir={"opensora_vae.configs": "configs/vae"},
     package_data={"opensora_vae": ["models/configs/*.json"],
-                  "opensora_vae.configs": ["_base_/*.py", "train/*.py", "train/*/*.py", "inference/*.py"]},
+                  "opensora_vae.configs": ["_base_/*.py", "train/*.py", "train/*/*.py", "inference/*.py",
+                                            "encode/*.py"]},
     python_requires=">=3.10",
     install_requires=[
         "torch",

@@ -119,8 +119,11 @@ try:
     refused = ""
 except config.ConfigError as err:
     refused = str(err)
+shipped = {path: config.load_config(config.CONFIG_DIR / path, kind=kind).dataset.num_frames
+           for kind, path in (("inference", "inference/video.py"), ("encode", "encode/video.py"),
+                              ("encode", "encode/image.py"))}
 print(json.dumps({"file": config.__file__, "dir": str(config.CONFIG_DIR), "max_steps": cfg.max_steps,
-                  "size": list(cfg.dataset.image_size), "refused": refused,
+                  "size": list(cfg.dataset.image_size), "refused": refused, "shipped": shipped,
                   "released": config.released_checkpoint()}))
 """
     env = child_env(PYTHONPATH=str(tmp_path / "site"))
@@ -131,6 +134,8 @@ print(json.dumps({"file": config.__file__, "dir": str(config.CONFIG_DIR), "max_s
     assert result["max_steps"] == 3 and result["size"] == [64, 64]
     assert "unknown key 'max_step' (did you mean 'max_steps'?)" in result["refused"]
     assert result["released"] == "hpcai-tech/OpenSora-VAE-v1.2"
+    # the inference and encode configs ship too
+    assert result["shipped"] == {"inference/video.py": 17, "encode/video.py": 17, "encode/image.py": 1}
 
 
 def test_results_md_cites_tests_that_exist():
