@@ -27,15 +27,10 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = _config_dir()  # holds _base_/ (the schema), train/ and inference/
-# The schema files: default_train.py and default_inference.py inherit model_v1_2.py (the model.* keys).
+# The schema files: default_train.py inherits model_v1_2.py (the model.* keys); default_inference.py and
+# default_encode.py inherit default_clips.py (which keeps only the chunk sizes of model.*).
 SCHEMAS = {"train": "default_train.py", "inference": "default_inference.py", "encode": "default_encode.py",
            "model": "model_v1_2.py"}
-
-# Keys a schema file inherits from its base but whose run never reads them: the export inherits the
-# inference settings (clip window, checkpoint, workers, dtype) with inference's reconstruction-output
-# keys. A section drops inherited keys with `_delete_` (inference's model.*); mmengine has no such
-# thing for a top-level key, so these are dropped from the schema here and refused as unknown keys.
-NOT_READ = {"encode": ("fps", "lossless", "save_grid", "overwrite", "sample", "cal_stats", "output_names")}
 
 # Flags of the entry scripts that set config keys (reference CLI names).
 CLI_KEYS = {
@@ -63,23 +58,6 @@ def schema_path(kind: str) -> Path:
         raise FileNotFoundError(f"config schema {path} is missing: reinstall the package (setup.py ships "
                                 "configs/vae as opensora_vae/configs) or run from a checkout")
     return path
-
-
-def _schema(kind: str) -> dict:
-    """The keys (with defaults) a config of `kind` may set: its schema file less `NOT_READ[kind]`."""
-    schema = Config.fromfile(str(schema_path(kind))).to_dict()
-    for key in NOT_READ.get(kind, ()):
-        schema.pop(key)
-    return schema
-
-
-def _drop_inherited(cfg: Config, kind: str) -> None:
-    """Removes the `NOT_READ[kind]` keys `cfg` holds with the value its schema file inherits (nothing
-    can read them); one a config file sets to another value stays, for `validate` to refuse."""
-    inherited = Config.fromfile(str(schema_path(kind))).to_dict()
-    for key in NOT_READ.get(kind, ()):
-        if key in cfg and cfg[key] == inherited[key]:
-            cfg.pop(key)
 
 
 # Keys whose schema default is None ("unset") still have one type when they are set.
@@ -243,8 +221,6 @@ def _rules(kind: str) -> dict[str, Rule]:
 
             inference.update({"export.latent_dtype": one_of(*LATENT_DTYPES), "export.shard_size": at_least(1),
                               "export.qa_every": at_least(0)})
-            for key in NOT_READ[kind]:
-                inference.pop(key, None)
         return inference
     from .metrics.settings import EVAL_METRICS
     from .training.mixing import MIXED_STRATEGIES
@@ -357,7 +333,7 @@ def _similar(a: str, b: str) -> bool:
 
 
 def validate(cfg: Config | dict, kind: str) -> None:
-    schema = _schema(kind)
+    schema = Config.fromfile(str(schema_path(kind))).to_dict()
     data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     errors: list[str] = []
     _validate(data, schema, "", errors, TYPES_WHEN_SET.get(kind, {}))
@@ -465,7 +441,6 @@ def load_config(path: str | Path, kind: str = "train", cfg_options: Iterable[str
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     cfg = Config.fromfile(str(path))
-    _drop_inherited(cfg, kind)
     overrides = parse_options(cfg_options)
     for flag, value in (cli or {}).items():
         if flag not in CLI_KEYS:
@@ -476,7 +451,7 @@ def load_config(path: str | Path, kind: str = "train", cfg_options: Iterable[str
         if value is not None:
             overrides[CLI_KEYS[flag]] = value
     # Unknown dotted keys must fail, not create new entries: check before merging.
-    schema = _schema(kind)
+    schema = Config.fromfile(str(schema_path(kind))).to_dict()
     errors: list[str] = []
     for dotted in overrides:
         node, prefix = schema, ""

@@ -34,7 +34,7 @@ NOT_READ = ("fps", "lossless", "save_grid", "overwrite", "sample", "cal_stats", 
 @pytest.mark.parametrize("key", NOT_READ)
 def test_inference_only_keys_are_refused(key, tmp_path):
     cfg = load_config(REPO / "configs/vae/encode/tiny.py", kind="encode")
-    assert key not in cfg  # inherited from the inference schema, dropped: nothing can read it
+    assert key not in cfg  # not in the export's schema: nothing would read it
     with pytest.raises(ConfigError, match=f"unknown key '{key}' in overrides"):
         load_config(REPO / "configs/vae/encode/tiny.py", kind="encode", cfg_options=[f"{key}=True"])
     own = tmp_path / "own.py"

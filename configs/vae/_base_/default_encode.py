@@ -1,9 +1,9 @@
 # Every latent-export setting and its default (scripts/encode_latents.py). A key not defined here
 # is rejected as a typo. The clip window (dataset), checkpoint, workers, batch and compute dtype
-# are the inference settings; the reconstruction-output keys of inference (fps, lossless,
-# save_grid, overwrite, sample, cal_stats, output_names) do not apply to an export (it stores the
-# posterior moments; statistics are always made): opensora_vae/config.py (NOT_READ) refuses them.
-_base_ = ["./default_inference.py"]
+# are those of inference (default_clips.py); inference's reconstruction outputs (fps, lossless,
+# save_grid, overwrite, sample, cal_stats, output_names) are not settings of an export, which
+# stores the posterior moments and always makes the statistics.
+_base_ = ["./default_clips.py"]
 
 save_dir = "latents/vae_video"  # the export folder: manifest.json, index.parquet, shards/
 
