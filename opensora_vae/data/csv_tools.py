@@ -13,6 +13,7 @@ import pandas as pd
 
 from .video_io import MediaReadError, VideoFile, image_size, is_image, is_video
 from ..errors import OutputExistsError, UserError, check_folder_location
+from ..files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +160,6 @@ def build_csv(
             f"no usable media under {folder} ({summary}); not replacing the {existing_rows}-row table "
             f"{out_csv} with an empty one: pass --overwrite to do it anyway")
     os.makedirs(csv_dir, exist_ok=True)
-    tmp = os.path.join(csv_dir, f".{os.path.basename(out_csv)}.tmp")
-    try:
-        pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
-        os.replace(tmp, out_csv)
-    except BaseException:  # disk full, interrupted: the old table stays, no half table is left
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    # disk full, interrupted: the old table stays, no half table is left
+    atomic_write(out_csv, lambda tmp: pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False))
     return summary

@@ -24,10 +24,10 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from ..files import TMP_PREFIX, atomic_write
 
 MANIFEST_NAME, INDEX_NAME, SHARD_DIR = "manifest.json", "index.parquet", "shards"
 SHARD_META_KEY = "opensora_vae_export"  # the one safetensors header entry: its bytes are deterministic
-TMP_PREFIX = ".tmp-"
 LATENT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 INDEX_COLUMNS = ("row", "path", "shard", "key", "shape", "frames", "fps", "is_image", "status", "psnr")
 STATUS_OK = "ok"
@@ -61,25 +61,16 @@ def _storage_error(path: Path, err: OSError) -> ExportStorageError:
                        "folder and run the same command again to continue")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` then rename to `path`: readers (and a resumed run) see the whole file or none."""
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+def _write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """`files.atomic_write`, a failure being the export's storage error naming the file."""
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise _storage_error(path, err) from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise _storage_error(Path(path), err) from err
 
 
 def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n"))
+    _write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n"))
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -102,7 +93,7 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Non
         save_file(tensors, str(tmp), metadata=header)
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 whatever the umask
 
-    atomic_write(path, write)
+    _write(path, write)
 
 
 def read_shard_meta(path: Path) -> dict:
@@ -122,4 +113,4 @@ def write_index(path: Path, rows: list[dict]) -> None:
                         ("fps", pa.float64()), ("is_image", pa.bool_()), ("status", pa.string()),
                         ("psnr", pa.float64())])
     table = pa.table({name: [r[name] for r in rows] for name in INDEX_COLUMNS}, schema=schema)
-    atomic_write(path, lambda tmp: pq.write_table(table, str(tmp)))
+    _write(path, lambda tmp: pq.write_table(table, str(tmp)))

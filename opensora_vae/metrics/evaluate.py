@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..data.video_io import MediaReadError, VideoFile, is_image, read_image
 from ..errors import OutputExistsError, UserError, check_folder_location
+from ..files import atomic_write_text
 from .protocol import EvalError, MediaPair, frame_indices, pair_files, preprocess
 from .settings import EVAL_METRICS, EvalSettings
 
@@ -415,9 +416,7 @@ def write_results(path: Path, result: dict) -> None:
     """The JSON (floats at full repr precision), written whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result, indent=2))
 
 
 def evaluate_dirs(real_dir: str | os.PathLike, gen_dir: str | os.PathLike, settings: EvalSettings, *,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import OutputExistsError, check_folder_location
+from ..files import atomic_write_text
 from .protocol import EvalError
 from .settings import EVAL_METRICS
 from .summary import HIGHER_IS_BETTER
@@ -97,9 +98,7 @@ def write_report(results: dict, real_dir: str | os.PathLike, gen_dir: str | os.P
     out_path = Path(out_path)
     page = render_report(results, real_dir, gen_dir, settings)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out_path)
+    atomic_write_text(out_path, page)
     return out_path
 
 

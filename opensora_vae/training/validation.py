@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,6 +39,7 @@ from ..data.table import load_table
 from ..data.transforms import VideoTransform
 from ..distributed import DistEnv, all_gather_objects
 from ..errors import UserError
+from ..files import atomic_write_text
 from ..metrics.fvd import FVD_NUM_FRAMES, MIN_RELIABLE_VIDEOS
 from ..metrics.protocol import frame_indices
 from ..metrics.settings import EvalSettings
@@ -277,9 +277,7 @@ class Validator:
             return
         path = self.outputs / BEST_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.best, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.best, indent=1) + "\n")
 
     def _truncate_history(self, step: int) -> None:
         """On resume: lines of steps after the checkpoint (an interrupted run's) are dropped, so
@@ -290,9 +288,7 @@ class Validator:
         lines = path.read_text().splitlines()
         kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
         if len(kept) != len(lines):
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(ln + "\n" for ln in kept))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
 
 
 def merge_results(results: list[Any], settings: EvalSettings) -> dict[str, float | int | None]:
