@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from opensora_vae.config import load_config  # noqa: E402
 from opensora_vae.export import run_export  # noqa: E402
-from opensora_vae.export.clips import ExportClips  # noqa: E402
+from opensora_vae.inference import InferenceDataset  # noqa: E402
 from opensora_vae.export.encode import encode_moments  # noqa: E402
 from opensora_vae.models import VideoVAEPipeline  # noqa: E402
 
@@ -56,9 +56,9 @@ def straightforward(ckpt: Path, csv: Path, out: Path) -> float:
     start = time.perf_counter()  # like the export's timing: loading the model counts
     cfg = load_config(CONFIG, kind="encode")
     pipe = VideoVAEPipeline.from_pretrained(ckpt).eval()
-    clips = ExportClips(csv, whole_video=False, num_frames=cfg.dataset.num_frames,
-                        frame_interval=cfg.dataset.frame_interval, image_size=tuple(cfg.dataset.image_size),
-                        transform_name=cfg.dataset.transform_name, read_timeout_s=None)
+    clips = InferenceDataset(csv, whole_video=False, num_frames=cfg.dataset.num_frames,
+                             frame_interval=cfg.dataset.frame_interval, image_size=tuple(cfg.dataset.image_size),
+                             transform_name=cfg.dataset.transform_name, read_timeout_s=None)
     out.mkdir(parents=True)
     for i in range(len(clips)):
         x = clips[i]["video"][None]

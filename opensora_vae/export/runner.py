@@ -24,13 +24,12 @@ from ..config import check_required
 from ..data import build_dataloader
 from ..distributed import DistEnv, barrier, process_group, rank0_decides
 from ..errors import check_folder_location
-from ..inference.dataset import collate_items, group_by_shape
+from ..inference.dataset import InferenceDataset, collate_items, group_by_shape
 from ..inference.latent_stats import LatentStats, shift_scale_text
 from ..models import VideoVAEPipeline
 from ..models.checkpoint_io import read_pipeline_config, resolve_checkpoint_files
 from ..precision import autocast
 from ..weights import sha256_of
-from .clips import ExportClips
 from .encode import decode_psnr, encode_moments
 from .manifest import make_stamp, read_manifest, stamp_mismatches
 from .storage import (INDEX_NAME, LATENT_DTYPES, MANIFEST_NAME, SHARD_DIR, STATUS_OK, ExportError,
@@ -73,9 +72,9 @@ def _run(cfg: Any, info: DistEnv, verbose: bool) -> dict:
     ex, ds_cfg, folder = cfg.export, cfg.dataset, Path(cfg.save_dir)
     check_folder_location(folder, "--save-dir", ExportError)
     config_path, weights_path = resolve_checkpoint_files(cfg.ckpt_path)  # a missing checkpoint fails here
-    clips = ExportClips(ds_cfg.data_path, whole_video=ex.whole_video, num_frames=ds_cfg.num_frames,
-                        frame_interval=ds_cfg.frame_interval, image_size=tuple(ds_cfg.image_size),
-                        transform_name=ds_cfg.transform_name, read_timeout_s=ds_cfg.read_timeout_s)
+    clips = InferenceDataset(ds_cfg.data_path, whole_video=ex.whole_video, num_frames=ds_cfg.num_frames,
+                             frame_interval=ds_cfg.frame_interval, image_size=tuple(ds_cfg.image_size),
+                             transform_name=ds_cfg.transform_name, read_timeout_s=ds_cfg.read_timeout_s)
     num_rows = len(clips) if cfg.num_samples is None else min(cfg.num_samples, len(clips))
     hashes = rank0_decides(lambda: (sha256_of(weights_path), sha256_of(ds_cfg.data_path)))
     pipe = VideoVAEPipeline.from_pretrained(config_path.parent, micro_frame_size=cfg.model.micro_frame_size,
@@ -183,7 +182,7 @@ class _ShardWriter:
         moments = LatentStats(self.pipe.shift.numel())
         rows = []
         for item in self.items:
-            row = {"row": item["index"], "path": item["path"], "shard": shard_name(shard), "key": None,
+            row = {"row": item["index"], "path": item["source"], "shard": shard_name(shard), "key": None,
                    "shape": None, "frames": None, "fps": item["fps"], "is_image": bool(item["is_image"]),
                    "status": item["error"] or STATUS_OK, "psnr": None}
             if item["error"] is None:
@@ -193,7 +192,7 @@ class _ShardWriter:
                 moments.update(mean, channel_dim=0)
                 row.update(key=key, shape=list(mean.shape), frames=item["frames"])
             else:
-                logger.warning("skipping row %d %s: %s", item["index"], item["path"], item["error"])
+                logger.warning("skipping row %d %s: %s", item["index"], item["source"], item["error"])
             rows.append(row)
         meta = {"shard": shard, "rows": rows, "moments": moments.to_dict(), "weights_sha256": self.weights_sha256}
         write_shard(self.shard_dir / shard_name(shard), tensors, meta)

@@ -13,7 +13,7 @@ import torch
 
 from opensora_vae.data import LatentDataset
 from opensora_vae.inference import LatentStats
-from opensora_vae.export.clips import ExportClips
+from opensora_vae.inference import InferenceDataset
 from opensora_vae.export.reader import LatentsMismatchError
 from opensora_vae.models import VideoVAEPipeline
 from tests.export.helpers import folder_bytes, run_export_entry
@@ -28,8 +28,8 @@ def exported(export_inputs):
 
 
 def _clips(inputs, **kw):
-    return ExportClips(inputs["csv"], whole_video=kw.pop("whole_video", False), num_frames=17, frame_interval=1,
-                       image_size=(32, 32), transform_name="center", read_timeout_s=None)
+    return InferenceDataset(inputs["csv"], whole_video=kw.pop("whole_video", False), num_frames=17, frame_interval=1,
+                            image_size=(32, 32), transform_name="center", read_timeout_s=None)
 
 
 def test_index_rows_and_skips(exported, export_inputs):
